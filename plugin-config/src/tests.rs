@@ -1,0 +1,175 @@
+use super::*;
+
+fn base() -> serde_json::Value {
+    serde_json::json!({
+        "oidc": {
+            "issuer": "https://idp.example.com/oauth2/mcp",
+            "audience": "mcpserver",
+            "jwksUrl": "https://idp.example.com/oauth2/mcp/v1/keys",
+            "requiredScopes": ["mcp:tools:call"],
+            "resourceUrl": "https://mcp.example.com/mcp"
+        }
+    })
+}
+
+fn parse_value(v: &serde_json::Value) -> Result<Config, ConfigError> {
+    parse(v.to_string().as_bytes())
+}
+
+fn err_with(path: &str, value: serde_json::Value) -> ConfigError {
+    let mut v = base();
+    let mut cur = &mut v;
+    let parts: Vec<&str> = path.split('.').collect();
+    for p in &parts[..parts.len() - 1] {
+        cur = &mut cur[*p];
+    }
+    cur[parts[parts.len() - 1]] = value;
+    parse_value(&v).unwrap_err()
+}
+
+#[test]
+fn full_example_parses_with_defaults() {
+    let c = parse_value(&base()).unwrap();
+    assert_eq!(c.oidc.audiences, vec!["mcpserver"]);
+    assert_eq!(c.oidc.clock_skew_seconds, 60);
+    assert_eq!(c.oidc.jwks_refresh_seconds, 600);
+    assert_eq!(c.oidc.jwks.cluster, "outbound|443||idp.example.com");
+    let r = c.oidc.resource.unwrap();
+    assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource/mcp");
+    assert_eq!(r.metadata_url, "https://mcp.example.com/.well-known/oauth-protected-resource/mcp");
+    assert_eq!(r.url, "https://mcp.example.com/mcp");
+    assert_eq!(r.scopes_supported, vec!["mcp:tools:call"]);
+}
+
+#[test]
+fn audience_list_accepted() {
+    let mut v = base();
+    v["oidc"]["audience"] = serde_json::json!(["a", "b"]);
+    assert_eq!(parse_value(&v).unwrap().oidc.audiences, vec!["a", "b"]);
+}
+
+#[test]
+fn metadata_url_for_bare_origin_and_port() {
+    let mut v = base();
+    v["oidc"]["resourceUrl"] = "https://mcp.example.com".into();
+    let r = parse_value(&v).unwrap().oidc.resource.unwrap();
+    assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource");
+    assert_eq!(r.metadata_url, "https://mcp.example.com/.well-known/oauth-protected-resource");
+    assert_eq!(r.url, "https://mcp.example.com");
+    v["oidc"]["resourceUrl"] = "http://127.0.0.1:8080/a/b/".into();
+    let r = parse_value(&v).unwrap().oidc.resource.unwrap();
+    assert_eq!(r.metadata_url, "http://127.0.0.1:8080/.well-known/oauth-protected-resource/a/b");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let mut v = base();
+    v["oidc"]["jwksUri"] = "x".into();
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "oidc.jwksUri");
+    assert!(e.message.contains("unknown field `jwksUri`"), "{e}");
+    assert!(e.message.contains("remove it or fix its spelling"), "{e}");
+    let mut v = base();
+    v["cachee"] = serde_json::json!({});
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "cachee");
+    assert!(e.message.contains("unknown field `cachee`"), "{e}");
+}
+
+#[test]
+fn missing_required_field_named() {
+    let mut v = base();
+    v["oidc"].as_object_mut().unwrap().remove("issuer");
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "oidc");
+    assert!(e.message.contains("missing field `issuer`"), "{e}");
+}
+
+#[test]
+fn wrong_types_named_with_path() {
+    let e = err_with("oidc.clockSkewSeconds", "60".into());
+    assert_eq!(e.path, "oidc.clockSkewSeconds");
+    let e = err_with("oidc.audience", serde_json::json!(5));
+    assert_eq!(e.path, "oidc.audience");
+    assert_eq!(e.message, "must be a string or a list of strings");
+    let e = err_with("oidc.requiredScopes", serde_json::json!(["a", 1]));
+    assert_eq!(e.path, "oidc.requiredScopes[1]");
+}
+
+#[test]
+fn jwks_url_error_matches_contract() {
+    let e = err_with("oidc.jwksUrl", "keys".into());
+    assert_eq!(e.to_string(), r#"oidc.jwksUrl: must be an absolute http(s) URL, got "keys""#);
+}
+
+#[test]
+fn empty_strings_rejected() {
+    assert_eq!(err_with("oidc.issuer", "".into()).path, "oidc.issuer");
+    assert_eq!(err_with("oidc.audience", serde_json::json!([])).path, "oidc.audience");
+    assert_eq!(err_with("oidc.audience", serde_json::json!(["a", " "])).path, "oidc.audience[1]");
+    assert_eq!(err_with("oidc.jwksCluster", "".into()).path, "oidc.jwksCluster");
+    assert_eq!(err_with("oidc.requiredScopes", serde_json::json!([""])).path, "oidc.requiredScopes[0]");
+}
+
+#[test]
+fn bad_scopes_rejected() {
+    let e = err_with("oidc.requiredScopes", serde_json::json!(["a b"]));
+    assert_eq!(e.path, "oidc.requiredScopes[0]");
+    let e = err_with("oidc.scopesSupported", serde_json::json!(["x\"y"]));
+    assert_eq!(e.path, "oidc.scopesSupported[0]");
+}
+
+#[test]
+fn skew_bounds() {
+    assert!(parse_value(&{
+        let mut v = base();
+        v["oidc"]["clockSkewSeconds"] = 300.into();
+        v
+    })
+    .is_ok());
+    let e = err_with("oidc.clockSkewSeconds", 301.into());
+    assert_eq!(e.to_string(), "oidc.clockSkewSeconds: must be between 0 and 300, got 301");
+    assert_eq!(err_with("oidc.clockSkewSeconds", (-1).into()).path, "oidc.clockSkewSeconds");
+}
+
+#[test]
+fn refresh_bounds() {
+    assert_eq!(err_with("oidc.jwksRefreshSeconds", 5.into()).path, "oidc.jwksRefreshSeconds");
+}
+
+#[test]
+fn http_rules() {
+    let e = err_with("oidc.jwksUrl", "http://idp.example.com/keys".into());
+    assert!(e.message.contains("insecureAllowHttp"), "{e}");
+    let mut v = base();
+    v["oidc"]["jwksUrl"] = "http://idp.example.com/keys".into();
+    v["oidc"]["insecureAllowHttp"] = true.into();
+    assert!(parse_value(&v).is_ok());
+}
+
+#[test]
+fn resource_query_rejected_and_scopes_supported_needs_resource() {
+    assert_eq!(err_with("oidc.resourceUrl", "https://m/x?y=1".into()).path, "oidc.resourceUrl");
+    let mut v = base();
+    v["oidc"].as_object_mut().unwrap().remove("resourceUrl");
+    v["oidc"]["scopesSupported"] = serde_json::json!(["a"]);
+    assert_eq!(parse_value(&v).unwrap_err().path, "oidc.scopesSupported");
+}
+
+#[test]
+fn not_json_or_not_object() {
+    assert!(parse(b"{").unwrap_err().message.contains("not valid JSON"));
+    assert!(parse(b"[]").unwrap_err().message.contains("JSON object"));
+    assert!(parse(b"").is_err());
+}
+
+#[test]
+fn fingerprint_is_canonical_and_tracks_changes() {
+    let a = parse(br#"{"oidc":{"issuer":"https://i","audience":"a","jwksUrl":"https://i/k"}}"#).unwrap();
+    let b = parse(br#"{ "oidc": { "jwksUrl": "https://i/k", "audience": "a", "issuer": "https://i" } }"#)
+        .unwrap();
+    let c = parse(br#"{"oidc":{"issuer":"https://i","audience":"b","jwksUrl":"https://i/k"}}"#).unwrap();
+    assert_eq!(a.fingerprint, b.fingerprint);
+    assert_ne!(a.fingerprint, c.fingerprint);
+    assert_eq!(a.fingerprint.len(), 64);
+}
