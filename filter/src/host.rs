@@ -1,0 +1,67 @@
+//! The few things the filter needs from its proxy, behind a trait so the logic
+//! runs (and is tested) natively. The proxy-wasm implementation is `proxy.rs`;
+//! tests use a mock.
+//!
+//! A `Host` is always bound to one *current* stream or root context: header and
+//! response calls act on it, and `switch_to` rebinds it, which is how one
+//! callout's result is delivered to every request that waited for it.
+
+use plugin_config::Endpoint;
+
+/// The answer to an HTTP callout, as read by the glue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalloutResponse {
+    /// Empty when the callout failed without a response: connection reset,
+    /// timeout, or no healthy upstream (proxy-wasm reports 0 headers).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body was larger than the glue was willing to read.
+    pub truncated: bool,
+}
+
+impl CalloutResponse {
+    /// The `:status`, if the callout got a response at all.
+    pub fn status(&self) -> Option<u16> {
+        self.header(":status").and_then(|s| s.parse().ok())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub trait Host {
+    /// Id of the context this host currently acts on.
+    fn context_id(&self) -> u32;
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// All request headers of the current stream, pseudo-headers included.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Answers the current stream locally; the upstream is never reached.
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Lets a paused request continue upstream.
+    fn resume_request(&mut self);
+    /// Makes `context_id` current. False if it no longer exists (client gone).
+    fn switch_to(&mut self, context_id: u32) -> bool;
+
+    /// Starts an HTTP callout from the current context; `None` if the proxy
+    /// refused it (unknown cluster, bad arguments).
+    fn dispatch(
+        &mut self,
+        endpoint: &Endpoint,
+        method: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Option<u32>;
+
+    /// Reads shared data: the value and its CAS token.
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes shared data; with `cas`, only if nobody wrote since. False on a
+    /// CAS mismatch or any other failure.
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}

@@ -1,0 +1,228 @@
+use super::*;
+use crate::testkeys::{self, claims, forge, jwks, now_secs, rsa, rsa_jwk, RSA1, RSA2};
+use plugin_config::parse;
+
+const ISS: &str = "https://idp.example.com/mcp";
+
+fn verifier(required: &[&str]) -> Verifier {
+    let cfg = serde_json::json!({"oidc": {
+        "issuer": ISS, "audience": ["mcpserver", "other"],
+        "jwksUrl": "https://idp.example.com/keys", "requiredScopes": required,
+        "clockSkewSeconds": 60
+    }});
+    Verifier::new(&parse(cfg.to_string().as_bytes()).unwrap().oidc)
+}
+
+fn keys(list: &[serde_json::Value]) -> KeySet {
+    KeySet::parse(jwks(list).as_bytes()).unwrap().0
+}
+
+fn rs_keys() -> KeySet {
+    keys(&[rsa_jwk("k1", Some("RS256")), testkeys::es256_jwk("ec1")])
+}
+
+fn check(v: &Verifier, ks: &KeySet, token: &str) -> Result<Principal, Reject> {
+    let mut n = 0;
+    v.verify(ks, token, now_secs(), &mut n).map_err(|f| f.reject)
+}
+
+fn signed(c: JWTClaims<testkeys::Extra>) -> String {
+    rsa(RSA1, "k1").sign(c).unwrap()
+}
+
+#[test]
+fn good_token_passes_with_principal() {
+    let v = verifier(&["mcp:tools:call"]);
+    let mut c = claims(ISS, "mcpserver", "openid mcp:tools:call");
+    c.custom.client_id = Some("vscode".into());
+    let p = check(&v, &rs_keys(), &signed(c)).unwrap();
+    assert_eq!(p.sub.as_deref(), Some("alice"));
+    assert_eq!(p.client.as_deref(), Some("vscode"));
+    assert!(p.exp > now_secs());
+}
+
+#[test]
+fn audience_any_of_list() {
+    let v = verifier(&[]);
+    assert!(check(&v, &rs_keys(), &signed(claims(ISS, "other", ""))).is_ok());
+    let c = claims(ISS, "x", "").with_audiences(HashSet::from(["x".to_string(), "mcpserver".to_string()]));
+    assert!(check(&v, &rs_keys(), &signed(c)).is_ok());
+    assert_eq!(check(&v, &rs_keys(), &signed(claims(ISS, "backend", ""))), Err(Reject::Audience));
+    let mut c = claims(ISS, "x", "");
+    c.audiences = None;
+    assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(Reject::Audience));
+}
+
+#[test]
+fn issuer_exact() {
+    let v = verifier(&[]);
+    for iss in ["https://idp.example.com/mcp/", "https://IDP.example.com/mcp", "https://evil"] {
+        assert_eq!(check(&v, &rs_keys(), &signed(claims(iss, "mcpserver", ""))), Err(Reject::Issuer));
+    }
+    let mut c = claims(ISS, "mcpserver", "");
+    c.issuer = None;
+    assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(Reject::Issuer));
+}
+
+#[test]
+fn expiry_with_skew() {
+    let v = verifier(&[]);
+    let now = now_secs();
+    let mut c = claims(ISS, "mcpserver", "");
+    c.issued_at = Some(UnixTimeStamp::from_secs(now - 600));
+    c.invalid_before = None;
+    c.expires_at = Some(UnixTimeStamp::from_secs(now - 30));
+    assert!(check(&v, &rs_keys(), &signed(c.clone())).is_ok(), "within 60 s skew");
+    c.expires_at = Some(UnixTimeStamp::from_secs(now - 90));
+    assert_eq!(check(&v, &rs_keys(), &signed(c.clone())), Err(Reject::Expired));
+    c.expires_at = None;
+    assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(Reject::NoExpiry));
+}
+
+#[test]
+fn not_before_and_issued_at_with_skew() {
+    let v = verifier(&[]);
+    let now = now_secs();
+    let mut c = claims(ISS, "mcpserver", "");
+    c.invalid_before = Some(UnixTimeStamp::from_secs(now + 30));
+    assert!(check(&v, &rs_keys(), &signed(c.clone())).is_ok());
+    c.invalid_before = Some(UnixTimeStamp::from_secs(now + 120));
+    assert_eq!(check(&v, &rs_keys(), &signed(c.clone())), Err(Reject::NotYetValid));
+    c.invalid_before = None;
+    c.issued_at = Some(UnixTimeStamp::from_secs(now + 120));
+    assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(Reject::NotYetValid));
+}
+
+#[test]
+fn scopes_from_scope_or_scp() {
+    let v = verifier(&["a", "b"]);
+    assert!(check(&v, &rs_keys(), &signed(claims(ISS, "mcpserver", "b  a c"))).is_ok());
+    assert_eq!(
+        check(&v, &rs_keys(), &signed(claims(ISS, "mcpserver", "a"))),
+        Err(Reject::InsufficientScope)
+    );
+    let mut c = claims(ISS, "mcpserver", "");
+    c.custom.scope = None;
+    c.custom.scp = Some(serde_json::json!(["a", "b"]));
+    assert!(check(&v, &rs_keys(), &signed(c.clone())).is_ok());
+    c.custom.scp = Some("a b".into());
+    assert!(check(&v, &rs_keys(), &signed(c.clone())).is_ok());
+    c.custom.scp = None;
+    assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(Reject::InsufficientScope));
+}
+
+#[test]
+fn scope_failure_still_reports_sub() {
+    let v = verifier(&["a"]);
+    let mut n = 0;
+    let f = v.verify(&rs_keys(), &signed(claims(ISS, "mcpserver", "")), now_secs(), &mut n).unwrap_err();
+    assert_eq!(f.reject, Reject::InsufficientScope);
+    assert_eq!(f.sub.as_deref(), Some("alice"));
+}
+
+#[test]
+fn alg_none_rejected() {
+    let v = verifier(&[]);
+    let payload = serde_json::to_value(claims(ISS, "mcpserver", "")).unwrap();
+    for alg in ["none", "None", "NONE"] {
+        let t = forge(&serde_json::json!({"alg": alg, "typ": "JWT"}), &payload, b"");
+        assert_eq!(check(&v, &rs_keys(), &t), Err(Reject::UnsupportedAlg));
+    }
+    let t = forge(&serde_json::json!({"alg": "none", "kid": "k1"}), &payload, b"");
+    assert_eq!(check(&v, &rs_keys(), &t), Err(Reject::UnsupportedAlg));
+}
+
+#[test]
+fn hs256_with_the_rsa_public_key_as_secret_rejected() {
+    let v = verifier(&[]);
+    let public = rsa(RSA1, "k1").public_key();
+    for secret in [public.to_pem().unwrap(), rsa_jwk("k1", Some("RS256")).to_string()] {
+        for kid in [Some("k1"), None] {
+            let mut key = HS256Key::from_bytes(secret.as_bytes());
+            if let Some(k) = kid {
+                key = key.with_key_id(k);
+            }
+            let t = key.authenticate(claims(ISS, "mcpserver", "")).unwrap();
+            assert_eq!(check(&v, &rs_keys(), &t), Err(Reject::UnsupportedAlg));
+        }
+    }
+}
+
+#[test]
+fn key_must_fit_the_algorithm() {
+    let v = verifier(&[]);
+    // An RS256 token that names the EC key's kid.
+    let t = rsa(RSA1, "ec1").sign(claims(ISS, "mcpserver", "")).unwrap();
+    assert_eq!(check(&v, &rs_keys(), &t), Err(Reject::UnsupportedAlg));
+    // A PS256 token against a key published for RS256 only.
+    let ps = PS256KeyPair::from_pem(RSA1).unwrap().with_key_id("k1");
+    let t = ps.sign(claims(ISS, "mcpserver", "")).unwrap();
+    assert_eq!(check(&v, &rs_keys(), &t), Err(Reject::UnsupportedAlg));
+    // ... which passes when the key does not restrict its algorithm.
+    let open = keys(&[rsa_jwk("k1", None)]);
+    assert!(check(&v, &open, &t).is_ok());
+}
+
+#[test]
+fn bad_signature_and_tampering_rejected() {
+    let v = verifier(&[]);
+    let t = rsa(RSA2, "k1").sign(claims(ISS, "mcpserver", "")).unwrap();
+    assert_eq!(check(&v, &rs_keys(), &t), Err(Reject::BadSignature));
+    // Swap in a payload with another audience, keeping the signature.
+    let good = signed(claims(ISS, "mcpserver", ""));
+    let parts: Vec<&str> = good.split('.').collect();
+    let evil = forge(
+        &serde_json::json!({"alg": "RS256", "kid": "k1"}),
+        &serde_json::to_value(claims(ISS, "mcpserver", "admin")).unwrap(),
+        b"",
+    );
+    let evil_parts: Vec<&str> = evil.split('.').collect();
+    let spliced = format!("{}.{}.{}", parts[0], evil_parts[1], parts[2]);
+    assert_eq!(check(&v, &rs_keys(), &spliced), Err(Reject::BadSignature));
+}
+
+#[test]
+fn kid_selection() {
+    let v = verifier(&[]);
+    let mut j2 = rsa_jwk("k2", Some("RS256"));
+    let k2pub: serde_json::Value = serde_json::from_str(&rsa(RSA2, "k2").public_key().to_jwk()).unwrap();
+    j2["n"] = k2pub["n"].clone();
+    let set = keys(&[rsa_jwk("k1", Some("RS256")), j2]);
+    // Unknown kid: a refetch might find it.
+    let t = rsa(RSA1, "k9").sign(claims(ISS, "mcpserver", "")).unwrap();
+    assert_eq!(check(&v, &set, &t), Err(Reject::UnknownKey));
+    // The named key is the only one tried.
+    let t = rsa(RSA2, "k1").sign(claims(ISS, "mcpserver", "")).unwrap();
+    let mut n = 0;
+    assert_eq!(v.verify(&set, &t, now_secs(), &mut n).unwrap_err().reject, Reject::BadSignature);
+    assert_eq!(n, 1);
+    // Without a kid, every RS256 key is tried until one fits.
+    let t = RS256KeyPair::from_pem(RSA2).unwrap().sign(claims(ISS, "mcpserver", "")).unwrap();
+    let mut n = 0;
+    assert!(v.verify(&set, &t, now_secs(), &mut n).is_ok());
+    assert_eq!(n, 2);
+    // Without a kid and with no key of the algorithm.
+    let es = ES384KeyPair::generate().sign(claims(ISS, "mcpserver", "")).unwrap();
+    assert_eq!(check(&v, &set, &es), Err(Reject::UnknownKey));
+}
+
+#[test]
+fn ec_and_eddsa_tokens_verify() {
+    let v = verifier(&[]);
+    let es = ES256KeyPair::generate().with_key_id("e");
+    let ed = Ed25519KeyPair::generate().with_key_id("d");
+    let set = keys(&[
+        serde_json::from_str(&es.public_key().to_jwk()).unwrap(),
+        serde_json::from_str(&ed.public_key().to_jwk()).unwrap(),
+    ]);
+    assert!(check(&v, &set, &es.sign(claims(ISS, "mcpserver", "")).unwrap()).is_ok());
+    assert!(check(&v, &set, &ed.sign(claims(ISS, "mcpserver", "")).unwrap()).is_ok());
+}
+
+#[test]
+fn garbage_is_malformed() {
+    let v = verifier(&[]);
+    for t in ["", "abc", "a.b.c", "....", "eyJhbGciOiJSUzI1NiJ9.%%%.x"] {
+        assert_eq!(check(&v, &rs_keys(), t), Err(Reject::Malformed), "{t}");
+    }
+}
