@@ -1,12 +1,26 @@
 //! token-exchange-filter: a proxy-wasm HTTP filter that validates the caller's
 //! OAuth bearer token at the proxy.
 //!
-//! The logic is host-agnostic (`Host`), so everything but the thin proxy-wasm
-//! glue in `proxy` runs and is tested natively.
+//! The logic is host-agnostic (`host::Host`), so everything but the thin
+//! proxy-wasm glue in `proxy` runs and is tested natively. Modules, in the
+//! order a request meets them: `bearer` finds the token, `verified` remembers
+//! tokens already checked, `jwks_cache` keeps the issuer's keys (`jwks`),
+//! `verify` checks a token, `challenge` words the refusal, and `filter` ties
+//! them together.
 
+pub mod bearer;
+pub mod challenge;
+pub mod filter;
 pub mod host;
 pub mod jwks;
+pub mod jwks_cache;
+pub mod verified;
 pub mod verify;
 
+#[cfg(target_arch = "wasm32")]
+mod proxy;
+
+#[cfg(test)]
+mod mock;
 #[cfg(test)]
 mod testkeys;

@@ -1,0 +1,219 @@
+//! What the client is told when it may not pass: RFC 6750 `WWW-Authenticate`
+//! challenges, JSON error bodies, and the RFC 9728 protected-resource metadata
+//! that tells an MCP client where to get a token.
+
+use plugin_config::{Config, Resource};
+use serde_json::json;
+
+/// A local response that stops the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub status: u32,
+    pub www_authenticate: Option<String>,
+    pub retry_after: Option<u32>,
+    pub error: &'static str,
+    pub description: &'static str,
+}
+
+impl Denial {
+    /// `{"error": …, "error_description": …}`; both are fixed strings of ours.
+    pub fn body(&self) -> String {
+        json!({"error": self.error, "error_description": self.description}).to_string()
+    }
+}
+
+/// Builds challenges for one configuration; the parts that never change are
+/// rendered once.
+#[derive(Debug, Clone)]
+pub struct Challenges {
+    /// `resource_metadata="…"`, if a resource is configured.
+    metadata_param: Option<String>,
+    scope_param: Option<String>,
+}
+
+impl Challenges {
+    pub fn new(config: &Config) -> Challenges {
+        let o = &config.oidc;
+        Challenges {
+            metadata_param: o
+                .resource
+                .as_ref()
+                .map(|r| format!("resource_metadata=\"{}\"", r.metadata_url)),
+            scope_param: (!o.required_scopes.is_empty())
+                .then(|| format!("scope=\"{}\"", o.required_scopes.join(" "))),
+        }
+    }
+
+    fn header(&self, error: Option<(&str, &str)>, scope: bool) -> String {
+        let mut params: Vec<String> = Vec::new();
+        if let Some((code, desc)) = error {
+            params.push(format!("error=\"{code}\""));
+            params.push(format!("error_description=\"{desc}\""));
+        }
+        if scope {
+            params.extend(self.scope_param.clone());
+        }
+        params.extend(self.metadata_param.clone());
+        if params.is_empty() {
+            "Bearer".to_string()
+        } else {
+            format!("Bearer {}", params.join(", "))
+        }
+    }
+
+    /// No credentials at all: RFC 6750 §3.1 says no error code.
+    pub fn missing_token(&self) -> Denial {
+        Denial {
+            status: 401,
+            www_authenticate: Some(self.header(None, true)),
+            retry_after: None,
+            error: "invalid_token",
+            description: "missing bearer token",
+        }
+    }
+
+    pub fn invalid_token(&self, description: &'static str) -> Denial {
+        Denial {
+            status: 401,
+            www_authenticate: Some(self.header(Some(("invalid_token", description)), false)),
+            retry_after: None,
+            error: "invalid_token",
+            description,
+        }
+    }
+
+    pub fn invalid_request(&self, description: &'static str) -> Denial {
+        Denial {
+            status: 400,
+            www_authenticate: Some(self.header(Some(("invalid_request", description)), false)),
+            retry_after: None,
+            error: "invalid_request",
+            description,
+        }
+    }
+
+    /// 403 naming every required scope, so the client can step up.
+    pub fn insufficient_scope(&self) -> Denial {
+        Denial {
+            status: 403,
+            www_authenticate: Some(self.header(Some(("insufficient_scope", "insufficient scope")), true)),
+            retry_after: None,
+            error: "insufficient_scope",
+            description: "insufficient scope",
+        }
+    }
+
+    /// We could not check the token (keys unavailable): not the client's fault.
+    pub fn unavailable(&self, description: &'static str) -> Denial {
+        Denial {
+            status: 503,
+            www_authenticate: None,
+            retry_after: Some(5),
+            error: "temporarily_unavailable",
+            description,
+        }
+    }
+}
+
+/// The RFC 9728 metadata document for `resource`.
+pub fn metadata_document(resource: &Resource, issuer: &str) -> String {
+    json!({
+        "resource": resource.url,
+        "authorization_servers": [issuer],
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": resource.scopes_supported,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> Config {
+        let mut v = json!({"oidc": {
+            "issuer": "https://idp.example.com", "audience": "mcp",
+            "jwksUrl": "https://idp.example.com/keys"
+        }});
+        for (k, val) in extra.as_object().unwrap() {
+            v["oidc"][k] = val.clone();
+        }
+        plugin_config::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn full() -> Challenges {
+        Challenges::new(&config(json!({
+            "resourceUrl": "https://mcp.example.com/mcp",
+            "requiredScopes": ["mcp:tools:call", "openid"]
+        })))
+    }
+
+    const META: &str = r#"resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp""#;
+
+    #[test]
+    fn missing_token_has_no_error_code() {
+        let d = full().missing_token();
+        assert_eq!(d.status, 401);
+        assert_eq!(
+            d.www_authenticate.unwrap(),
+            format!(r#"Bearer scope="mcp:tools:call openid", {META}"#)
+        );
+    }
+
+    #[test]
+    fn invalid_token_challenge() {
+        let d = full().invalid_token("token expired");
+        assert_eq!(
+            d.www_authenticate.as_deref().unwrap(),
+            format!(r#"Bearer error="invalid_token", error_description="token expired", {META}"#)
+        );
+        assert_eq!(
+            d.body(),
+            r#"{"error":"invalid_token","error_description":"token expired"}"#
+        );
+    }
+
+    #[test]
+    fn insufficient_scope_names_required_scopes() {
+        let d = full().insufficient_scope();
+        assert_eq!(d.status, 403);
+        assert_eq!(
+            d.www_authenticate.unwrap(),
+            format!(
+                r#"Bearer error="insufficient_scope", error_description="insufficient scope", scope="mcp:tools:call openid", {META}"#
+            )
+        );
+    }
+
+    #[test]
+    fn without_resource_or_scopes_the_challenge_is_bare() {
+        let c = Challenges::new(&config(json!({})));
+        assert_eq!(c.missing_token().www_authenticate.unwrap(), "Bearer");
+        assert_eq!(
+            c.invalid_request("multiple authorization headers").www_authenticate.unwrap(),
+            r#"Bearer error="invalid_request", error_description="multiple authorization headers""#
+        );
+    }
+
+    #[test]
+    fn unavailable_is_503_with_retry_after() {
+        let d = full().unavailable("signing keys unavailable");
+        assert_eq!((d.status, d.retry_after, d.www_authenticate), (503, Some(5), None));
+    }
+
+    #[test]
+    fn metadata_document_fields() {
+        let cfg = config(json!({"resourceUrl": "https://mcp.example.com/mcp", "scopesSupported": ["a", "b"]}));
+        let doc: serde_json::Value =
+            serde_json::from_str(&metadata_document(cfg.oidc.resource.as_ref().unwrap(), &cfg.oidc.issuer)).unwrap();
+        assert_eq!(
+            doc,
+            json!({
+                "resource": "https://mcp.example.com/mcp",
+                "authorization_servers": ["https://idp.example.com"],
+                "bearer_methods_supported": ["header"],
+                "scopes_supported": ["a", "b"]
+            })
+        );
+    }
+}

@@ -1,0 +1,322 @@
+use super::*;
+use crate::host::CalloutResponse;
+use crate::jwks_cache::KID_REFETCH_INTERVAL_MS;
+use crate::mock::{ok, Mock, Shared, ROOT};
+use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1, RSA2};
+use jwt_simple::prelude::*;
+use serde_json::json;
+
+const ISS: &str = "http://127.0.0.1:9000/mcp";
+
+fn config_json() -> serde_json::Value {
+    json!({"oidc": {
+        "issuer": ISS, "audience": "mcpserver",
+        "jwksUrl": "http://127.0.0.1:9000/mcp/jwks",
+        "requiredScopes": ["mcp:tools:call"],
+        "resourceUrl": "http://127.0.0.1:8080/mcp"
+    }})
+}
+
+fn config() -> Config {
+    plugin_config::parse(config_json().to_string().as_bytes()).unwrap()
+}
+
+fn filter() -> Filter {
+    Filter::new(&config(), "tef")
+}
+
+fn token(pem: &str, kid: &str, scope: &str) -> String {
+    rsa(pem, kid).sign(claims(ISS, "mcpserver", scope)).unwrap()
+}
+
+fn good() -> String {
+    token(RSA1, "k1", "mcp:tools:call")
+}
+
+fn keys_k1() -> String {
+    jwks(&[rsa_jwk("k1", Some("RS256"))])
+}
+
+/// The JWKS with k2 (RSA2's public key) only.
+fn keys_k2() -> String {
+    let mut k2: serde_json::Value = serde_json::from_str(&rsa(RSA2, "k2").public_key().to_jwk()).unwrap();
+    k2["kid"] = "k2".into();
+    jwks(&[k2])
+}
+
+fn request(f: &mut Filter, m: &mut Mock, id: u32, token: Option<&str>) -> Action {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![(":method", "POST"), (":path", "/mcp")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    m.open(id, &headers);
+    f.on_request_headers(m)
+}
+
+/// Loads k1 into the filter through its first fetch.
+fn warm(f: &mut Filter, m: &mut Mock) {
+    m.current = ROOT;
+    f.on_tick(m);
+    let c = m.callouts.last().unwrap().clone();
+    m.current = ROOT;
+    f.on_callout(m, c.token, &ok(&keys_k1()));
+}
+
+#[test]
+fn missing_token_gets_a_401_challenge() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    assert_eq!(request(&mut f, &mut m, 2, None), Action::Pause);
+    let s = m.sent(2).unwrap();
+    assert_eq!(s.status, 401);
+    assert_eq!(
+        s.header("www-authenticate").unwrap(),
+        r#"Bearer scope="mcp:tools:call", resource_metadata="http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp""#
+    );
+    assert_eq!(s.header("content-type"), Some("application/json"));
+    assert!(m.callouts.is_empty(), "no key fetch for a request without a token");
+}
+
+#[test]
+fn two_authorization_headers_get_a_400() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    m.open(2, &[(":path", "/"), ("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+    f.on_request_headers(&mut m);
+    assert_eq!(m.sent(2).unwrap().status, 400);
+}
+
+#[test]
+fn requests_before_keys_wait_for_one_fetch_then_proceed() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    let t = good();
+    assert_eq!(request(&mut f, &mut m, 2, Some(&t)), Action::Pause);
+    assert_eq!(request(&mut f, &mut m, 3, Some("a.b.c")), Action::Pause);
+    assert_eq!(request(&mut f, &mut m, 4, Some(&t)), Action::Pause);
+    assert_eq!(m.callouts.len(), 1, "one fetch for every waiter");
+    let c = m.callouts[0].clone();
+    assert_eq!(c.owner, 2);
+    assert_eq!(c.cluster, "outbound|9000||127.0.0.1");
+    assert_eq!(c.header(":method"), Some("GET"));
+    assert_eq!(c.header(":path"), Some("/mcp/jwks"));
+    assert_eq!(c.header(":authority"), Some("127.0.0.1:9000"));
+    assert_eq!(c.header(":scheme"), Some("http"));
+    assert!(c.timeout_ms > 0);
+    assert!(m.stream(2).sent.is_none() && !m.stream(2).resumed);
+
+    m.current = 2;
+    f.on_callout(&mut m, c.token, &ok(&keys_k1()));
+    assert!(m.stream(2).resumed);
+    assert!(m.stream(4).resumed);
+    assert_eq!(m.sent(3).unwrap().status, 401);
+    assert_eq!(m.current, 2, "the delivering context is current again");
+    // The same token verified once, then served from the cache.
+    assert_eq!(f.signature_checks(), 1);
+}
+
+#[test]
+fn repeat_requests_skip_the_signature_check() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    for id in 2..12 {
+        assert_eq!(request(&mut f, &mut m, id, Some(&t)), Action::Continue);
+    }
+    assert_eq!(f.signature_checks(), 1);
+}
+
+#[test]
+fn failed_fetch_answers_waiters_with_503() {
+    for resp in [
+        CalloutResponse::default(),
+        CalloutResponse {
+            headers: vec![(":status".into(), "500".into())],
+            ..Default::default()
+        },
+        ok("not json"),
+        CalloutResponse {
+            truncated: true,
+            ..ok(&keys_k1())
+        },
+    ] {
+        let (mut f, mut m) = (filter(), Mock::new());
+        request(&mut f, &mut m, 2, Some(&good()));
+        let c = m.callouts[0].clone();
+        f.on_callout(&mut m, c.token, &resp);
+        let s = m.sent(2).unwrap();
+        assert_eq!(s.status, 503, "{resp:?}");
+        assert_eq!(s.header("retry-after"), Some("5"));
+        // Backing off: the next request is answered at once, without a new fetch.
+        request(&mut f, &mut m, 3, Some(&good()));
+        assert_eq!(m.sent(3).unwrap().status, 503);
+        assert_eq!(m.callouts.len(), 1);
+        // After the back-off, a tick fetches again, and a good answer recovers.
+        m.now_ms += 1_500;
+        m.current = ROOT;
+        f.on_tick(&mut m);
+        assert_eq!(m.callouts.len(), 2);
+        let c = m.callouts[1].clone();
+        f.on_callout(&mut m, c.token, &ok(&keys_k1()));
+        assert_eq!(request(&mut f, &mut m, 4, Some(&good())), Action::Continue);
+    }
+}
+
+#[test]
+fn refused_dispatch_is_a_503_not_a_hang() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    m.refuse_dispatch = true;
+    request(&mut f, &mut m, 2, Some(&good()));
+    assert_eq!(m.sent(2).unwrap().status, 503);
+}
+
+#[test]
+fn unknown_kid_refetches_once_then_passes() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    warm(&mut f, &mut m);
+    let rotated = token(RSA2, "k2", "mcp:tools:call");
+    // Keys just fetched: no refetch yet, the token is refused.
+    request(&mut f, &mut m, 2, Some(&rotated));
+    assert_eq!(m.sent(2).unwrap().status, 401);
+    assert_eq!(m.callouts.len(), 1);
+    // Later, an unseen kid triggers one refetch; the request waits for it.
+    m.now_ms += KID_REFETCH_INTERVAL_MS;
+    assert_eq!(request(&mut f, &mut m, 3, Some(&rotated)), Action::Pause);
+    assert_eq!(request(&mut f, &mut m, 4, Some(&rotated)), Action::Pause);
+    assert_eq!(m.callouts.len(), 2);
+    let c = m.callouts[1].clone();
+    f.on_callout(&mut m, c.token, &ok(&keys_k2()));
+    assert!(m.stream(3).resumed && m.stream(4).resumed);
+}
+
+#[test]
+fn dropped_key_stops_cached_tokens() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    assert_eq!(request(&mut f, &mut m, 2, Some(&t)), Action::Continue);
+    // The refresh publishes k2 only.
+    m.now_ms += 601_000;
+    m.current = ROOT;
+    f.on_tick(&mut m);
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &ok(&keys_k2()));
+    request(&mut f, &mut m, 3, Some(&t));
+    assert_eq!(m.sent(3).unwrap().status, 401);
+}
+
+#[test]
+fn scope_and_claim_failures_are_403_and_401() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    warm(&mut f, &mut m);
+    request(&mut f, &mut m, 2, Some(&token(RSA1, "k1", "openid")));
+    let s = m.sent(2).unwrap();
+    assert_eq!(s.status, 403);
+    assert!(s.header("www-authenticate").unwrap().contains(r#"error="insufficient_scope""#));
+    let wrong_aud = rsa(RSA1, "k1").sign(claims(ISS, "backend", "mcp:tools:call")).unwrap();
+    request(&mut f, &mut m, 3, Some(&wrong_aud));
+    let s = m.sent(3).unwrap();
+    assert_eq!(s.status, 401);
+    assert!(s.header("www-authenticate").unwrap().starts_with(
+        r#"Bearer error="invalid_token", error_description="audience not accepted", resource_metadata="#
+    ));
+    assert!(!s.body.contains(&wrong_aud[..20]), "the token is never echoed");
+}
+
+#[test]
+fn fetch_owner_leaving_does_not_strand_other_waiters() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    request(&mut f, &mut m, 2, Some(&good()));
+    request(&mut f, &mut m, 3, Some(&good()));
+    assert_eq!(m.callouts[0].owner, 2);
+    // Client 2 leaves: Envoy cancels its callout.
+    m.streams.remove(&2);
+    m.current = ROOT;
+    f.on_done(&mut m, 2);
+    f.on_tick(&mut m);
+    assert_eq!(m.callouts.len(), 2, "the root context fetches again");
+    assert_eq!(m.callouts[1].owner, ROOT);
+    let c = m.callouts[1].clone();
+    f.on_callout(&mut m, c.token, &ok(&keys_k1()));
+    assert!(m.stream(3).resumed);
+}
+
+#[test]
+fn waiter_that_left_is_skipped() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    request(&mut f, &mut m, 2, Some(&good()));
+    request(&mut f, &mut m, 3, Some(&good()));
+    m.streams.remove(&3);
+    m.current = 2;
+    let c = m.callouts[0].clone();
+    f.on_callout(&mut m, c.token, &ok(&keys_k1()));
+    assert!(m.stream(2).resumed);
+}
+
+#[test]
+fn waiters_time_out_with_503_if_no_answer_ever_comes() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    request(&mut f, &mut m, 2, Some(&good()));
+    m.now_ms += MAX_WAIT_MS + 1;
+    m.current = ROOT;
+    f.on_tick(&mut m);
+    assert_eq!(m.sent(2).unwrap().status, 503);
+}
+
+#[test]
+fn workers_share_one_fetch_through_shared_data() {
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
+    let (mut f2, mut m2) = (filter(), Mock::with_shared(shared));
+    request(&mut f1, &mut m1, 2, Some(&good()));
+    // Worker 2 sees worker 1's lease and waits instead of fetching.
+    assert_eq!(request(&mut f2, &mut m2, 2, Some(&good())), Action::Pause);
+    assert!(m2.callouts.is_empty());
+    let c = m1.callouts[0].clone();
+    f1.on_callout(&mut m1, c.token, &ok(&keys_k1()));
+    assert!(m1.stream(2).resumed);
+    // Worker 2 picks the published keys up on its next tick.
+    m2.current = ROOT;
+    f2.on_tick(&mut m2);
+    assert!(m2.stream(2).resumed);
+    assert!(m2.callouts.is_empty());
+}
+
+#[test]
+fn config_change_uses_other_shared_keys() {
+    let a = config();
+    let mut v = config_json();
+    v["oidc"]["audience"] = "other".into();
+    let b = plugin_config::parse(v.to_string().as_bytes()).unwrap();
+    assert_ne!(shared_prefix(&a, "tef"), shared_prefix(&b, "tef"));
+    assert_ne!(shared_prefix(&a, "tef"), shared_prefix(&a, "other-plugin"));
+    // Keys published under the old config are not read under the new one.
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (Filter::new(&a, "tef"), Mock::with_shared(shared.clone()));
+    warm(&mut f1, &mut m1);
+    let (mut f2, mut m2) = (Filter::new(&b, "tef"), Mock::with_shared(shared));
+    m2.current = ROOT;
+    f2.on_tick(&mut m2);
+    assert_eq!(m2.callouts.len(), 1, "the new config fetches its own keys");
+}
+
+#[test]
+fn metadata_endpoint_is_served_without_auth() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    m.open(2, &[(":method", "GET"), (":path", "/.well-known/oauth-protected-resource/mcp?x=1")]);
+    assert_eq!(f.on_request_headers(&mut m), Action::Pause);
+    let s = m.sent(2).unwrap();
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("access-control-allow-origin"), Some("*"));
+    let doc: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+    assert_eq!(doc["resource"], "http://127.0.0.1:8080/mcp");
+    assert_eq!(doc["authorization_servers"], json!([ISS]));
+    m.open(3, &[(":method", "OPTIONS"), (":path", "/.well-known/oauth-protected-resource/mcp")]);
+    f.on_request_headers(&mut m);
+    assert_eq!(m.sent(3).unwrap().status, 204);
+    m.open(4, &[(":method", "POST"), (":path", "/.well-known/oauth-protected-resource/mcp")]);
+    f.on_request_headers(&mut m);
+    assert_eq!(m.sent(4).unwrap().status, 405);
+    // Other well-known paths are not ours.
+    m.open(5, &[(":method", "GET"), (":path", "/.well-known/oauth-protected-resource/other")]);
+    f.on_request_headers(&mut m);
+    assert_eq!(m.sent(5).unwrap().status, 401);
+}

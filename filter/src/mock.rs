@@ -1,0 +1,190 @@
+//! A proxy in memory, for unit tests: streams, callouts, shared data, a clock.
+
+use crate::host::{CalloutResponse, Host};
+use plugin_config::Endpoint;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub const ROOT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Sent {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+pub struct Stream {
+    pub headers: Vec<(String, String)>,
+    pub sent: Option<Sent>,
+    pub resumed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Callout {
+    pub token: u32,
+    pub owner: u32,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout_ms: u64,
+}
+
+impl Callout {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Shared data is shared between mocks, as between workers.
+pub type Shared = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
+
+pub struct Mock {
+    pub now_ms: u64,
+    pub current: u32,
+    pub streams: HashMap<u32, Stream>,
+    pub callouts: Vec<Callout>,
+    pub shared: Shared,
+    next_token: u32,
+    pub refuse_dispatch: bool,
+}
+
+impl Mock {
+    pub fn new() -> Mock {
+        Mock::with_shared(Shared::default())
+    }
+
+    pub fn with_shared(shared: Shared) -> Mock {
+        Mock {
+            now_ms: crate::testkeys::now_secs() * 1000,
+            current: ROOT,
+            streams: HashMap::new(),
+            callouts: Vec::new(),
+            shared,
+            next_token: 100,
+            refuse_dispatch: false,
+        }
+    }
+
+    /// Opens stream `id` with these headers and makes it current.
+    pub fn open(&mut self, id: u32, headers: &[(&str, &str)]) {
+        let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.streams.insert(
+            id,
+            Stream {
+                headers,
+                ..Default::default()
+            },
+        );
+        self.current = id;
+    }
+
+    pub fn stream(&self, id: u32) -> &Stream {
+        &self.streams[&id]
+    }
+
+    pub fn sent(&self, id: u32) -> Option<&Sent> {
+        self.streams[&id].sent.as_ref()
+    }
+
+    fn cur(&mut self) -> &mut Stream {
+        self.streams.get_mut(&self.current).expect("current stream")
+    }
+}
+
+impl Host for Mock {
+    fn context_id(&self) -> u32 {
+        self.current
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.streams[&self.current].headers.clone()
+    }
+
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let s = self.cur();
+        assert!(s.sent.is_none() && !s.resumed, "stream answered twice");
+        s.sent = Some(Sent {
+            status,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: String::from_utf8_lossy(body).into_owned(),
+        });
+    }
+
+    fn resume_request(&mut self) {
+        let s = self.cur();
+        assert!(s.sent.is_none() && !s.resumed, "stream resumed twice");
+        s.resumed = true;
+    }
+
+    fn switch_to(&mut self, context_id: u32) -> bool {
+        if context_id == ROOT || self.streams.contains_key(&context_id) {
+            self.current = context_id;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        endpoint: &Endpoint,
+        _method: &str,
+        headers: &[(&str, &str)],
+        _body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        if self.refuse_dispatch {
+            return None;
+        }
+        self.next_token += 1;
+        self.callouts.push(Callout {
+            token: self.next_token,
+            owner: self.current,
+            cluster: endpoint.cluster.clone(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            timeout_ms,
+        });
+        Some(self.next_token)
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.shared.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut map = self.shared.borrow_mut();
+        let current = map.get(key).map(|(_, c)| *c);
+        if let (Some(want), Some(have)) = (cas, current) {
+            if want != have {
+                return false;
+            }
+        }
+        let next = current.unwrap_or(0) + 1;
+        map.insert(key.to_string(), (value.to_vec(), next));
+        true
+    }
+}
+
+/// A 200 answer with this body.
+pub fn ok(body: &str) -> CalloutResponse {
+    CalloutResponse {
+        headers: vec![(":status".into(), "200".into())],
+        body: body.as_bytes().to_vec(),
+        truncated: false,
+    }
+}
