@@ -53,7 +53,6 @@ pub trait Host {
     fn dispatch(
         &mut self,
         endpoint: &Endpoint,
-        method: &str,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
         timeout_ms: u64,

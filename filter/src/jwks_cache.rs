@@ -143,7 +143,7 @@ impl JwksCache {
             (":scheme", e.scheme.as_str()),
             ("accept", "application/json, application/jwk-set+json"),
         ];
-        match host.dispatch(e, "GET", &headers, None, FETCH_TIMEOUT_MS) {
+        match host.dispatch(e, &headers, None, FETCH_TIMEOUT_MS) {
             Some(token) => {
                 self.in_flight = Some(InFlight {
                     token,

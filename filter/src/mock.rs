@@ -140,7 +140,6 @@ impl Host for Mock {
     fn dispatch(
         &mut self,
         endpoint: &Endpoint,
-        _method: &str,
         headers: &[(&str, &str)],
         _body: Option<&[u8]>,
         timeout_ms: u64,
