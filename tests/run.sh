@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests of both crates, the no-panic lints on the wasm
+# build, and the integration tests on real Envoy with a real IdP.
+# Installs what it needs first (tests/bootstrap.sh); safe to run repeatedly.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+tests/bootstrap.sh
+
+echo "==> unit tests" >&2
+cargo test --workspace
+
+echo "==> clippy: no unwrap/expect/panic in filter code (wasm32 build)" >&2
+cargo clippy --release --target wasm32-wasip1 -p token-exchange-filter -p plugin-config -- -D warnings
+
+echo "==> integration tests (Envoy $(.venv/bin/envoy --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))" >&2
+.venv/bin/pytest tests/integration -v "$@"
