@@ -160,9 +160,10 @@ class Backend:
         return json.loads(call(self.port, "/_requests")[2])["requests"]
 
 
-def envoy_config(listener_port, admin_port, backend_port, plugin_config, clusters):
+def envoy_config(listener_port, admin_port, backend_port, plugin_config, clusters, direct_response=False):
     """envoy-local/envoy.yaml, re-pointed at this test's ports: the shipped
-    file is what the tests run."""
+    file is what the tests run. With `direct_response`, Envoy itself answers
+    200 in place of the backend (for measurements)."""
     doc = yaml.safe_load((ROOT / "envoy-local" / "envoy.yaml").read_text())
     doc["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = doc["static_resources"]["listeners"][0]
@@ -171,6 +172,10 @@ def envoy_config(listener_port, admin_port, backend_port, plugin_config, cluster
     wasm = hcm["http_filters"][0]["typed_config"]["config"]
     wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
     wasm["configuration"]["value"] = json.dumps(plugin_config)
+    if direct_response:
+        route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+        del route["route"]
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
     template = doc["static_resources"]["clusters"][0]
     out = []
     for name, port in [("backend", backend_port)] + list(clusters.items()):
@@ -186,10 +191,11 @@ def envoy_config(listener_port, admin_port, backend_port, plugin_config, cluster
 
 
 class Envoy:
-    def __init__(self, cleanup, backend_port, plugin_config, clusters, port=None, concurrency=2):
+    def __init__(self, cleanup, backend_port, plugin_config, clusters, port=None, concurrency=2,
+                 direct_response=False, log_level="info"):
         self.port = port or free_port()
         self.admin = free_port()
-        doc = envoy_config(self.port, self.admin, backend_port, plugin_config, clusters)
+        doc = envoy_config(self.port, self.admin, backend_port, plugin_config, clusters, direct_response)
         WORK.mkdir(parents=True, exist_ok=True)
         self.config_path = WORK / f"envoy-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(doc))
@@ -201,10 +207,10 @@ class Envoy:
             str(concurrency),
             "--disable-hot-restart",
             "-l",
-            "info",
-            "--component-log-level",
-            "wasm:debug",
+            log_level,
         ]
+        if log_level == "info":
+            cmd += ["--component-log-level", "wasm:debug"]
         self.proc = cleanup.add(Proc("envoy", cmd))
 
     def wait_ready(self, timeout=30.0):

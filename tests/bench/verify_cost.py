@@ -1,0 +1,82 @@
+"""What the first sight of a token costs, against a repeat of it.
+
+Runs Envoy (1 worker, direct_response upstream) with the filter in
+validation-only mode and the demo IdP, mints N distinct RS256-2048 tokens,
+then sends each once (cold: signature check) and one token N times (cached:
+SHA-256 lookup), on one keep-alive connection, alternating rounds. Prints a
+markdown table. A measurement, not a test: nothing here asserts on time.
+
+Usage: .venv/bin/python tests/bench/verify_cost.py [N] [ROUNDS]
+"""
+
+import http.client
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from harness import WASM, Cleanup, Envoy, IdP, free_port  # noqa: E402
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+
+
+def timed(conn, token):
+    t0 = time.perf_counter_ns()
+    conn.request("GET", "/mcp", headers={"authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    resp.read()
+    dt = time.perf_counter_ns() - t0
+    assert resp.status == 200, resp.status
+    return dt / 1000.0
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+def main():
+    assert WASM.exists(), "run tests/bootstrap.sh first"
+    cleanup = Cleanup()
+    try:
+        port = free_port()
+        resource = f"http://127.0.0.1:{port}/mcp"
+        idp = IdP(cleanup, "bench-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call"}},
+                  clients=[{"client_id": "bench", "client_secret": "bench-secret"}]).start()
+        config = {"oidc": {"issuer": idp.issuer, "audience": "mcpserver", "jwksUrl": f"{idp.issuer}/jwks",
+                           "requiredScopes": ["mcp:tools:call"]}}
+        envoy = Envoy(cleanup, 1, config, {f"outbound|{idp.port}||127.0.0.1": idp.port}, port=port,
+                      concurrency=1, direct_response=True, log_level="warning").wait_ready()
+        tokens = [idp.token("bench", "bench-secret", resource, "mcp:tools:call") for _ in range(N * ROUNDS + 1)]
+        conn = http.client.HTTPConnection("127.0.0.1", envoy.port)
+        timed(conn, tokens[-1])  # loads the keys
+        cold, cached = [], []
+        for r in range(ROUNDS):
+            fresh = tokens[r * N:(r + 1) * N]
+            cold += [timed(conn, t) for t in fresh]
+            cached += [timed(conn, tokens[-1]) for _ in range(N)]
+        print(f"RS256-2048 tokens through Envoy {envoy_version()} (1 worker), {N * ROUNDS} requests each, µs per request:\n")
+        print("| path | p50 | p90 | p99 | mean |")
+        print("|---|---:|---:|---:|---:|")
+        for name, xs in (("cold: first sight, signature checked", cold), ("cached: repeat token", cached)):
+            print(f"| {name} | {pct(xs, 50):.0f} | {pct(xs, 90):.0f} | {pct(xs, 99):.0f} | {statistics.mean(xs):.0f} |")
+        print(f"\ncold verification adds {pct(cold, 50) - pct(cached, 50):.0f} µs at p50 "
+              f"({statistics.mean(cold) - statistics.mean(cached):.0f} µs mean); .wasm {WASM.stat().st_size:,} bytes")
+    finally:
+        cleanup.close()
+
+
+def envoy_version():
+    import subprocess
+
+    from harness import ENVOY
+
+    out = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout
+    return out.split("/")[1] if "/" in out else "?"
+
+
+if __name__ == "__main__":
+    main()
