@@ -9,6 +9,7 @@
 //                  RSA-2048 key if missing. The first key signs.
 //   IDP_RESOURCES  JSON {"<resource URI>": {"audience", "scope", "ttl"}}
 //   IDP_CLIENTS    JSON [{"client_id", "client_secret", ...client metadata}]
+//   IDP_JWKS_DELAY_MS  delay every JWKS answer by this much (slow-IdP tests)
 //   IDP_ROTATE     if "1", add a fresh key in front of the file's keys at start:
 //                  new tokens get a new kid, old ones still verify
 import fs from 'node:fs';
@@ -75,6 +76,14 @@ const provider = new Provider(issuer, {
     },
   },
 });
+
+const jwksDelay = Number(env('IDP_JWKS_DELAY_MS', '0'));
+if (jwksDelay > 0) {
+  provider.use(async (ctx, next) => {
+    if (ctx.path === '/jwks') await new Promise((resolve) => { setTimeout(resolve, jwksDelay); });
+    await next();
+  });
+}
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 provider.listen(port, '127.0.0.1', () => console.log(`idp ${issuer} listening on 127.0.0.1:${port}`));

@@ -46,12 +46,13 @@ def plugin_config(idp, envoy_port, **overrides):
 class Stack:
     """MCP authorization server, echo backend, and Envoy with the filter."""
 
-    def __init__(self, cleanup, idp=None, **overrides):
+    def __init__(self, cleanup, idp=None, jwks_delay_ms=0, **overrides):
         """With `idp`, use that (possibly stopped) authorization server."""
         self.envoy_port = free_port()
         self.resource, resources = mcp_resources(self.envoy_port)
         if idp is None:
-            idp = IdP(cleanup, "mcp-as", resources=resources, clients=[{"client_id": CLIENT, "client_secret": SECRET}])
+            idp = IdP(cleanup, "mcp-as", resources=resources, clients=[{"client_id": CLIENT, "client_secret": SECRET}],
+                      jwks_delay_ms=jwks_delay_ms)
             idp.start()
         self.idp = idp
         self.backend = Backend(cleanup)

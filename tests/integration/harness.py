@@ -98,8 +98,10 @@ class Cleanup:
 class IdP:
     """One oidc-provider authorization server (tests/idp/server.mjs)."""
 
-    def __init__(self, cleanup, name, port=None, keys=None, issuer=None, resources=None, clients=None):
+    def __init__(self, cleanup, name, port=None, keys=None, issuer=None, resources=None, clients=None,
+                 jwks_delay_ms=0):
         self.cleanup = cleanup
+        self.jwks_delay_ms = jwks_delay_ms
         self.name = name
         self.port = port or free_port()
         self.issuer = issuer or f"http://127.0.0.1:{self.port}"
@@ -116,6 +118,7 @@ class IdP:
             "IDP_RESOURCES": json.dumps(self.resources),
             "IDP_CLIENTS": json.dumps(self.clients),
             "IDP_ROTATE": "1" if rotate else "0",
+            "IDP_JWKS_DELAY_MS": str(self.jwks_delay_ms),
         }
         self.proc = self.cleanup.add(Proc(self.name, ["node", "server.mjs"], env=env, cwd=ROOT / "tests" / "idp"))
         wait_port(self.port, self.proc.proc, self.proc.log)

@@ -197,3 +197,25 @@ def test_bad_config_fails_closed_naming_the_field(cleanup):
     lines = [l for l in envoy.proc.text().splitlines() if "invalid configuration" in l]
     assert len(lines) == 1, lines
     assert 'oidc.jwksUrl: must be an absolute http(s) URL, got "keys"' in lines[0]
+
+
+def test_concurrent_requests_wait_for_slow_keys(cleanup):
+    """Requests on both workers arrive before the (slow) JWKS does: all wait,
+    one fetch serves them, and each is resumed, whichever context got the answer."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = Stack(cleanup, jwks_delay_ms=2500)
+    token = s.token()
+    # A client that gives up while waiting must not disturb the others.
+    quitter = socket.create_connection(("127.0.0.1", s.envoy_port))
+    quitter.sendall(f"GET /mcp HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n".encode())
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(s.envoy.get, token=token) for _ in range(20)]
+        quitter.close()
+        codes = [f.result()[0] for f in futures]
+    assert codes == [200] * 20
+    assert s.backend.requests() == 20
+    log = s.envoy.proc.text()
+    assert "panicked" not in log and "re-entrant" not in log
+    assert token not in log, "tokens are never logged"
