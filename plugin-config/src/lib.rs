@@ -5,9 +5,11 @@
 //! because the only place a user sees it is one line of an Envoy log.
 
 mod endpoint;
+mod exchange;
 mod raw;
 
 pub use endpoint::Endpoint;
+pub use exchange::{Cache, ClientAuthMethod, Secret, TokenExchange};
 
 use raw::RawConfig;
 use sha2::{Digest, Sha256};
@@ -45,6 +47,9 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Config {
     pub oidc: Oidc,
+    /// Without it, the filter validates only.
+    pub token_exchange: Option<TokenExchange>,
+    pub cache: Cache,
     /// Hex SHA-256 of the canonical JSON: any change to the config changes it,
     /// so state keyed by it (shared data) never outlives the config that made it.
     pub fingerprint: String,
@@ -83,8 +88,15 @@ pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 /// Parses and validates the plugin configuration (Envoy's `configuration`
-/// string, or Istio's `pluginConfig` rendered as JSON).
+/// string, or Istio's `pluginConfig` rendered as JSON). Secrets named by
+/// `*Env` keys are read from the process environment (in wasm: the VM's,
+/// set by `vm_config.environment_variables` or Istio's `vmConfig.env`).
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    parse_with_env(bytes, &|name| std::env::var(name).ok())
+}
+
+/// `parse`, with environment variables looked up by `env`.
+pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ConfigError::new("", format!("configuration is not valid JSON: {e}")))?;
     if !value.is_object() {
@@ -97,7 +109,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         let path = if path == "." { String::new() } else { path };
         ConfigError::new(path, describe_serde_error(e.inner()))
     })?;
-    validate(raw, fingerprint)
+    validate(raw, fingerprint, env)
 }
 
 /// Turns serde's message into one that reads well after a field path.
@@ -118,7 +130,7 @@ fn describe_serde_error(e: &serde_json::Error) -> String {
     }
 }
 
-fn validate(raw: RawConfig, fingerprint: String) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let o = raw.oidc;
     let allow_http = o.insecure_allow_http;
 
@@ -184,7 +196,15 @@ fn validate(raw: RawConfig, fingerprint: String) -> Result<Config, ConfigError> 
         }
     };
 
+    let token_exchange = raw
+        .token_exchange
+        .map(|t| exchange::token_exchange(t, allow_http, env))
+        .transpose()?;
+    let cache = exchange::cache(raw.cache)?;
+
     Ok(Config {
+        token_exchange,
+        cache,
         oidc: Oidc {
             issuer: o.issuer,
             audiences,
@@ -215,7 +235,7 @@ fn resource(url: &url::Url, configured: &str, scopes_supported: Vec<String>) -> 
     }
 }
 
-fn non_empty(path: &str, v: &str) -> Result<(), ConfigError> {
+pub(crate) fn non_empty(path: &str, v: &str) -> Result<(), ConfigError> {
     if v.trim().is_empty() {
         return Err(ConfigError::new(path, "must not be empty"));
     }
@@ -224,7 +244,7 @@ fn non_empty(path: &str, v: &str) -> Result<(), ConfigError> {
 
 /// Scopes end up inside quoted header parameters, so they must be RFC 6749
 /// scope-tokens: printable ASCII without space, `"` or `\`.
-fn scope_list(path: &str, scopes: &[String]) -> Result<(), ConfigError> {
+pub(crate) fn scope_list(path: &str, scopes: &[String]) -> Result<(), ConfigError> {
     for (i, s) in scopes.iter().enumerate() {
         let p = format!("{path}[{i}]");
         non_empty(&p, s)?;

@@ -9,6 +9,34 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawConfig {
     pub oidc: RawOidc,
+    pub token_exchange: Option<RawTokenExchange>,
+    pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTokenExchange {
+    pub token_url: String,
+    pub token_cluster: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_auth_method: Option<String>,
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub subject_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
+    pub resource: Option<String>,
+    pub external_token_header_name: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCache {
+    pub max_entries: Option<u64>,
+    pub expiry_skew_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -173,3 +173,135 @@ fn fingerprint_is_canonical_and_tracks_changes() {
     assert_ne!(a.fingerprint, c.fingerprint);
     assert_eq!(a.fingerprint.len(), 64);
 }
+
+fn with_exchange(te: serde_json::Value) -> serde_json::Value {
+    let mut v = base();
+    v["tokenExchange"] = te;
+    v
+}
+
+fn env_has_secret(name: &str) -> Option<String> {
+    (name == "TE_SECRET").then(|| "s3cr=t&x".to_string())
+}
+
+fn parse_env(v: &serde_json::Value) -> Result<Config, ConfigError> {
+    parse_with_env(v.to_string().as_bytes(), &env_has_secret)
+}
+
+#[test]
+fn token_exchange_full_example() {
+    let v = with_exchange(serde_json::json!({
+        "tokenUrl": "https://idp.example.com/oauth2/backend/v1/token",
+        "tokenCluster": "outbound|443||idp.example.com",
+        "clientId": "0oa123",
+        "clientSecretEnv": "TE_SECRET",
+        "clientAuthMethod": "client_secret_post",
+        "audience": "backend",
+        "scopes": ["backend-api:read"],
+        "subjectTokenType": "access_token",
+        "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
+        "resource": "https://api.example.com/",
+        "externalTokenHeaderName": "",
+        "timeoutMs": 5000
+    }));
+    let mut v = v;
+    v["cache"] = serde_json::json!({"maxEntries": 10000, "expirySkewSeconds": 30});
+    let c = parse_env(&v).unwrap();
+    let t = c.token_exchange.unwrap();
+    assert_eq!(t.client_secret.as_ref().unwrap().expose(), "s3cr=t&x");
+    assert!(!t.secret_inline);
+    assert_eq!(t.auth_method, ClientAuthMethod::ClientSecretPost);
+    assert_eq!(t.subject_token_type, "urn:ietf:params:oauth:token-type:access_token");
+    assert_eq!(t.requested_token_type.as_deref(), Some("urn:ietf:params:oauth:token-type:access_token"));
+    assert_eq!(t.external_token_header, None);
+    assert_eq!(t.token.path, "/oauth2/backend/v1/token");
+    assert_eq!(c.cache, Cache { max_entries: 10000, expiry_skew_seconds: 30 });
+    assert!(!format!("{t:?}").contains("s3cr=t"), "Debug never shows the secret");
+}
+
+#[test]
+fn token_exchange_minimal_defaults() {
+    let c = parse_env(&with_exchange(serde_json::json!({"tokenUrl": "https://idp.example.com/token"}))).unwrap();
+    let t = c.token_exchange.unwrap();
+    assert_eq!(t.auth_method, ClientAuthMethod::None);
+    assert_eq!(t.timeout_ms, 5000);
+    assert_eq!(t.token.cluster, "outbound|443||idp.example.com");
+    assert_eq!(c.cache, Cache::default());
+    assert!(parse_env(&base()).unwrap().token_exchange.is_none());
+}
+
+#[test]
+fn secret_defaults_auth_to_basic_and_inline_secret_is_flagged() {
+    let c = parse_env(&with_exchange(serde_json::json!({
+        "tokenUrl": "https://i/t", "clientId": "c", "clientSecret": "inline"
+    })))
+    .unwrap();
+    let t = c.token_exchange.unwrap();
+    assert_eq!(t.auth_method, ClientAuthMethod::ClientSecretBasic);
+    assert!(t.secret_inline);
+}
+
+#[test]
+fn missing_secret_env_names_the_variable() {
+    let e = parse_env(&with_exchange(serde_json::json!({
+        "tokenUrl": "https://i/t", "clientId": "c", "clientSecretEnv": "NOPE"
+    })))
+    .unwrap_err();
+    assert_eq!(e.path, "tokenExchange.clientSecretEnv");
+    assert!(e.message.contains("NOPE") && e.message.contains("vm_config.environment_variables"), "{e}");
+}
+
+#[test]
+fn exchange_field_errors() {
+    let cases = [
+        (serde_json::json!({"tokenUrl": "token"}), "tokenExchange.tokenUrl"),
+        (serde_json::json!({"tokenUrl": "http://idp.example.com/t"}), "tokenExchange.tokenUrl"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "clientSecret": "a", "clientSecretEnv": "TE_SECRET"}), "tokenExchange.clientSecret"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "private_key_jwt"}), "tokenExchange.clientAuthMethod"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "client_secret_basic", "clientId": "c"}), "tokenExchange.clientSecretEnv"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "clientSecret": "x"}), "tokenExchange.clientId"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientSecret": "x", "clientAuthMethod": "none"}), "tokenExchange.clientAuthMethod"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "subjectTokenType": "bogus"}), "tokenExchange.subjectTokenType"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "requestedTokenType": "urn:x"}), "tokenExchange.requestedTokenType"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "resource": "not a uri"}), "tokenExchange.resource"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "externalTokenHeaderName": "x y"}), "tokenExchange.externalTokenHeaderName"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "timeoutMs": 0}), "tokenExchange.timeoutMs"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "scopes": ["a b"]}), "tokenExchange.scopes[0]"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "audience": ""}), "tokenExchange.audience"),
+        (serde_json::json!({"tokenUrl": "https://i/t", "clientSecretEnvv": "X"}), "tokenExchange.clientSecretEnvv"),
+        (serde_json::json!({}), "tokenExchange"),
+    ];
+    for (te, path) in cases {
+        let e = parse_env(&with_exchange(te.clone())).unwrap_err();
+        assert_eq!(e.path, path, "{te} -> {e}");
+    }
+}
+
+#[test]
+fn short_token_types_and_header_names_normalize() {
+    let c = parse_env(&with_exchange(serde_json::json!({
+        "tokenUrl": "https://i/t", "subjectTokenType": "jwt", "requestedTokenType": "id_token",
+        "externalTokenHeaderName": "X-Backend-Token"
+    })))
+    .unwrap();
+    let t = c.token_exchange.unwrap();
+    assert_eq!(t.subject_token_type, "urn:ietf:params:oauth:token-type:jwt");
+    assert_eq!(t.requested_token_type.as_deref(), Some("urn:ietf:params:oauth:token-type:id_token"));
+    assert_eq!(t.external_token_header.as_deref(), Some("x-backend-token"));
+    let c = parse_env(&with_exchange(serde_json::json!({
+        "tokenUrl": "https://i/t", "externalTokenHeaderName": "Authorization"
+    })))
+    .unwrap();
+    assert_eq!(c.token_exchange.unwrap().external_token_header, None);
+}
+
+#[test]
+fn cache_bounds() {
+    let mut v = base();
+    v["cache"] = serde_json::json!({"maxEntries": 0});
+    assert_eq!(parse_env(&v).unwrap_err().path, "cache.maxEntries");
+    v["cache"] = serde_json::json!({"expirySkewSeconds": 4000});
+    assert_eq!(parse_env(&v).unwrap_err().path, "cache.expirySkewSeconds");
+    v["cache"] = serde_json::json!({"maxEntrie": 1});
+    assert_eq!(parse_env(&v).unwrap_err().path, "cache.maxEntrie");
+}
