@@ -9,7 +9,9 @@
 //! them together.
 
 pub mod bearer;
+pub mod cache;
 pub mod challenge;
+pub mod exchange;
 pub mod filter;
 pub mod host;
 pub mod jwks;
