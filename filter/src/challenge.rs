@@ -115,6 +115,28 @@ impl Challenges {
     }
 }
 
+/// The token exchange failed on the IdP's or our configuration's side.
+pub fn bad_gateway() -> Denial {
+    Denial {
+        status: 502,
+        www_authenticate: None,
+        retry_after: None,
+        error: "bad_gateway",
+        description: "token exchange failed",
+    }
+}
+
+/// The token endpoint did not answer in time.
+pub fn gateway_timeout() -> Denial {
+    Denial {
+        status: 504,
+        www_authenticate: None,
+        retry_after: None,
+        error: "gateway_timeout",
+        description: "token exchange timed out",
+    }
+}
+
 /// The RFC 9728 metadata document for `resource`.
 pub fn metadata_document(resource: &Resource, issuer: &str) -> String {
     json!({

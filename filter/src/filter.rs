@@ -1,18 +1,22 @@
-//! The authenticator: one request's way through the filter, and the requests
-//! paused while the issuer's keys are fetched.
+//! One request's way through the filter: validate the caller's token, then
+//! (when configured) exchange it and forward the exchanged one.
 //!
 //! One `Filter` lives per worker (proxy-wasm VM) and is shared by its root and
-//! stream contexts. A request that needs keys we do not have yet is paused and
-//! remembered by context id; when the fetch ends, each is made current with
-//! `Host::switch_to` and resumed or answered. A paused request whose client
-//! leaves is simply forgotten (`on_done`).
+//! stream contexts. A request may pause twice: for the issuer's keys, and for
+//! its exchange. Paused requests are remembered by context id; when the
+//! callout they wait for ends, each is made current with `Host::switch_to`
+//! and resumed or answered. A paused request whose client leaves is simply
+//! forgotten (`on_done`).
 
 use crate::bearer::{self, Bearer};
-use crate::challenge::{metadata_document, Challenges, Denial};
+use crate::cache::{Key, TokenCache};
+use crate::challenge::{self, metadata_document, Challenges, Denial};
+use crate::exchange::{Exchanged, Exchanger, Failure};
 use crate::host::{CalloutResponse, Host};
 use crate::jwks_cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
+use crate::singleflight::{Flight, Flights};
 use crate::verified::{TokenHash, VerifiedCache};
-use crate::verify::{Reject, Verifier};
+use crate::verify::{Principal, Reject, Verifier};
 use plugin_config::Config;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -38,7 +42,7 @@ struct Waiter {
 }
 
 enum Verdict {
-    Allow,
+    Allow(Principal),
     Deny(Denial),
     /// The token names a key we do not have, and no refetch is allowed now.
     UnknownKey,
@@ -51,7 +55,24 @@ struct Metadata {
     body: String,
 }
 
+/// What happens next to a request that passed validation.
+enum Step {
+    Continue,
+    /// Waiting on an exchange.
+    Wait,
+    Deny(Denial),
+}
+
+/// Exchange state: the request builder, the shared cache, flights in progress.
+struct Exchange {
+    exchanger: Exchanger,
+    cache: TokenCache,
+    skew_ms: u64,
+    flights: Flights,
+}
+
 pub struct Filter {
+    exchange: Option<Exchange>,
     verifier: Verifier,
     challenges: Challenges,
     metadata: Option<Metadata>,
@@ -69,6 +90,12 @@ impl Filter {
         let prefix = shared_prefix(config, plugin_name);
         let o = &config.oidc;
         Filter {
+            exchange: config.token_exchange.as_ref().map(|t| Exchange {
+                exchanger: Exchanger::new(t),
+                cache: TokenCache::new(&prefix, config.cache.max_entries),
+                skew_ms: config.cache.expiry_skew_seconds.saturating_mul(1000),
+                flights: Flights::default(),
+            }),
             verifier: Verifier::new(o),
             challenges: Challenges::new(config),
             metadata: o.resource.as_ref().map(|r| Metadata {
@@ -131,8 +158,12 @@ impl Filter {
             v => v,
         };
         match self.settle(verdict, false) {
-            None => Action::Continue,
-            Some(d) => deny(host, &d),
+            Ok(principal) => match self.pass(host, token, &hash, principal) {
+                Step::Continue => Action::Continue,
+                Step::Wait => Action::Pause,
+                Step::Deny(d) => deny(host, &d),
+            },
+            Err(d) => deny(host, &d),
         }
     }
 
@@ -144,7 +175,140 @@ impl Filter {
                 self.wake(host, false);
             }
             Some(false) => self.wake(host, true),
-            None => log::debug!("ignoring answer to unknown callout {token}"),
+            None => {
+                let flight = self.exchange.as_mut().and_then(|x| x.flights.finish(token));
+                match flight {
+                    Some((key, flight)) => self.land(host, Some(&key), flight, resp),
+                    None => log::debug!("ignoring answer to unknown callout {token}"),
+                }
+            }
+        }
+    }
+
+    /// After validation: pass as is, or forward a cached exchanged token, or
+    /// join or start the exchange for this token.
+    fn pass(&mut self, host: &mut dyn Host, token: &str, hash: &TokenHash, principal: Principal) -> Step {
+        let Some(x) = self.exchange.as_mut() else {
+            return Step::Continue;
+        };
+        let key = x.exchanger.cache_key(hash);
+        let now = host.now_ms();
+        if let Some(exchanged) = x.cache.get(host, &key, now) {
+            forward(host, &x.exchanger, &exchanged);
+            log::debug!("{} cache=hit", audit(&x.exchanger, &principal));
+            return Step::Continue;
+        }
+        let ctx = host.context_id();
+        if x.flights.join(&key, ctx) {
+            return Step::Wait;
+        }
+        match dispatch(host, &x.exchanger, token) {
+            Some(id) => {
+                x.flights.start(
+                    key,
+                    Flight {
+                        token: Some(id),
+                        owner: host.origin_id(),
+                        started_ms: now,
+                        subject: token.to_string(),
+                        principal,
+                        waiters: vec![ctx],
+                    },
+                );
+                Step::Wait
+            }
+            None => {
+                log::warn!(
+                    "{} outcome=unavailable (callout refused: is cluster {:?} defined?) cache=miss",
+                    audit(&x.exchanger, &principal),
+                    x.exchanger.config().token.cluster
+                );
+                Step::Deny(self.challenges.unavailable("token exchange unavailable"))
+            }
+        }
+    }
+
+    /// An exchange answered (or never will: `key` is `None`): cache the
+    /// token and release every waiter.
+    fn land(&mut self, host: &mut dyn Host, key: Option<&Key>, flight: Flight, resp: &CalloutResponse) {
+        let Some(x) = self.exchange.as_mut() else {
+            return;
+        };
+        let now = host.now_ms();
+        let latency = now.saturating_sub(flight.started_ms);
+        let result = x.exchanger.parse(resp, latency, &flight.subject);
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(f) => f.outcome(),
+        };
+        log::info!(
+            "{} outcome={outcome} cache=miss latency_ms={latency} waiters={}",
+            audit(&x.exchanger, &flight.principal),
+            flight.waiters.len()
+        );
+        if let (Ok(ex), Some(key)) = (&result, key) {
+            let until = lifetime(ex, &flight.principal, now).saturating_sub(x.skew_ms);
+            x.cache.put(host, key, &ex.access_token, until, now);
+        }
+        let denial = result.as_ref().err().map(|f| self.exchange_denial(f));
+        let origin = host.context_id();
+        for w in flight.waiters {
+            if !host.switch_to(w) {
+                continue;
+            }
+            match (&result, &denial) {
+                (Ok(ex), _) => {
+                    if let Some(x) = &self.exchange {
+                        forward(host, &x.exchanger, &ex.access_token);
+                    }
+                    host.resume_request();
+                }
+                (Err(_), Some(d)) => {
+                    deny(host, d);
+                }
+                (Err(_), None) => {}
+            }
+        }
+        host.switch_to(origin);
+    }
+
+    fn exchange_denial(&self, f: &Failure) -> Denial {
+        match f {
+            Failure::InvalidGrant => self.challenges.invalid_token("token exchange refused"),
+            Failure::InsufficientScope => self.challenges.insufficient_scope(),
+            Failure::BadGateway(_) => challenge::bad_gateway(),
+            Failure::Unavailable(_) => self.challenges.unavailable("token exchange unavailable"),
+            Failure::Timeout => challenge::gateway_timeout(),
+        }
+    }
+
+    /// Restarts flights whose owner went away, and fails those that will
+    /// never be answered.
+    fn tend_flights(&mut self, host: &mut dyn Host) {
+        let Some(x) = self.exchange.as_mut() else {
+            return;
+        };
+        if x.flights.is_empty() {
+            return;
+        }
+        let now = host.now_ms();
+        for key in x.flights.orphans() {
+            let restarted = x.flights.get(&key).and_then(|f| {
+                let subject = f.subject.clone();
+                dispatch(host, &x.exchanger, &subject)
+            });
+            match restarted {
+                Some(id) => {
+                    log::debug!("restarted an exchange whose owner went away");
+                    x.flights.restarted(&key, id, host.origin_id(), now);
+                }
+                None => log::warn!("could not restart an orphaned exchange"),
+            }
+        }
+        let limit = x.exchanger.config().timeout_ms + 2_000;
+        let stuck = x.flights.take(|f| f.token.is_none() || now.saturating_sub(f.started_ms) > limit);
+        for flight in stuck {
+            self.land(host, None, flight, &CalloutResponse::default());
         }
     }
 
@@ -168,12 +332,16 @@ impl Filter {
             }
         }
         self.expire_waiters(host);
+        self.tend_flights(host);
     }
 
     /// The stream `id` ended. If it was waiting, forget it; if it owned the
     /// key fetch, that fetch was cancelled with it and the next tick restarts it.
     pub fn on_done(&mut self, host: &mut dyn Host, id: u32) {
         self.waiting.remove(&id);
+        if let Some(x) = self.exchange.as_mut() {
+            x.flights.leave(id);
+        }
         if self.jwks.forget_owner(host, id) {
             log::debug!("JWKS fetch owner {id} went away; the next tick fetches again");
         }
@@ -182,8 +350,8 @@ impl Filter {
     fn judge(&mut self, token: &str, hash: &TokenHash, now_ms: u64, may_refetch: bool) -> Verdict {
         let now = now_ms / 1000;
         let skew = self.verifier.skew();
-        if self.verified.get(hash, now, skew).is_some() {
-            return Verdict::Allow;
+        if let Some(p) = self.verified.get(hash, now, skew) {
+            return Verdict::Allow(p.clone());
         }
         let Some(keys) = self.jwks.keys() else {
             return Verdict::NeedKeys;
@@ -191,8 +359,8 @@ impl Filter {
         match self.verifier.verify(keys, token, now, &mut self.signature_checks) {
             Ok(p) => {
                 log::debug!("accepted token for sub={}", p.sub.as_deref().unwrap_or("-"));
-                self.verified.insert(*hash, p, now, skew);
-                Verdict::Allow
+                self.verified.insert(*hash, p.clone(), now, skew);
+                Verdict::Allow(p)
             }
             Err(f) if f.reject == Reject::UnknownKey => {
                 if may_refetch && self.jwks.refetch_allowed(now_ms) {
@@ -212,19 +380,19 @@ impl Filter {
         }
     }
 
-    /// The denial for a verdict, or `None` to let the request pass. After a
-    /// failed fetch, an unknown key is our problem, not the client's.
-    fn settle(&self, verdict: Verdict, fetch_failed: bool) -> Option<Denial> {
+    /// The principal of a valid token, or the denial. After a failed fetch,
+    /// an unknown key is our problem, not the client's.
+    fn settle(&self, verdict: Verdict, fetch_failed: bool) -> Result<Principal, Denial> {
         match verdict {
-            Verdict::Allow => None,
-            Verdict::Deny(d) => Some(d),
+            Verdict::Allow(p) => Ok(p),
+            Verdict::Deny(d) => Err(d),
             Verdict::UnknownKey if !fetch_failed => {
                 log::info!("rejected: {}", Reject::UnknownKey.description());
-                Some(self.denial(Reject::UnknownKey))
+                Err(self.denial(Reject::UnknownKey))
             }
             Verdict::UnknownKey | Verdict::NeedKeys => {
                 log::warn!("rejected: signing keys unavailable");
-                Some(self.challenges.unavailable("signing keys unavailable"))
+                Err(self.challenges.unavailable("signing keys unavailable"))
             }
         }
     }
@@ -248,9 +416,14 @@ impl Filter {
                 continue;
             }
             let verdict = self.judge(&w.token, &w.hash, now_ms, false);
-            match self.settle(verdict, fetch_failed) {
-                None => host.resume_request(),
-                Some(d) => {
+            let step = match self.settle(verdict, fetch_failed) {
+                Ok(p) => self.pass(host, &w.token, &w.hash, p),
+                Err(d) => Step::Deny(d),
+            };
+            match step {
+                Step::Continue => host.resume_request(),
+                Step::Wait => {}
+                Step::Deny(d) => {
                     deny(host, &d);
                 }
             }
@@ -321,6 +494,43 @@ impl Filter {
 pub fn shared_prefix(config: &Config, plugin_name: &str) -> String {
     let fp = config.fingerprint.get(..16).unwrap_or(&config.fingerprint);
     format!("tef:{plugin_name}:{fp}:")
+}
+
+/// Puts the exchanged token where the upstream expects it: in place of the
+/// caller's in Authorization, or in the configured header.
+fn forward(host: &mut dyn Host, exchanger: &Exchanger, token: &str) {
+    let header = exchanger.config().external_token_header.as_deref().unwrap_or("authorization");
+    host.set_request_header(header, &format!("Bearer {token}"));
+}
+
+fn dispatch(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Option<u32> {
+    let (headers, body) = exchanger.request(subject);
+    let c = exchanger.config();
+    host.dispatch(&c.token, &headers, Some(&body), c.timeout_ms)
+}
+
+/// When an exchanged token stops being usable: the sooner of the IdP's
+/// `expires_in` and the subject token's `exp`; without `expires_in`, the
+/// exchanged JWT's own `exp` if it has one. Milliseconds.
+fn lifetime(ex: &Exchanged, subject: &Principal, now_ms: u64) -> u64 {
+    let subject_ms = subject.exp.saturating_mul(1000);
+    let issued_ms = match (ex.expires_in, ex.jwt_exp) {
+        (Some(s), _) => Some(now_ms.saturating_add(s.saturating_mul(1000))),
+        (None, Some(exp)) => Some(exp.saturating_mul(1000)),
+        (None, None) => None,
+    };
+    issued_ms.map_or(subject_ms, |i| i.min(subject_ms))
+}
+
+/// The audit line's fixed part: who, through which client, for which audience.
+fn audit(exchanger: &Exchanger, p: &Principal) -> String {
+    let c = exchanger.config();
+    format!(
+        "exchange sub={} client={} audience={}",
+        p.sub.as_deref().unwrap_or("-"),
+        p.client.as_deref().unwrap_or("-"),
+        c.audience.as_deref().or(c.resource.as_deref()).unwrap_or("-")
+    )
 }
 
 fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {

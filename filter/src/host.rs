@@ -36,6 +36,10 @@ impl CalloutResponse {
 pub trait Host {
     /// Id of the context this host currently acts on.
     fn context_id(&self) -> u32;
+    /// Id of the context the proxy called us in. Callouts are always made as
+    /// this context: the proxy cancels a callout when the context that made it
+    /// ends, and delivers the answer to it.
+    fn origin_id(&self) -> u32;
     /// Wall-clock time, milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 
@@ -45,11 +49,14 @@ pub trait Host {
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     /// Lets a paused request continue upstream.
     fn resume_request(&mut self);
+    /// Sets (replaces) a request header of the current stream.
+    fn set_request_header(&mut self, name: &str, value: &str);
     /// Makes `context_id` current. False if it no longer exists (client gone).
     fn switch_to(&mut self, context_id: u32) -> bool;
 
-    /// Starts an HTTP callout from the current context; `None` if the proxy
-    /// refused it (unknown cluster, bad arguments).
+    /// Starts an HTTP callout as the origin context (see `origin_id`), whatever
+    /// context is current; `None` if the proxy refused it (unknown cluster,
+    /// bad arguments).
     fn dispatch(
         &mut self,
         endpoint: &Endpoint,

@@ -147,7 +147,7 @@ impl JwksCache {
             Some(token) => {
                 self.in_flight = Some(InFlight {
                     token,
-                    owner: host.context_id(),
+                    owner: host.origin_id(),
                     started_ms: now,
                 });
                 Fetch::Pending

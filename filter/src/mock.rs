@@ -24,6 +24,8 @@ impl Sent {
 #[derive(Default)]
 pub struct Stream {
     pub headers: Vec<(String, String)>,
+    /// Headers set by the filter, in order.
+    pub set_headers: Vec<(String, String)>,
     pub sent: Option<Sent>,
     pub resumed: bool,
 }
@@ -34,6 +36,7 @@ pub struct Callout {
     pub owner: u32,
     pub cluster: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
     pub timeout_ms: u64,
 }
 
@@ -48,6 +51,8 @@ pub type Shared = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
 
 pub struct Mock {
     pub now_ms: u64,
+    /// The context the proxy called into (see `Host::origin_id`).
+    pub active: u32,
     pub current: u32,
     pub streams: HashMap<u32, Stream>,
     pub callouts: Vec<Callout>,
@@ -64,6 +69,7 @@ impl Mock {
     pub fn with_shared(shared: Shared) -> Mock {
         Mock {
             now_ms: crate::testkeys::now_secs() * 1000,
+            active: ROOT,
             current: ROOT,
             streams: HashMap::new(),
             callouts: Vec::new(),
@@ -73,7 +79,13 @@ impl Mock {
         }
     }
 
-    /// Opens stream `id` with these headers and makes it current.
+    /// Enters context `id` as the proxy does for a callback.
+    pub fn enter(&mut self, id: u32) {
+        self.active = id;
+        self.current = id;
+    }
+
+    /// Opens stream `id` with these headers and enters it.
     pub fn open(&mut self, id: u32, headers: &[(&str, &str)]) {
         let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         self.streams.insert(
@@ -83,7 +95,7 @@ impl Mock {
                 ..Default::default()
             },
         );
-        self.current = id;
+        self.enter(id);
     }
 
     pub fn stream(&self, id: u32) -> &Stream {
@@ -102,6 +114,10 @@ impl Mock {
 impl Host for Mock {
     fn context_id(&self) -> u32 {
         self.current
+    }
+
+    fn origin_id(&self) -> u32 {
+        self.active
     }
 
     fn now_ms(&self) -> u64 {
@@ -128,6 +144,13 @@ impl Host for Mock {
         s.resumed = true;
     }
 
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        let s = self.cur();
+        s.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        s.headers.push((name.to_string(), value.to_string()));
+        s.set_headers.push((name.to_string(), value.to_string()));
+    }
+
     fn switch_to(&mut self, context_id: u32) -> bool {
         if context_id == ROOT || self.streams.contains_key(&context_id) {
             self.current = context_id;
@@ -141,7 +164,7 @@ impl Host for Mock {
         &mut self,
         endpoint: &Endpoint,
         headers: &[(&str, &str)],
-        _body: Option<&[u8]>,
+        body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> Option<u32> {
         if self.refuse_dispatch {
@@ -150,9 +173,10 @@ impl Host for Mock {
         self.next_token += 1;
         self.callouts.push(Callout {
             token: self.next_token,
-            owner: self.current,
+            owner: self.active,
             cluster: endpoint.cluster.clone(),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: body.unwrap_or_default().to_vec(),
             timeout_ms,
         });
         Some(self.next_token)

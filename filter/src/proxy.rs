@@ -1,6 +1,10 @@
 //! The proxy-wasm glue: contexts that hand every event to the shared `Filter`,
-//! and a `Host` made of the SDK's checked hostcalls (the trait methods would
-//! unwrap, and a trap takes down every request on the worker).
+//! and a `Host` made of hostcalls that never panic. The SDK's trait methods
+//! unwrap, and its hostcall wrappers for replacing a header, continuing a
+//! stream and sending a local response panic on any status but Ok; since the
+//! filter acts on other streams through `set_effective_context`, those three
+//! are called through the ABI directly here (`abi`), with every status
+//! handled. A trap would take down every request on the worker.
 
 use crate::filter::{Action as FilterAction, Filter};
 use crate::host::{CalloutResponse, Host};
@@ -36,7 +40,7 @@ fn with_filter(shared: &Shared, id: u32, f: impl FnOnce(&mut Filter, &mut WasmHo
     match shared.try_borrow_mut() {
         Ok(mut guard) => {
             if let Some(filter) = guard.as_mut() {
-                f(filter, &mut WasmHost { current: id });
+                f(filter, &mut WasmHost { origin: id, current: id });
             }
         }
         Err(_) => log::error!("re-entrant call into the filter from context {id} ignored"),
@@ -75,12 +79,31 @@ impl RootContext for Root {
             Ok(mut slot) => *slot = Some(Filter::new(&config, &name)),
             Err(_) => return false,
         }
+        // Format debug lines only if the proxy would print them.
+        if let Ok(level) = hostcalls::get_log_level() {
+            log::set_max_level(match level {
+                LogLevel::Trace => log::LevelFilter::Trace,
+                LogLevel::Debug => log::LevelFilter::Debug,
+                LogLevel::Info => log::LevelFilter::Info,
+                LogLevel::Warn => log::LevelFilter::Warn,
+                LogLevel::Error | LogLevel::Critical => log::LevelFilter::Error,
+            });
+        }
         log::info!(
             "token-exchange-filter configured: issuer {}, JWKS from {} via cluster {}",
             config.oidc.issuer,
             config.oidc.jwks.url,
             config.oidc.jwks.cluster
         );
+        if let Some(t) = &config.token_exchange {
+            log::info!("exchanging tokens at {} via cluster {}", t.token.url, t.token.cluster);
+            if t.secret_inline {
+                log::warn!(
+                    "tokenExchange.clientSecret is set inline: for local demos only; \
+                     use clientSecretEnv with vm_config.environment_variables or vmConfig.env"
+                );
+            }
+        }
         true
     }
 
@@ -156,14 +179,20 @@ fn read_callout_response(num_headers: usize, body_size: usize) -> CalloutRespons
     CalloutResponse { headers, body, truncated }
 }
 
-/// `Host` over proxy-wasm hostcalls, acting on context `current`.
+/// `Host` over proxy-wasm hostcalls, acting on context `current`, called in
+/// context `origin`.
 struct WasmHost {
+    origin: u32,
     current: u32,
 }
 
 impl Host for WasmHost {
     fn context_id(&self) -> u32 {
         self.current
+    }
+
+    fn origin_id(&self) -> u32 {
+        self.origin
     }
 
     fn now_ms(&self) -> u64 {
@@ -178,14 +207,20 @@ impl Host for WasmHost {
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        if hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_err() {
-            log::warn!("could not send the local response on context {}", self.current);
+        if let Err(code) = abi::send_local_response(status, headers, body) {
+            log::warn!("could not send the local response on context {} (status {code})", self.current);
         }
     }
 
     fn resume_request(&mut self) {
-        if hostcalls::resume_http_request().is_err() {
-            log::debug!("could not resume context {}", self.current);
+        if let Err(code) = abi::continue_request() {
+            log::debug!("could not resume context {} (status {code})", self.current);
+        }
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        if let Err(code) = abi::replace_request_header(name, value) {
+            log::warn!("could not set header {name} on context {} (status {code})", self.current);
         }
     }
 
@@ -205,8 +240,18 @@ impl Host for WasmHost {
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> Option<u32> {
+        // The proxy attaches a callout to the effective context, the SDK routes
+        // its answer to the context it is running: make them the same.
+        let switched = self.current != self.origin;
+        if switched && hostcalls::set_effective_context(self.origin).is_err() {
+            return None;
+        }
         let timeout = Duration::from_millis(timeout_ms.max(1));
-        hostcalls::dispatch_http_call(&endpoint.cluster, headers.to_vec(), body, vec![], timeout).ok()
+        let token = hostcalls::dispatch_http_call(&endpoint.cluster, headers.to_vec(), body, vec![], timeout).ok();
+        if switched && hostcalls::set_effective_context(self.current).is_err() {
+            log::warn!("could not return to context {}", self.current);
+        }
+        token
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -215,5 +260,93 @@ impl Host for WasmHost {
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
+
+/// The three ABI calls whose SDK wrappers panic on an unexpected status.
+mod abi {
+    /// `proxy_wasm::types::MapType::HttpRequestHeaders` and `StreamType::HttpRequest`.
+    const HTTP_REQUEST: u32 = 0;
+    const OK: u32 = 0;
+
+    // Same imports as the SDK's, declared with plain integers so that any
+    // status the host returns is representable.
+    #[allow(clashing_extern_declarations)]
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_replace_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_continue_stream(stream_type: u32) -> u32;
+        fn proxy_send_local_response(
+            status_code: u32,
+            details_data: *const u8,
+            details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+    }
+
+    fn check(status: u32) -> Result<(), u32> {
+        if status == OK {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    }
+
+    pub fn replace_request_header(name: &str, value: &str) -> Result<(), u32> {
+        // SAFETY: pointers and lengths describe live, immutable buffers for the call.
+        check(unsafe {
+            proxy_replace_header_map_value(HTTP_REQUEST, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+        })
+    }
+
+    pub fn continue_request() -> Result<(), u32> {
+        // SAFETY: no pointers.
+        check(unsafe { proxy_continue_stream(HTTP_REQUEST) })
+    }
+
+    pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), u32> {
+        let map = serialize(headers);
+        // SAFETY: pointers and lengths describe live, immutable buffers for the call.
+        check(unsafe {
+            proxy_send_local_response(
+                status,
+                std::ptr::null(),
+                0,
+                body.as_ptr(),
+                body.len(),
+                map.as_ptr(),
+                map.len(),
+                -1,
+            )
+        })
+    }
+
+    /// The ABI's header-map encoding: pair count, then each pair's key and
+    /// value lengths, then each key and value NUL-terminated; all u32 LE.
+    fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+        let mut out = Vec::with_capacity(4 + pairs.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>());
+        out.extend_from_slice(&len32(pairs.len()));
+        for (k, v) in pairs {
+            out.extend_from_slice(&len32(k.len()));
+            out.extend_from_slice(&len32(v.len()));
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+            out.extend_from_slice(v.as_bytes());
+            out.push(0);
+        }
+        out
     }
 }

@@ -56,10 +56,10 @@ fn request(f: &mut Filter, m: &mut Mock, id: u32, token: Option<&str>) -> Action
 
 /// Loads k1 into the filter through its first fetch.
 fn warm(f: &mut Filter, m: &mut Mock) {
-    m.current = ROOT;
+    m.enter(ROOT);
     f.on_tick(m);
     let c = m.callouts.last().unwrap().clone();
-    m.current = ROOT;
+    m.enter(ROOT);
     f.on_callout(m, c.token, &ok(&keys_k1()));
 }
 
@@ -103,7 +103,7 @@ fn requests_before_keys_wait_for_one_fetch_then_proceed() {
     assert!(c.timeout_ms > 0);
     assert!(m.stream(2).sent.is_none() && !m.stream(2).resumed);
 
-    m.current = 2;
+    m.enter(2);
     f.on_callout(&mut m, c.token, &ok(&keys_k1()));
     assert!(m.stream(2).resumed);
     assert!(m.stream(4).resumed);
@@ -151,7 +151,7 @@ fn failed_fetch_answers_waiters_with_503() {
         assert_eq!(m.callouts.len(), 1);
         // After the back-off, a tick fetches again, and a good answer recovers.
         m.now_ms += 1_500;
-        m.current = ROOT;
+        m.enter(ROOT);
         f.on_tick(&mut m);
         assert_eq!(m.callouts.len(), 2);
         let c = m.callouts[1].clone();
@@ -195,7 +195,7 @@ fn dropped_key_stops_cached_tokens() {
     assert_eq!(request(&mut f, &mut m, 2, Some(&t)), Action::Continue);
     // The refresh publishes k2 only.
     m.now_ms += 601_000;
-    m.current = ROOT;
+    m.enter(ROOT);
     f.on_tick(&mut m);
     let c = m.callouts.last().unwrap().clone();
     f.on_callout(&mut m, c.token, &ok(&keys_k2()));
@@ -229,7 +229,7 @@ fn fetch_owner_leaving_does_not_strand_other_waiters() {
     assert_eq!(m.callouts[0].owner, 2);
     // Client 2 leaves: Envoy cancels its callout.
     m.streams.remove(&2);
-    m.current = ROOT;
+    m.enter(ROOT);
     f.on_done(&mut m, 2);
     f.on_tick(&mut m);
     assert_eq!(m.callouts.len(), 2, "the root context fetches again");
@@ -245,7 +245,7 @@ fn waiter_that_left_is_skipped() {
     request(&mut f, &mut m, 2, Some(&good()));
     request(&mut f, &mut m, 3, Some(&good()));
     m.streams.remove(&3);
-    m.current = 2;
+    m.enter(2);
     let c = m.callouts[0].clone();
     f.on_callout(&mut m, c.token, &ok(&keys_k1()));
     assert!(m.stream(2).resumed);
@@ -256,7 +256,7 @@ fn waiters_time_out_with_503_if_no_answer_ever_comes() {
     let (mut f, mut m) = (filter(), Mock::new());
     request(&mut f, &mut m, 2, Some(&good()));
     m.now_ms += MAX_WAIT_MS + 1;
-    m.current = ROOT;
+    m.enter(ROOT);
     f.on_tick(&mut m);
     assert_eq!(m.sent(2).unwrap().status, 503);
 }
@@ -274,7 +274,7 @@ fn workers_share_one_fetch_through_shared_data() {
     f1.on_callout(&mut m1, c.token, &ok(&keys_k1()));
     assert!(m1.stream(2).resumed);
     // Worker 2 picks the published keys up on its next tick.
-    m2.current = ROOT;
+    m2.enter(ROOT);
     f2.on_tick(&mut m2);
     assert!(m2.stream(2).resumed);
     assert!(m2.callouts.is_empty());
@@ -293,7 +293,7 @@ fn config_change_uses_other_shared_keys() {
     let (mut f1, mut m1) = (Filter::new(&a, "tef"), Mock::with_shared(shared.clone()));
     warm(&mut f1, &mut m1);
     let (mut f2, mut m2) = (Filter::new(&b, "tef"), Mock::with_shared(shared));
-    m2.current = ROOT;
+    m2.enter(ROOT);
     f2.on_tick(&mut m2);
     assert_eq!(m2.callouts.len(), 1, "the new config fetches its own keys");
 }
@@ -320,3 +320,262 @@ fn metadata_endpoint_is_served_without_auth() {
     f.on_request_headers(&mut m);
     assert_eq!(m.sent(5).unwrap().status, 401);
 }
+
+// ---- token exchange ----
+
+const BACKEND_TOKEN: &str = "backend.eyJzdWIiOiJhbGljZSJ9.sig";
+
+fn exchange_filter(extra: serde_json::Value) -> Filter {
+    let mut v = config_json();
+    let mut te = json!({
+        "tokenUrl": "http://127.0.0.1:9002/token", "clientId": "gw", "clientSecretEnv": "TE_SECRET",
+        "audience": "backend", "scopes": ["backend:read"], "requestedTokenType": "access_token",
+        "timeoutMs": 1000
+    });
+    for (k, val) in extra.as_object().unwrap() {
+        te[k] = val.clone();
+    }
+    v["tokenExchange"] = te;
+    v["cache"] = json!({"maxEntries": 100, "expirySkewSeconds": 30});
+    let env = |n: &str| (n == "TE_SECRET").then(|| "secret".to_string());
+    Filter::new(&plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(), "tef")
+}
+
+fn exchanged(expires_in: u64) -> CalloutResponse {
+    ok(&json!({
+        "access_token": BACKEND_TOKEN, "token_type": "Bearer", "expires_in": expires_in,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"
+    })
+    .to_string())
+}
+
+fn authorization(m: &Mock, id: u32) -> Option<String> {
+    m.stream(id)
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn exchange_pauses_rewrites_authorization_and_caches() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    assert_eq!(request(&mut f, &mut m, 2, Some(&t)), Action::Pause);
+    let c = m.callouts.last().unwrap().clone();
+    assert_eq!(c.cluster, "outbound|9002||127.0.0.1");
+    assert_eq!(c.owner, 2);
+    assert_eq!(c.header(":method"), Some("POST"));
+    assert_eq!(c.header(":path"), Some("/token"));
+    assert_eq!(c.timeout_ms, 1000);
+    let body = String::from_utf8(c.body.clone()).unwrap();
+    assert!(body.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"));
+    assert!(body.contains(&format!("subject_token={t}")));
+    assert!(!m.stream(2).resumed);
+
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    assert!(m.stream(2).resumed);
+    assert_eq!(authorization(&m, 2), Some(format!("Bearer {BACKEND_TOKEN}")));
+    assert_eq!(m.stream(2).set_headers.len(), 1);
+
+    // The next request is served from shared data: no callout.
+    let before = m.callouts.len();
+    assert_eq!(request(&mut f, &mut m, 3, Some(&t)), Action::Continue);
+    assert_eq!(m.callouts.len(), before);
+    assert_eq!(authorization(&m, 3), Some(format!("Bearer {BACKEND_TOKEN}")));
+    // Another worker (same shared data) hits it too.
+    let (mut f2, mut m2) = (exchange_filter(json!({})), Mock::with_shared(m.shared.clone()));
+    assert_eq!(request(&mut f2, &mut m2, 2, Some(&t)), Action::Continue);
+    assert_eq!(authorization(&m2, 2), Some(format!("Bearer {BACKEND_TOKEN}")));
+    assert!(m2.callouts.is_empty());
+}
+
+#[test]
+fn concurrent_misses_share_one_exchange() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    for id in 2..7 {
+        assert_eq!(request(&mut f, &mut m, id, Some(&t)), Action::Pause);
+    }
+    assert_eq!(m.callouts.len(), 2, "one JWKS fetch, one exchange");
+    let c = m.callouts[1].clone();
+    m.enter(2);
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    for id in 2..7 {
+        assert!(m.stream(id).resumed, "{id}");
+        assert_eq!(authorization(&m, id), Some(format!("Bearer {BACKEND_TOKEN}")));
+    }
+}
+
+#[test]
+fn exchange_failures_map_to_statuses_and_never_reach_upstream() {
+    let err = |status: u16, body: serde_json::Value| CalloutResponse {
+        headers: vec![(":status".into(), status.to_string())],
+        body: body.to_string().into_bytes(),
+        truncated: false,
+    };
+    let cases: Vec<(CalloutResponse, u64, u32)> = vec![
+        (err(400, json!({"error": "invalid_grant"})), 0, 401),
+        (err(400, json!({"error": "invalid_scope"})), 0, 403),
+        (err(400, json!({"error": "invalid_target"})), 0, 403),
+        (err(401, json!({"error": "invalid_client"})), 0, 502),
+        (err(400, json!({"error": "unauthorized_client"})), 0, 502),
+        (err(400, json!({"error": "unsupported_grant_type"})), 0, 502),
+        (err(400, json!({"error": "invalid_request"})), 0, 502),
+        (ok("not json"), 0, 502),
+        (err(500, json!({})), 0, 503),
+        (CalloutResponse::default(), 0, 503),
+        (CalloutResponse::default(), 1_000, 504),
+    ];
+    for (resp, elapsed, status) in cases {
+        let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+        warm(&mut f, &mut m);
+        let t = good();
+        request(&mut f, &mut m, 2, Some(&t));
+        request(&mut f, &mut m, 3, Some(&t));
+        assert_eq!(m.callouts.len(), 2, "one JWKS fetch, one exchange for both");
+        let c = m.callouts.last().unwrap().clone();
+        m.now_ms += elapsed;
+        m.enter(2);
+        f.on_callout(&mut m, c.token, &resp);
+        for id in [2, 3] {
+            let s = m.sent(id).unwrap_or_else(|| panic!("{resp:?}: stream {id} not answered"));
+            assert_eq!(s.status, status, "{resp:?}");
+            assert!(!m.stream(id).resumed);
+            assert!(!s.body.contains("invalid_grant") || status != 401);
+        }
+        if status == 503 {
+            assert!(m.sent(2).unwrap().header("retry-after").is_some());
+        }
+        if status == 401 {
+            assert!(m.sent(2).unwrap().header("www-authenticate").unwrap().contains(r#"error="invalid_token""#));
+        }
+        // A failure is not cached: the next request exchanges again.
+        let before = m.callouts.len();
+        request(&mut f, &mut m, 4, Some(&t));
+        assert_eq!(m.callouts.len(), before + 1);
+    }
+}
+
+#[test]
+fn cache_lifetime_is_expires_in_minus_skew() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    request(&mut f, &mut m, 2, Some(&t));
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &exchanged(40));
+    // Usable for 40 - 30 = 10 s.
+    m.now_ms += 9_000;
+    assert_eq!(request(&mut f, &mut m, 3, Some(&t)), Action::Continue);
+    m.now_ms += 2_000;
+    assert_eq!(request(&mut f, &mut m, 4, Some(&t)), Action::Pause, "expired: exchange again");
+}
+
+#[test]
+fn cache_lifetime_never_outlives_the_subject_token() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good(); // valid for 300 s
+    request(&mut f, &mut m, 2, Some(&t));
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &exchanged(3_600));
+    m.now_ms += 275_000; // past the subject's exp (300 s) less the 30 s skew
+    assert_eq!(request(&mut f, &mut m, 3, Some(&t)), Action::Pause);
+}
+
+#[test]
+fn users_never_share_a_cached_token() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    let alice = good();
+    let bob = rsa(RSA1, "k1").sign(claims(ISS, "mcpserver", "mcp:tools:call").with_subject("bob")).unwrap();
+    request(&mut f, &mut m, 2, Some(&alice));
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    assert_eq!(request(&mut f, &mut m, 3, Some(&bob)), Action::Pause, "bob gets his own exchange");
+}
+
+#[test]
+fn exchange_owner_leaving_is_restarted_from_the_root() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    request(&mut f, &mut m, 2, Some(&t));
+    request(&mut f, &mut m, 3, Some(&t));
+    let n = m.callouts.len();
+    m.streams.remove(&2);
+    m.enter(ROOT);
+    f.on_done(&mut m, 2);
+    f.on_tick(&mut m);
+    assert_eq!(m.callouts.len(), n + 1);
+    let c = m.callouts.last().unwrap().clone();
+    assert_eq!(c.owner, ROOT);
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    assert!(m.stream(3).resumed);
+    assert_eq!(authorization(&m, 3), Some(format!("Bearer {BACKEND_TOKEN}")));
+}
+
+#[test]
+fn last_waiter_leaving_drops_the_flight() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    request(&mut f, &mut m, 2, Some(&good()));
+    let n = m.callouts.len();
+    m.streams.remove(&2);
+    m.enter(ROOT);
+    f.on_done(&mut m, 2);
+    f.on_tick(&mut m);
+    assert_eq!(m.callouts.len(), n, "nobody waits: nothing restarted");
+}
+
+#[test]
+fn unanswered_exchange_times_out_with_504() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    request(&mut f, &mut m, 2, Some(&good()));
+    m.now_ms += 3_500;
+    m.enter(ROOT);
+    f.on_tick(&mut m);
+    assert_eq!(m.sent(2).unwrap().status, 504);
+}
+
+#[test]
+fn requests_waiting_for_keys_go_on_to_the_exchange_as_the_origin_context() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    let t = good();
+    request(&mut f, &mut m, 2, Some(&t));
+    request(&mut f, &mut m, 3, Some(&t));
+    let jwks = m.callouts[0].clone();
+    m.enter(2);
+    f.on_callout(&mut m, jwks.token, &ok(&keys_k1()));
+    // One exchange for both, made as the context that received the keys.
+    assert_eq!(m.callouts.len(), 2);
+    let c = m.callouts[1].clone();
+    assert_eq!(c.owner, 2);
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    assert!(m.stream(2).resumed && m.stream(3).resumed);
+}
+
+#[test]
+fn external_header_leaves_authorization_alone() {
+    let (mut f, mut m) = (exchange_filter(json!({"externalTokenHeaderName": "X-Backend-Token"})), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    request(&mut f, &mut m, 2, Some(&t));
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    assert_eq!(m.stream(2).set_headers, vec![("x-backend-token".to_string(), format!("Bearer {BACKEND_TOKEN}"))]);
+    assert_eq!(authorization(&m, 2), Some(format!("Bearer {t}")));
+}
+
+#[test]
+fn validation_only_forwards_the_callers_token_untouched() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    warm(&mut f, &mut m);
+    request(&mut f, &mut m, 2, Some(&good()));
+    assert!(m.stream(2).set_headers.is_empty());
+}
+
