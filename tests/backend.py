@@ -1,18 +1,46 @@
 """Echo backend for the demo and the integration tests.
 
 Answers every request with JSON describing what reached it: method, path,
-headers, and the claims of the bearer token it was given (decoded, not
-verified: it shows what the proxy forwarded). GET /_requests returns how many
-requests it has served, so a test can prove the upstream was never reached.
+headers, and the claims of the bearer token it was given. GET /_requests
+returns how many requests it has served, so a test can prove the upstream was
+never reached.
+
+With BACKEND_JWKS_URL, BACKEND_ISSUER and BACKEND_AUDIENCE set, it behaves
+like a real API behind the gateway: it verifies the bearer token (RS256
+signature against that JWKS, iss, aud, exp), answers 401 if it does not
+verify, and prints one line per request with the token's iss, aud, sub and
+scope.
 
 Usage: backend.py PORT
 """
 
 import base64
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+JWKS_URL = os.environ.get("BACKEND_JWKS_URL")
+ISSUER = os.environ.get("BACKEND_ISSUER")
+AUDIENCE = os.environ.get("BACKEND_AUDIENCE")
+_jwks = None
+if JWKS_URL:
+    import jwt  # PyJWT, from tests/requirements.txt
+
+    _jwks = jwt.PyJWKClient(JWKS_URL, cache_keys=True)
+
+
+def verify(authorization):
+    """Verified claims, or an error string."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return None, "no bearer token"
+    token = authorization.split(" ", 1)[1].strip()
+    try:
+        key = _jwks.get_signing_key_from_jwt(token)
+        return jwt.decode(token, key.key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER), None
+    except Exception as e:  # any failure is a 401, as a real API would answer
+        return None, f"{type(e).__name__}: {e}"
 
 _count = 0
 _lock = threading.Lock()
@@ -36,8 +64,25 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
+        status = 200
         if self.path == "/_requests":
             body = {"requests": _count}
+        elif _jwks is not None:
+            with _lock:
+                _count += 1
+            claims_, error = verify(self.headers.get("authorization"))
+            if error:
+                status, body = 401, {"error": "invalid_token", "detail": error}
+                print(f"backend: rejected: {error}", flush=True)
+            else:
+                body = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": [[k.lower(), v] for k, v in self.headers.items()],
+                    "verified_claims": claims_,
+                }
+                print("backend: verified token " + " ".join(
+                    f"{k}={claims_.get(k)}" for k in ("iss", "aud", "sub", "scope")), flush=True)
         else:
             with _lock:
                 _count += 1
@@ -48,7 +93,7 @@ class Handler(BaseHTTPRequestHandler):
                 "token_claims": claims(self.headers.get("authorization")),
             }
         data = json.dumps(body).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()

@@ -10,11 +10,23 @@
 //   IDP_RESOURCES  JSON {"<resource URI>": {"audience", "scope", "ttl"}}
 //   IDP_CLIENTS    JSON [{"client_id", "client_secret", ...client metadata}]
 //   IDP_JWKS_DELAY_MS  delay every JWKS answer by this much (slow-IdP tests)
+//
+// With IDP_TRUST_ISSUER set, it also speaks RFC 8693 token exchange, as the
+// backend authorization server in an Okta-style two-AS setup: it accepts
+// access tokens from the trusted AS as subject tokens and issues its own for
+// the `audience` or `resource` asked for, keeping the subject's `sub`.
+//   IDP_TRUST_ISSUER    issuer whose access tokens may be exchanged
+//   IDP_TRUST_AUDIENCE  audience those tokens must carry
+//   IDP_TRUST_JWKS      its JWKS URL (default <issuer>/jwks)
+//   IDP_DENY_SUBJECTS   JSON list of subjects refused with invalid_grant
+//   IDP_EXCHANGE_DELAY_MS  delay every exchange by this much
+// GET /_stats answers {"token_exchange": <exchange requests so far>}.
 //   IDP_ROTATE     if "1", add a fresh key in front of the file's keys at start:
 //                  new tokens get a new kid, old ones still verify
 import fs from 'node:fs';
 import crypto from 'node:crypto';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
+import { createRemoteJWKSet, jwtVerify } from 'jose';
 
 const env = (name, fallback) => {
   const v = process.env[name];
@@ -57,6 +69,11 @@ const provider = new Provider(issuer, {
     response_types: [],
     ...c,
   })),
+  ttl: {
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL || 300,
+    ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || 300,
+    Grant: 3600,
+  },
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -75,6 +92,80 @@ const provider = new Provider(issuer, {
       },
     },
   },
+});
+
+const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+const trustIssuer = process.env.IDP_TRUST_ISSUER;
+const exchangeDelay = Number(env('IDP_EXCHANGE_DELAY_MS', '0'));
+const stats = { token_exchange: 0 };
+
+function resourceServer(target) {
+  const entry = Object.entries(resources).find(([uri, r]) => uri === target || r.audience === target);
+  if (!entry) return undefined;
+  const [uri, r] = entry;
+  return new provider.ResourceServer(uri, {
+    audience: r.audience || uri,
+    scope: r.scope || '',
+    accessTokenTTL: r.ttl || 300,
+    accessTokenFormat: 'jwt',
+    jwt: { sign: { alg: 'RS256' } },
+  });
+}
+
+if (trustIssuer) {
+  const trustedKeys = createRemoteJWKSet(new URL(env('IDP_TRUST_JWKS', `${trustIssuer}/jwks`)));
+  const trustAudience = env('IDP_TRUST_AUDIENCE');
+  const denied = new Set(JSON.parse(env('IDP_DENY_SUBJECTS', '[]')));
+
+  // Client authentication, parameter parsing, signing and error responses are
+  // the library's; this only decides whether and what to issue.
+  provider.registerGrantType(EXCHANGE, async (ctx) => {
+    stats.token_exchange += 1;
+    if (exchangeDelay) await new Promise((resolve) => { setTimeout(resolve, exchangeDelay); });
+    const p = ctx.oidc.params;
+    if (!p.subject_token) throw new errors.InvalidRequest('missing subject_token');
+    if (p.subject_token_type !== ACCESS_TOKEN) throw new errors.InvalidRequest('unsupported subject_token_type');
+    if (p.requested_token_type && p.requested_token_type !== ACCESS_TOKEN) {
+      throw new errors.InvalidRequest('unsupported requested_token_type');
+    }
+    let subject;
+    try {
+      ({ payload: subject } = await jwtVerify(p.subject_token, trustedKeys, {
+        issuer: trustIssuer, audience: trustAudience,
+      }));
+    } catch {
+      throw new errors.InvalidGrant('subject token is invalid');
+    }
+    if (!subject.sub || denied.has(subject.sub)) throw new errors.InvalidGrant('subject may not use this resource');
+    const rs = resourceServer(p.resource || p.audience);
+    if (!rs) throw new errors.InvalidTarget();
+    const requested = (p.scope || '').split(' ').filter(Boolean);
+    if (requested.some((s) => !rs.scopes.has(s))) throw new errors.InvalidScope('requested scope is not allowed');
+    const scope = (requested.length ? requested : [...rs.scopes]).join(' ');
+    const { client } = ctx.oidc;
+    const grant = new provider.Grant({ accountId: subject.sub, clientId: client.clientId });
+    const token = new provider.AccessToken({
+      accountId: subject.sub, client, grantId: await grant.save(), gty: 'token_exchange', scope,
+    });
+    token.resourceServer = rs;
+    ctx.body = {
+      access_token: await token.save(),
+      issued_token_type: ACCESS_TOKEN,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      scope,
+    };
+  }, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope', 'resource',
+    'actor_token', 'actor_token_type']);
+}
+
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/_stats') {
+    ctx.body = stats;
+    return;
+  }
+  await next();
 });
 
 const jwksDelay = Number(env('IDP_JWKS_DELAY_MS', '0'));
