@@ -72,7 +72,11 @@ class Handler(BaseHTTPRequestHandler):
                 _count += 1
             claims_, error = verify(self.headers.get("authorization"))
             if error:
-                status, body = 401, {"error": "invalid_token", "detail": error}
+                status, body = 401, {
+                    "error": "invalid_token",
+                    "detail": error,
+                    "headers": [[k.lower(), v] for k, v in self.headers.items()],
+                }
                 print(f"backend: rejected: {error}", flush=True)
             else:
                 body = {
@@ -105,8 +109,14 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 drops connections when Envoy opens dozens at once.
+    request_queue_size = 256
+
+
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = Server(("127.0.0.1", port), Handler)
     print(f"backend listening on 127.0.0.1:{port}", flush=True)
     server.serve_forever()

@@ -99,9 +99,10 @@ class IdP:
     """One oidc-provider authorization server (tests/idp/server.mjs)."""
 
     def __init__(self, cleanup, name, port=None, keys=None, issuer=None, resources=None, clients=None,
-                 jwks_delay_ms=0):
+                 jwks_delay_ms=0, extra_env=None):
         self.cleanup = cleanup
         self.jwks_delay_ms = jwks_delay_ms
+        self.extra_env = extra_env or {}
         self.name = name
         self.port = port or free_port()
         self.issuer = issuer or f"http://127.0.0.1:{self.port}"
@@ -119,6 +120,7 @@ class IdP:
             "IDP_CLIENTS": json.dumps(self.clients),
             "IDP_ROTATE": "1" if rotate else "0",
             "IDP_JWKS_DELAY_MS": str(self.jwks_delay_ms),
+            **self.extra_env,
         }
         self.proc = self.cleanup.add(Proc(self.name, ["node", "server.mjs"], env=env, cwd=ROOT / "tests" / "idp"))
         wait_port(self.port, self.proc.proc, self.proc.log)
@@ -152,33 +154,57 @@ class IdP:
         assert status == 200
         return json.loads(body)
 
+    def exchanges(self):
+        """Token exchanges this IdP has handled."""
+        return json.loads(call(self.port, "/_stats")[2])["token_exchange"]
+
 
 class Backend:
-    def __init__(self, cleanup):
+    """tests/backend.py; with `verify_with` (an IdP), it verifies the tokens it
+    receives against that IdP's keys, issuer and `audience`."""
+
+    def __init__(self, cleanup, verify_with=None, audience=None):
         self.port = free_port()
-        self.proc = cleanup.add(Proc("backend", [sys.executable, str(ROOT / "tests" / "backend.py"), str(self.port)]))
+        env = {}
+        if verify_with is not None:
+            env = {
+                "BACKEND_JWKS_URL": f"{verify_with.issuer}/jwks",
+                "BACKEND_ISSUER": verify_with.issuer,
+                "BACKEND_AUDIENCE": audience,
+            }
+        cmd = [sys.executable, str(ROOT / "tests" / "backend.py"), str(self.port)]
+        self.proc = cleanup.add(Proc("backend", cmd, env=env))
         wait_port(self.port, self.proc.proc, self.proc.log)
 
     def requests(self):
         return json.loads(call(self.port, "/_requests")[2])["requests"]
 
 
-def envoy_config(listener_port, admin_port, backend_port, plugin_config, clusters, direct_response=False):
+def envoy_config(listeners, admin_port, backend_port, clusters, direct_response=False, env_keys=()):
     """envoy-local/envoy.yaml, re-pointed at this test's ports: the shipped
-    file is what the tests run. With `direct_response`, Envoy itself answers
-    200 in place of the backend (for measurements)."""
+    file is what the tests run. `listeners` is a list of (port, plugin config):
+    each gets a copy of the shipped listener, all in one VM (so they share
+    shared data, as plugins on one proxy do). With `direct_response`, Envoy
+    itself answers 200 in place of the backend (for measurements)."""
     doc = yaml.safe_load((ROOT / "envoy-local" / "envoy.yaml").read_text())
     doc["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    listener = doc["static_resources"]["listeners"][0]
-    listener["address"]["socket_address"]["port_value"] = listener_port
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    wasm = hcm["http_filters"][0]["typed_config"]["config"]
-    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
-    wasm["configuration"]["value"] = json.dumps(plugin_config)
-    if direct_response:
-        route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
-        del route["route"]
-        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
+    shipped = doc["static_resources"]["listeners"][0]
+    doc["static_resources"]["listeners"] = []
+    for i, (port, plugin_config) in enumerate(listeners):
+        listener = copy.deepcopy(shipped)
+        listener["name"] = f"{shipped['name']}-{i}"
+        listener["address"]["socket_address"]["port_value"] = port
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        wasm = hcm["http_filters"][0]["typed_config"]["config"]
+        wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        keys = wasm["vm_config"]["environment_variables"]["host_env_keys"]
+        keys.extend(k for k in env_keys if k not in keys)
+        wasm["configuration"]["value"] = json.dumps(plugin_config)
+        if direct_response:
+            route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+            del route["route"]
+            route["direct_response"] = {"status": 200, "body": {"inline_string": "ok"}}
+        doc["static_resources"]["listeners"].append(listener)
     template = doc["static_resources"]["clusters"][0]
     out = []
     for name, port in [("backend", backend_port)] + list(clusters.items()):
@@ -194,11 +220,18 @@ def envoy_config(listener_port, admin_port, backend_port, plugin_config, cluster
 
 
 class Envoy:
+    """Envoy with the filter on `port`, and on each of `extra_listeners`
+    ((port, plugin config) pairs); `env` is its process environment, where
+    the filter reads secrets from."""
+
     def __init__(self, cleanup, backend_port, plugin_config, clusters, port=None, concurrency=2,
-                 direct_response=False, log_level="info"):
+                 direct_response=False, log_level="info", extra_listeners=(), env=None):
         self.port = port or free_port()
         self.admin = free_port()
-        doc = envoy_config(self.port, self.admin, backend_port, plugin_config, clusters, direct_response)
+        env = dict(env or {})
+        env.setdefault("TOKEN_EXCHANGE_CLIENT_SECRET", "unused")
+        listeners = [(self.port, plugin_config)] + list(extra_listeners)
+        doc = envoy_config(listeners, self.admin, backend_port, clusters, direct_response, env_keys=env)
         WORK.mkdir(parents=True, exist_ok=True)
         self.config_path = WORK / f"envoy-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(doc))
@@ -214,7 +247,7 @@ class Envoy:
         ]
         if log_level == "info":
             cmd += ["--component-log-level", "wasm:debug"]
-        self.proc = cleanup.add(Proc("envoy", cmd))
+        self.proc = cleanup.add(Proc("envoy", cmd, env=env))
 
     def wait_ready(self, timeout=30.0):
         deadline = time.monotonic() + timeout
@@ -230,11 +263,60 @@ class Envoy:
             time.sleep(0.1)
         raise RuntimeError(f"envoy not ready after {timeout}s:\n{tail(self.proc.log)}")
 
-    def get(self, path="/mcp", token=None, headers=None, method="GET"):
+    def get(self, path="/mcp", token=None, headers=None, method="GET", port=None):
         h = dict(headers or {})
         if token is not None:
             h["authorization"] = f"Bearer {token}"
-        return call(self.port, path, method=method, headers=h)
+        return call(port or self.port, path, method=method, headers=h)
+
+
+class BrokenTokenEndpoint:
+    """A token endpoint that misbehaves as its path says, for the failure rows
+    no real IdP produces on demand: /garbage (200, not JSON), /oversize (200,
+    100 KB of JSON), /500, /hang (answers after 5 s), /reset (closes the
+    connection without answering). Runs in a thread of the test process."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                mode = self.path.strip("/")
+                if mode == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if mode == "hang":
+                    time.sleep(5)
+                status, ctype, body = {
+                    "garbage": (200, "text/plain", b"this is not json"),
+                    "oversize": (200, "application/json", json.dumps({
+                        "access_token": "x" * 100_000, "token_type": "Bearer",
+                        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()),
+                    "500": (500, "application/json", b'{"error":"server_error"}'),
+                    "hang": (200, "application/json", b"{}"),
+                }.get(mode, (404, "text/plain", b""))
+                self.send_response(status)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def call(port, path, method="GET", headers=None, body=None, header_list=None, timeout=30):
