@@ -7,7 +7,7 @@
 //! `maxEntries` slots, keyed `<prefix>x<slot>`. An entry's two candidate
 //! slots come from its 32-byte key (SHA-256 over the subject token's hash and
 //! the exchange parameters). A slot holds `key (32) | expires_at_ms (8, LE) |
-//! token`. A lookup reads the first slot and, on a mismatch, the second; a
+//! value`. A lookup reads the first slot and, on a mismatch, the second; a
 //! store takes the candidate that already holds this key, else an empty or
 //! expired one, else the one that expires first. Slots are overwritten in
 //! place, so memory stays flat however many users churn through: at most
@@ -15,17 +15,28 @@
 //!
 //! Writes use CAS: if another worker wrote the slot since we read it, our
 //! write is dropped (the token is still used for the request at hand).
+//!
+//! Values are stored ready to forward (`Bearer <token>`). In front of the
+//! shared table, each worker keeps the entries it used recently in memory
+//! (at most `LOCAL_CAPACITY`), so a returning user costs no shared-data read
+//! and no copy at all.
 
 use crate::host::Host;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Exchanged tokens larger than this are used but not cached.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Entries each worker keeps in memory in front of shared data.
+pub const LOCAL_CAPACITY: usize = 10_000;
 
 pub type Key = [u8; 32];
 
 pub struct TokenCache {
     prefix: String,
     slots: u64,
+    local: HashMap<Key, (Rc<str>, u64)>,
+    local_capacity: usize,
 }
 
 struct Slot {
@@ -40,6 +51,8 @@ impl TokenCache {
         TokenCache {
             prefix: format!("{prefix}x"),
             slots: u64::from(max_entries.max(1)),
+            local: HashMap::new(),
+            local_capacity: LOCAL_CAPACITY.min(max_entries.max(1) as usize),
         }
     }
 
@@ -52,27 +65,51 @@ impl TokenCache {
         [format!("{}{a}", self.prefix), format!("{}{b}", self.prefix)]
     }
 
-    /// The cached token for `key`, if present and not expired at `now_ms`.
-    pub fn get(&self, host: &dyn Host, key: &Key, now_ms: u64) -> Option<String> {
+    /// The cached value for `key`, if present and not expired at `now_ms`.
+    pub fn get(&mut self, host: &dyn Host, key: &Key, now_ms: u64) -> Option<Rc<str>> {
+        if let Some((value, exp)) = self.local.get(key) {
+            if now_ms < *exp {
+                return Some(Rc::clone(value));
+            }
+            self.local.remove(key);
+        }
         for name in self.slot_names(key) {
-            let (Some(value), _) = host.shared_get(&name) else {
+            let (Some(raw), _) = host.shared_get(&name) else {
                 continue;
             };
-            if let Some((k, exp, token)) = decode(&value) {
+            if let Some((k, exp, value)) = decode(&raw) {
                 if &k == key {
-                    return (now_ms < exp).then(|| String::from_utf8_lossy(token).into_owned());
+                    if now_ms >= exp {
+                        return None;
+                    }
+                    let value: Rc<str> = String::from_utf8_lossy(value).into();
+                    self.remember(key, Rc::clone(&value), exp, now_ms);
+                    return Some(value);
                 }
             }
         }
         None
     }
 
-    /// Stores `token` for `key` until `expires_at_ms`. False if it was not
-    /// stored (too large, already expired, or lost a race with another worker).
-    pub fn put(&self, host: &mut dyn Host, key: &Key, token: &str, expires_at_ms: u64, now_ms: u64) -> bool {
-        if token.len() > MAX_TOKEN_BYTES || expires_at_ms <= now_ms {
+    /// Keeps an entry in this worker's memory, within its bound.
+    fn remember(&mut self, key: &Key, value: Rc<str>, exp: u64, now_ms: u64) {
+        if self.local.len() >= self.local_capacity && !self.local.contains_key(key) {
+            self.local.retain(|_, (_, e)| now_ms < *e);
+            if self.local.len() >= self.local_capacity {
+                self.local.clear();
+            }
+        }
+        self.local.insert(*key, (value, exp));
+    }
+
+    /// Stores `value` for `key` until `expires_at_ms`. False if it was not
+    /// stored in shared data (too large, already expired, or lost a race with
+    /// another worker).
+    pub fn put(&mut self, host: &mut dyn Host, key: &Key, value: &Rc<str>, expires_at_ms: u64, now_ms: u64) -> bool {
+        if value.len() > MAX_TOKEN_BYTES || expires_at_ms <= now_ms {
             return false;
         }
+        self.remember(key, Rc::clone(value), expires_at_ms, now_ms);
         let slots = self.slot_names(key).map(|name| {
             let (value, cas) = host.shared_get(&name);
             let decoded = value.as_deref().and_then(decode).map(|(k, exp, _)| (k, exp));
@@ -94,11 +131,11 @@ impl TokenCache {
         };
         let [a, b] = slots;
         let target = if rank(&b) < rank(&a) { b } else { a };
-        let mut value = Vec::with_capacity(40 + token.len());
-        value.extend_from_slice(key);
-        value.extend_from_slice(&expires_at_ms.to_le_bytes());
-        value.extend_from_slice(token.as_bytes());
-        host.shared_set(&target.name, &value, target.cas)
+        let mut raw = Vec::with_capacity(40 + value.len());
+        raw.extend_from_slice(key);
+        raw.extend_from_slice(&expires_at_ms.to_le_bytes());
+        raw.extend_from_slice(value.as_bytes());
+        host.shared_set(&target.name, &raw, target.cas)
     }
 }
 
@@ -124,43 +161,57 @@ mod tests {
         Sha256::digest(i.to_le_bytes()).into()
     }
 
+    fn v(s: &str) -> Rc<str> {
+        s.into()
+    }
+
+    /// A cache as another worker sees it: no local entries.
+    fn fresh(prefix: &str, n: u32) -> TokenCache {
+        TokenCache::new(prefix, n)
+    }
+
     #[test]
     fn stores_and_finds_until_expiry() {
         let mut m = Mock::new();
-        let c = TokenCache::new("p:", 100);
-        assert!(c.put(&mut m, &key(1), "tok1", 2_000, 1_000));
+        let mut c = TokenCache::new("p:", 100);
+        assert!(c.put(&mut m, &key(1), &v("tok1"), 2_000, 1_000));
         assert_eq!(c.get(&m, &key(1), 1_500).as_deref(), Some("tok1"));
         assert_eq!(c.get(&m, &key(1), 2_000), None, "a hit past its lifetime is a miss");
         assert_eq!(c.get(&m, &key(2), 1_500), None);
+        // Another worker finds it in shared data.
+        assert_eq!(fresh("p:", 100).get(&m, &key(1), 1_500).as_deref(), Some("tok1"));
+        assert_eq!(fresh("p:", 100).get(&m, &key(1), 2_000), None);
     }
 
     #[test]
     fn never_more_keys_than_max_entries_under_churn() {
         let mut m = Mock::new();
-        let c = TokenCache::new("p:", 50);
+        let mut c = TokenCache::new("p:", 50);
         for i in 0..5_000 {
-            c.put(&mut m, &key(i), "t", 1_000_000, 0);
+            c.put(&mut m, &key(i), &v("t"), 1_000_000, 0);
         }
         let keys = m.shared.borrow().len();
         assert!(keys <= 50, "{keys} keys");
-        // The most recent entries are findable.
-        assert_eq!(c.get(&m, &key(4_999), 1).as_deref(), Some("t"));
+        // The most recent entries are findable, also from another worker.
+        assert_eq!(fresh("p:", 50).get(&m, &key(4_999), 1).as_deref(), Some("t"));
+        assert!(c.local.len() <= 50, "the local copy is bounded too");
     }
 
     #[test]
     fn two_ways_keep_colliding_users_apart() {
         // With 2 slots, any two keys can live side by side.
         let mut m = Mock::new();
-        let c = TokenCache::new("p:", 2);
-        assert!(c.put(&mut m, &key(1), "a", 10_000, 0));
-        assert!(c.put(&mut m, &key(2), "b", 10_000, 0));
+        let mut c = TokenCache::new("p:", 2);
+        assert!(c.put(&mut m, &key(1), &v("a"), 10_000, 0));
+        assert!(c.put(&mut m, &key(2), &v("b"), 10_000, 0));
         assert_eq!(c.get(&m, &key(1), 1).as_deref(), Some("a"));
         assert_eq!(c.get(&m, &key(2), 1).as_deref(), Some("b"));
         // A third evicts the one that expires first.
-        assert!(c.put(&mut m, &key(3), "c", 20_000, 0));
-        assert_eq!(c.get(&m, &key(3), 1).as_deref(), Some("c"));
+        assert!(c.put(&mut m, &key(3), &v("c"), 20_000, 0));
+        let mut other = fresh("p:", 2);
+        assert_eq!(other.get(&m, &key(3), 1).as_deref(), Some("c"));
         assert_eq!(
-            [c.get(&m, &key(1), 1), c.get(&m, &key(2), 1)].iter().filter(|x| x.is_some()).count(),
+            [other.get(&m, &key(1), 1), other.get(&m, &key(2), 1)].iter().filter(|x| x.is_some()).count(),
             1
         );
     }
@@ -168,28 +219,29 @@ mod tests {
     #[test]
     fn refresh_overwrites_the_same_slot() {
         let mut m = Mock::new();
-        let c = TokenCache::new("p:", 1_000);
-        c.put(&mut m, &key(1), "old", 10_000, 0);
-        c.put(&mut m, &key(1), "new", 20_000, 0);
+        let mut c = TokenCache::new("p:", 1_000);
+        c.put(&mut m, &key(1), &v("old"), 10_000, 0);
+        c.put(&mut m, &key(1), &v("new"), 20_000, 0);
         assert_eq!(c.get(&m, &key(1), 1).as_deref(), Some("new"));
+        assert_eq!(fresh("p:", 1_000).get(&m, &key(1), 1).as_deref(), Some("new"));
         assert_eq!(m.shared.borrow().len(), 1);
     }
 
     #[test]
     fn refuses_oversize_and_expired() {
         let mut m = Mock::new();
-        let c = TokenCache::new("p:", 10);
-        assert!(!c.put(&mut m, &key(1), &"x".repeat(MAX_TOKEN_BYTES + 1), 10_000, 0));
-        assert!(!c.put(&mut m, &key(1), "x", 5, 5));
+        let mut c = TokenCache::new("p:", 10);
+        assert!(!c.put(&mut m, &key(1), &v(&"x".repeat(MAX_TOKEN_BYTES + 1)), 10_000, 0));
+        assert!(!c.put(&mut m, &key(1), &v("x"), 5, 5));
         assert!(m.shared.borrow().is_empty());
     }
 
     #[test]
     fn prefixes_keep_configs_apart() {
         let mut m = Mock::new();
-        let old = TokenCache::new("tef:a:1111:", 10);
-        let new = TokenCache::new("tef:a:2222:", 10);
-        old.put(&mut m, &key(1), "old-config-token", 10_000, 0);
+        let mut old = TokenCache::new("tef:a:1111:", 10);
+        let mut new = TokenCache::new("tef:a:2222:", 10);
+        old.put(&mut m, &key(1), &v("old-config-token"), 10_000, 0);
         assert_eq!(new.get(&m, &key(1), 1), None);
     }
 }

@@ -20,6 +20,7 @@ use crate::verify::{Principal, Reject, Verifier};
 use plugin_config::Config;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// What the proxy should do with the current request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ struct Waiter {
 }
 
 enum Verdict {
-    Allow(Principal),
+    Allow(Rc<Principal>),
     Deny(Denial),
     /// The token names a key we do not have, and no refetch is allowed now.
     UnknownKey,
@@ -115,11 +116,11 @@ impl Filter {
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host) -> Action {
-        let headers = host.request_headers();
-        if let Some(action) = self.serve_metadata(host, &headers) {
+        if let Some(action) = self.serve_metadata(host) {
             return action;
         }
-        let token = match bearer::extract(&headers) {
+        let authorization = host.request_header("authorization");
+        let token = match bearer::extract(authorization.as_deref()) {
             Bearer::Token(t) => t,
             Bearer::Missing => {
                 log::debug!("rejected: no bearer token");
@@ -158,7 +159,7 @@ impl Filter {
             v => v,
         };
         match self.settle(verdict, false) {
-            Ok(principal) => match self.pass(host, token, &hash, principal) {
+            Ok(principal) => match self.pass(host, token, &hash, principal, now_ms) {
                 Step::Continue => Action::Continue,
                 Step::Wait => Action::Pause,
                 Step::Deny(d) => deny(host, &d),
@@ -187,14 +188,13 @@ impl Filter {
 
     /// After validation: pass as is, or forward a cached exchanged token, or
     /// join or start the exchange for this token.
-    fn pass(&mut self, host: &mut dyn Host, token: &str, hash: &TokenHash, principal: Principal) -> Step {
+    fn pass(&mut self, host: &mut dyn Host, token: &str, hash: &TokenHash, principal: Rc<Principal>, now: u64) -> Step {
         let Some(x) = self.exchange.as_mut() else {
             return Step::Continue;
         };
         let key = x.exchanger.cache_key(hash);
-        let now = host.now_ms();
-        if let Some(exchanged) = x.cache.get(host, &key, now) {
-            forward(host, &x.exchanger, &exchanged);
+        if let Some(value) = x.cache.get(host, &key, now) {
+            forward(host, &x.exchanger, &value);
             log::debug!("{} cache=hit", audit(&x.exchanger, &principal));
             return Step::Continue;
         }
@@ -246,9 +246,10 @@ impl Filter {
             audit(&x.exchanger, &flight.principal),
             flight.waiters.len()
         );
-        if let (Ok(ex), Some(key)) = (&result, key) {
+        let value: Option<Rc<str>> = result.as_ref().ok().map(|ex| format!("Bearer {}", ex.access_token).into());
+        if let (Ok(ex), Some(key), Some(v)) = (&result, key, &value) {
             let until = lifetime(ex, &flight.principal, now).saturating_sub(x.skew_ms);
-            x.cache.put(host, key, &ex.access_token, until, now);
+            x.cache.put(host, key, v, until, now);
         }
         let denial = result.as_ref().err().map(|f| self.exchange_denial(f));
         let origin = host.context_id();
@@ -256,17 +257,17 @@ impl Filter {
             if !host.switch_to(w) {
                 continue;
             }
-            match (&result, &denial) {
-                (Ok(ex), _) => {
+            match (&value, &denial) {
+                (Some(v), _) => {
                     if let Some(x) = &self.exchange {
-                        forward(host, &x.exchanger, &ex.access_token);
+                        forward(host, &x.exchanger, v);
                     }
                     host.resume_request();
                 }
-                (Err(_), Some(d)) => {
+                (None, Some(d)) => {
                     deny(host, d);
                 }
-                (Err(_), None) => {}
+                (None, None) => {}
             }
         }
         host.switch_to(origin);
@@ -351,7 +352,7 @@ impl Filter {
         let now = now_ms / 1000;
         let skew = self.verifier.skew();
         if let Some(p) = self.verified.get(hash, now, skew) {
-            return Verdict::Allow(p.clone());
+            return Verdict::Allow(Rc::clone(p));
         }
         let Some(keys) = self.jwks.keys() else {
             return Verdict::NeedKeys;
@@ -359,7 +360,8 @@ impl Filter {
         match self.verifier.verify(keys, token, now, &mut self.signature_checks) {
             Ok(p) => {
                 log::debug!("accepted token for sub={}", p.sub.as_deref().unwrap_or("-"));
-                self.verified.insert(*hash, p.clone(), now, skew);
+                let p = Rc::new(p);
+                self.verified.insert(*hash, Rc::clone(&p), now, skew);
                 Verdict::Allow(p)
             }
             Err(f) if f.reject == Reject::UnknownKey => {
@@ -382,7 +384,7 @@ impl Filter {
 
     /// The principal of a valid token, or the denial. After a failed fetch,
     /// an unknown key is our problem, not the client's.
-    fn settle(&self, verdict: Verdict, fetch_failed: bool) -> Result<Principal, Denial> {
+    fn settle(&self, verdict: Verdict, fetch_failed: bool) -> Result<Rc<Principal>, Denial> {
         match verdict {
             Verdict::Allow(p) => Ok(p),
             Verdict::Deny(d) => Err(d),
@@ -417,7 +419,7 @@ impl Filter {
             }
             let verdict = self.judge(&w.token, &w.hash, now_ms, false);
             let step = match self.settle(verdict, fetch_failed) {
-                Ok(p) => self.pass(host, &w.token, &w.hash, p),
+                Ok(p) => self.pass(host, &w.token, &w.hash, p, now_ms),
                 Err(d) => Step::Deny(d),
             };
             match step {
@@ -461,14 +463,14 @@ impl Filter {
     }
 
     /// Answers RFC 9728 metadata requests without authentication.
-    fn serve_metadata(&self, host: &mut dyn Host, headers: &[(String, String)]) -> Option<Action> {
+    fn serve_metadata(&self, host: &mut dyn Host) -> Option<Action> {
         let meta = self.metadata.as_ref()?;
-        let path = header(headers, ":path")?;
+        let path = host.request_header(":path")?;
         if path.split('?').next() != Some(meta.path.as_str()) {
             return None;
         }
         let cors = ("access-control-allow-origin", "*");
-        match header(headers, ":method").unwrap_or_default() {
+        match host.request_header(":method").as_deref().unwrap_or_default() {
             "GET" | "HEAD" => host.send_response(
                 200,
                 &[("content-type", "application/json"), ("cache-control", "max-age=300"), cors],
@@ -496,11 +498,11 @@ pub fn shared_prefix(config: &Config, plugin_name: &str) -> String {
     format!("tef:{plugin_name}:{fp}:")
 }
 
-/// Puts the exchanged token where the upstream expects it: in place of the
-/// caller's in Authorization, or in the configured header.
-fn forward(host: &mut dyn Host, exchanger: &Exchanger, token: &str) {
+/// Puts `Bearer <exchanged token>` where the upstream expects it: in place of
+/// the caller's in Authorization, or in the configured header.
+fn forward(host: &mut dyn Host, exchanger: &Exchanger, value: &str) {
     let header = exchanger.config().external_token_header.as_deref().unwrap_or("authorization");
-    host.set_request_header(header, &format!("Bearer {token}"));
+    host.set_request_header(header, value);
 }
 
 fn dispatch(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Option<u32> {
@@ -531,10 +533,6 @@ fn audit(exchanger: &Exchanger, p: &Principal) -> String {
         p.client.as_deref().unwrap_or("-"),
         c.audience.as_deref().or(c.resource.as_deref()).unwrap_or("-")
     )
-}
-
-fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn deny(host: &mut dyn Host, d: &Denial) -> Action {

@@ -43,8 +43,10 @@ pub trait Host {
     /// Wall-clock time, milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 
-    /// All request headers of the current stream, pseudo-headers included.
-    fn request_headers(&self) -> Vec<(String, String)>;
+    /// A request header of the current stream (pseudo-headers included). A
+    /// header sent several times comes back as one comma-joined value, as
+    /// Envoy stores it.
+    fn request_header(&self, name: &str) -> Option<String>;
     /// Answers the current stream locally; the upstream is never reached.
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     /// Lets a paused request continue upstream.

@@ -124,8 +124,14 @@ impl Host for Mock {
         self.now_ms
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        self.streams[&self.current].headers.clone()
+    fn request_header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self.streams[&self.current]
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {

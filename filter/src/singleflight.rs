@@ -10,6 +10,7 @@
 use crate::cache::Key;
 use crate::verify::Principal;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 pub struct Flight {
     /// The callout's token; `None` while orphaned.
@@ -19,7 +20,7 @@ pub struct Flight {
     /// The caller's token, to send again if the flight is restarted. Kept in
     /// memory only, never logged.
     pub subject: String,
-    pub principal: Principal,
+    pub principal: Rc<Principal>,
     /// Paused requests, by context id.
     pub waiters: Vec<u32>,
 }

@@ -8,11 +8,12 @@
 
 use crate::verify::Principal;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 pub type TokenHash = [u8; 32];
 
 pub struct VerifiedCache {
-    entries: HashMap<TokenHash, Principal>,
+    entries: HashMap<TokenHash, Rc<Principal>>,
     capacity: usize,
 }
 
@@ -25,11 +26,11 @@ impl VerifiedCache {
     }
 
     /// The principal, if the token was verified and has not expired (with skew).
-    pub fn get(&self, hash: &TokenHash, now: u64, skew: u64) -> Option<&Principal> {
+    pub fn get(&self, hash: &TokenHash, now: u64, skew: u64) -> Option<&Rc<Principal>> {
         self.entries.get(hash).filter(|p| now <= p.exp.saturating_add(skew))
     }
 
-    pub fn insert(&mut self, hash: TokenHash, principal: Principal, now: u64, skew: u64) {
+    pub fn insert(&mut self, hash: TokenHash, principal: Rc<Principal>, now: u64, skew: u64) {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&hash) {
             self.entries.retain(|_, p| now <= p.exp.saturating_add(skew));
             if self.entries.len() >= self.capacity {
@@ -58,13 +59,13 @@ impl VerifiedCache {
 mod tests {
     use super::*;
 
-    fn p(exp: u64, key_id: u64) -> Principal {
-        Principal {
+    fn p(exp: u64, key_id: u64) -> Rc<Principal> {
+        Rc::new(Principal {
             sub: None,
             client: None,
             exp,
             key_id,
-        }
+        })
     }
 
     #[test]
