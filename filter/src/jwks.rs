@@ -7,6 +7,7 @@
 //! verify an RSA token, and symmetric (`oct`) keys are never loaded at all: the
 //! algorithm-confusion attacks have no key to work with.
 
+use crate::rsa::RsaKey;
 use jwt_simple::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -90,10 +91,13 @@ pub struct Key {
     /// be dropped when its key is.
     pub id: u64,
     key: PublicKey,
+    /// For RS256/384/512: the same key prepared for `rsa`'s fast check.
+    pub rsa: Option<RsaKey>,
 }
 
 impl Key {
-    /// Checks the signature, then the registered claims against `options`.
+    /// Checks the signature with jwt-simple, and the registered claims
+    /// against `options`.
     pub fn verify<C: serde::de::DeserializeOwned>(
         &self,
         token: &str,
@@ -178,6 +182,7 @@ impl KeySet {
             .filter(|alg| declared.is_none_or(|d| Alg::from_name(d) == Some(**alg)))
             .filter_map(|&alg| {
                 PublicKey::from_jwk(alg, &text).map(|key| Key {
+                    rsa: fast_rsa(&key),
                     kid: kid.clone(),
                     alg,
                     id,
@@ -210,6 +215,17 @@ impl KeySet {
             .iter()
             .filter(move |k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid))
     }
+}
+
+/// The fast-path form of an RSASSA-PKCS1-v1_5 key (see `rsa`).
+fn fast_rsa(key: &PublicKey) -> Option<RsaKey> {
+    let c = match key {
+        PublicKey::RS256(k) => k.to_components(),
+        PublicKey::RS384(k) => k.to_components(),
+        PublicKey::RS512(k) => k.to_components(),
+        _ => return None,
+    };
+    RsaKey::new(&c.n, &c.e)
 }
 
 fn first8(d: &[u8]) -> [u8; 8] {

@@ -16,6 +16,7 @@ pub mod filter;
 pub mod host;
 pub mod jwks;
 pub mod jwks_cache;
+pub mod rsa;
 pub mod singleflight;
 pub mod verified;
 pub mod verify;

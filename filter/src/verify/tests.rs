@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::json;
 use crate::testkeys::{self, claims, forge, jwks, now_secs, rsa, rsa_jwk, RSA1, RSA2};
 use plugin_config::parse;
 
@@ -225,4 +226,37 @@ fn garbage_is_malformed() {
     for t in ["", "abc", "a.b.c", "....", "eyJhbGciOiJSUzI1NiJ9.%%%.x"] {
         assert_eq!(check(&v, &rs_keys(), t), Err(Reject::Malformed), "{t}");
     }
+}
+
+#[test]
+fn header_rules_hold_on_the_fast_rsa_path() {
+    let v = verifier(&[]);
+    let good = signed(claims(ISS, "mcpserver", ""));
+    let payload: serde_json::Value = decode_part(&good, 1);
+    // Re-sign header variants with the real key, so only the header decides.
+    use ::rsa::pkcs1v15::SigningKey;
+    use ::rsa::pkcs8::DecodePrivateKey;
+    use ::rsa::signature::{SignatureEncoding, Signer};
+    let key = SigningKey::<sha2::Sha256>::new(::rsa::RsaPrivateKey::from_pkcs8_pem(RSA1).unwrap());
+    let sign = |header: serde_json::Value| {
+        let unsigned = forge(&header, &payload, b"");
+        let signing_input = unsigned.trim_end_matches('.');
+        let sig = key.sign(signing_input.as_bytes()).to_vec();
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    };
+    assert!(check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1", "typ": "at+jwt"}))).is_ok());
+    assert!(check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1"}))).is_ok());
+    assert_eq!(
+        check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1", "crit": ["exp"], "exp": 1}))),
+        Err(Reject::Malformed)
+    );
+    assert_eq!(
+        check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1", "typ": "JOSE"}))),
+        Err(Reject::Malformed)
+    );
+}
+
+fn decode_part(token: &str, i: usize) -> serde_json::Value {
+    let part = token.split('.').nth(i).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
