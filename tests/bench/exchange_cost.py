@@ -46,68 +46,87 @@ def timed(conn, token):
     return (time.perf_counter_ns() - t0) / 1000.0
 
 
+def idp_calls(users=100, reqs=100):
+    """Exchange calls the backend AS gets for `users` x `reqs` requests through
+    Envoy with 2 workers; returns (calls, requests, seconds)."""
+    cleanup = Cleanup()
+    try:
+        return _measure(cleanup, users, reqs, latency=False)[0]
+    finally:
+        cleanup.close()
+
+
+def _measure(cleanup, USERS, REQS, latency=True):
+    """Starts both ASes and Envoy (2 workers); measures IdP calls for USERS x
+    REQS requests and, with `latency`, the cache-hit path against validation only."""
+    validate_port, exchange_port = free_port(), free_port()
+    resource = f"http://127.0.0.1:{validate_port}/mcp"
+    users = [f"u{i:03d}" for i in range(USERS)]
+    mcp = IdP(cleanup, "bench-mcp-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call"}},
+              clients=[{"client_id": u, "client_secret": "s"} for u in users]).start()
+    backend_as = IdP(cleanup, "bench-backend-as",
+                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
+                     clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
+                     extra_env={"IDP_TRUST_ISSUER": mcp.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"}).start()
+    oidc = {"issuer": mcp.issuer, "audience": "mcpserver", "jwksUrl": f"{mcp.issuer}/jwks",
+            "requiredScopes": ["mcp:tools:call"]}
+    exchange = {"oidc": oidc, "tokenExchange": {
+        "tokenUrl": f"{backend_as.issuer}/token", "clientId": "gw", "clientSecretEnv": "TOKEN_EXCHANGE_CLIENT_SECRET",
+        "audience": "backend", "scopes": ["backend:read"], "requestedTokenType": "access_token"}}
+    clusters = {f"outbound|{p}||127.0.0.1": p for p in (mcp.port, backend_as.port)}
+    Envoy(cleanup, 1, {"oidc": oidc}, clusters, port=validate_port, concurrency=2, direct_response=True,
+          log_level="warning", extra_listeners=[(exchange_port, exchange)],
+          env={"TOKEN_EXCHANGE_CLIENT_SECRET": "gw-secret"}).wait_ready()
+    tokens = {u: mcp.token(u, "s", resource, "mcp:tools:call") for u in users}
+
+    # 1. IdP calls for USERS x REQS.
+    jobs = [u for _ in range(REQS) for u in users]
+
+    def worker(chunk):
+        conn = http.client.HTTPConnection("127.0.0.1", exchange_port)
+        for u in chunk:
+            timed(conn, tokens[u])
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(worker, [jobs[i::CONCURRENCY] for i in range(CONCURRENCY)]))
+    elapsed = time.monotonic() - t0
+    calls = backend_as.exchanges()
+    if not latency:
+        return (calls, len(jobs), elapsed), None
+    print(f"## IdP exchange calls, Envoy 2 workers, {CONCURRENCY} concurrent clients\n")
+    print("| users | requests each | requests | exchange calls | calls per user | wall time |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| {USERS} | {REQS} | {len(jobs)} | {calls} | {calls / USERS:.2f} | {elapsed:.1f} s |\n")
+
+    # 2. Cache-hit path against validation only, one keep-alive connection each.
+    token = tokens[users[0]]
+    a = http.client.HTTPConnection("127.0.0.1", validate_port)
+    b = http.client.HTTPConnection("127.0.0.1", exchange_port)
+    for _ in range(200):
+        timed(a, token)
+        timed(b, token)
+    va, vb = [], []
+    for _ in range(ROUNDS):
+        va += [timed(a, token) for _ in range(N)]
+        vb += [timed(b, token) for _ in range(N)]
+    print(f"## One user's repeated token, {N * ROUNDS} requests per path (A B rounds), µs per request\n")
+    print("| path | p50 | p90 | p99 | mean |")
+    print("|---|---:|---:|---:|---:|")
+    for name, xs in (("validation only (verified-token cache)", va),
+                     ("validation + exchange, cache hit", vb)):
+        print(f"| {name} | {pct(xs, 50):.0f} | {pct(xs, 90):.0f} | {pct(xs, 99):.0f} | {statistics.mean(xs):.0f} |")
+    print(f"\nA cache hit adds {pct(vb, 50) - pct(va, 50):.0f} µs at p50 "
+          f"({statistics.mean(vb) - statistics.mean(va):.0f} µs mean) over validation only; "
+          f"exchange calls during part 2: {backend_as.exchanges() - calls}.")
+    return (calls, len(jobs), elapsed), None
+
+
 def main():
     assert WASM.exists(), "run tests/bootstrap.sh first"
     cleanup = Cleanup()
     try:
-        validate_port, exchange_port = free_port(), free_port()
-        resource = f"http://127.0.0.1:{validate_port}/mcp"
-        users = [f"u{i:03d}" for i in range(USERS)]
-        mcp = IdP(cleanup, "bench-mcp-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call"}},
-                  clients=[{"client_id": u, "client_secret": "s"} for u in users]).start()
-        backend_as = IdP(cleanup, "bench-backend-as",
-                         resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
-                         clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
-                         extra_env={"IDP_TRUST_ISSUER": mcp.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"}).start()
-        oidc = {"issuer": mcp.issuer, "audience": "mcpserver", "jwksUrl": f"{mcp.issuer}/jwks",
-                "requiredScopes": ["mcp:tools:call"]}
-        exchange = {"oidc": oidc, "tokenExchange": {
-            "tokenUrl": f"{backend_as.issuer}/token", "clientId": "gw", "clientSecretEnv": "TOKEN_EXCHANGE_CLIENT_SECRET",
-            "audience": "backend", "scopes": ["backend:read"], "requestedTokenType": "access_token"}}
-        clusters = {f"outbound|{p}||127.0.0.1": p for p in (mcp.port, backend_as.port)}
-        Envoy(cleanup, 1, {"oidc": oidc}, clusters, port=validate_port, concurrency=2, direct_response=True,
-              log_level="warning", extra_listeners=[(exchange_port, exchange)],
-              env={"TOKEN_EXCHANGE_CLIENT_SECRET": "gw-secret"}).wait_ready()
-        tokens = {u: mcp.token(u, "s", resource, "mcp:tools:call") for u in users}
-
-        # 1. IdP calls for USERS x REQS.
-        jobs = [u for _ in range(REQS) for u in users]
-
-        def worker(chunk):
-            conn = http.client.HTTPConnection("127.0.0.1", exchange_port)
-            for u in chunk:
-                timed(conn, tokens[u])
-
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            list(pool.map(worker, [jobs[i::CONCURRENCY] for i in range(CONCURRENCY)]))
-        elapsed = time.monotonic() - t0
-        calls = backend_as.exchanges()
-        print(f"## IdP exchange calls, Envoy 2 workers, {CONCURRENCY} concurrent clients\n")
-        print("| users | requests each | requests | exchange calls | calls per user | wall time |")
-        print("|---:|---:|---:|---:|---:|---:|")
-        print(f"| {USERS} | {REQS} | {len(jobs)} | {calls} | {calls / USERS:.2f} | {elapsed:.1f} s |\n")
-
-        # 2. Cache-hit path against validation only, one keep-alive connection each.
-        token = tokens[users[0]]
-        a = http.client.HTTPConnection("127.0.0.1", validate_port)
-        b = http.client.HTTPConnection("127.0.0.1", exchange_port)
-        for _ in range(200):
-            timed(a, token)
-            timed(b, token)
-        va, vb = [], []
-        for _ in range(ROUNDS):
-            va += [timed(a, token) for _ in range(N)]
-            vb += [timed(b, token) for _ in range(N)]
-        print(f"## One user's repeated token, {N * ROUNDS} requests per path (A B rounds), µs per request\n")
-        print("| path | p50 | p90 | p99 | mean |")
-        print("|---|---:|---:|---:|---:|")
-        for name, xs in (("validation only (verified-token cache)", va),
-                         ("validation + exchange, cache hit", vb)):
-            print(f"| {name} | {pct(xs, 50):.0f} | {pct(xs, 90):.0f} | {pct(xs, 99):.0f} | {statistics.mean(xs):.0f} |")
-        print(f"\nA cache hit adds {pct(vb, 50) - pct(va, 50):.0f} µs at p50 "
-              f"({statistics.mean(vb) - statistics.mean(va):.0f} µs mean) over validation only; "
-              f"exchange calls during part 2: {backend_as.exchanges() - calls}.")
+        _measure(cleanup, USERS, REQS)
     finally:
         cleanup.close()
 
