@@ -248,7 +248,7 @@ impl Filter {
         );
         let value: Option<Rc<str>> = result.as_ref().ok().map(|ex| format!("Bearer {}", ex.access_token).into());
         if let (Ok(ex), Some(key), Some(v)) = (&result, key, &value) {
-            let until = lifetime(ex, &flight.principal, now).saturating_sub(x.skew_ms);
+            let until = cache_until(ex, &flight.principal, self.verifier.skew(), x.skew_ms, now);
             x.cache.put(host, key, v, until, now);
         }
         let denial = result.as_ref().err().map(|f| self.exchange_denial(f));
@@ -511,17 +511,24 @@ fn dispatch(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Option
     host.dispatch(&c.token, &headers, Some(&body), c.timeout_ms)
 }
 
-/// When an exchanged token stops being usable: the sooner of the IdP's
-/// `expires_in` and the subject token's `exp`; without `expires_in`, the
-/// exchanged JWT's own `exp` if it has one. Milliseconds.
-fn lifetime(ex: &Exchanged, subject: &Principal, now_ms: u64) -> u64 {
-    let subject_ms = subject.exp.saturating_mul(1000);
+/// Until when (ms) an exchanged token may be served from the cache: the
+/// sooner of the exchanged token's own expiry (`expires_in`, else its JWT
+/// `exp`) less `skew_ms`, and the end of the caller's token's validity
+/// (`exp` plus the clock skew that validation allows).
+///
+/// The skew applies to the exchanged token, which is what the upstream will
+/// check. Subtracting it from the caller's `exp` as well would make every
+/// request in that token's last `expirySkewSeconds` miss the cache and call
+/// the IdP; the caller's token is checked on every request anyway, and the
+/// cache key is its hash, so a cached entry is never reached once it fails.
+fn cache_until(ex: &Exchanged, subject: &Principal, clock_skew_s: u64, skew_ms: u64, now_ms: u64) -> u64 {
+    let subject_ms = subject.exp.saturating_add(clock_skew_s).saturating_mul(1000);
     let issued_ms = match (ex.expires_in, ex.jwt_exp) {
         (Some(s), _) => Some(now_ms.saturating_add(s.saturating_mul(1000))),
         (None, Some(exp)) => Some(exp.saturating_mul(1000)),
         (None, None) => None,
     };
-    issued_ms.map_or(subject_ms, |i| i.min(subject_ms))
+    issued_ms.map_or(subject_ms, |i| i.saturating_sub(skew_ms).min(subject_ms))
 }
 
 /// The audit line's fixed part: who, through which client, for which audience.

@@ -24,10 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from harness import WASM, Cleanup, Envoy, IdP, free_port  # noqa: E402
 
-USERS = int(sys.argv[1]) if len(sys.argv) > 1 else 100
-REQS = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-N = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
-ROUNDS = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+N = 2000
+ROUNDS = 3
 CONCURRENCY = 32
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 
@@ -62,10 +60,10 @@ def _measure(cleanup, USERS, REQS, latency=True):
     validate_port, exchange_port = free_port(), free_port()
     resource = f"http://127.0.0.1:{validate_port}/mcp"
     users = [f"u{i:03d}" for i in range(USERS)]
-    mcp = IdP(cleanup, "bench-mcp-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call"}},
+    mcp = IdP(cleanup, "bench-mcp-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call", "ttl": 3600}},
               clients=[{"client_id": u, "client_secret": "s"} for u in users]).start()
     backend_as = IdP(cleanup, "bench-backend-as",
-                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
+                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read", "ttl": 3600}},
                      clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
                      extra_env={"IDP_TRUST_ISSUER": mcp.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"}).start()
     oidc = {"issuer": mcp.issuer, "audience": "mcpserver", "jwksUrl": f"{mcp.issuer}/jwks",
@@ -123,10 +121,13 @@ def _measure(cleanup, USERS, REQS, latency=True):
 
 
 def main():
+    global N, ROUNDS
     assert WASM.exists(), "run tests/bootstrap.sh first"
+    argv = [int(a) for a in sys.argv[1:]]
+    users, reqs, N, ROUNDS = (argv + [100, 100, 2000, 3][len(argv):])[:4]
     cleanup = Cleanup()
     try:
-        _measure(cleanup, USERS, REQS)
+        _measure(cleanup, users, reqs)
     finally:
         cleanup.close()
 

@@ -237,10 +237,13 @@ def med(xs):
 def run_throughput(args, cleanup, report):
     ports = {key: free_port() for key, _ in VARIANTS}
     resource = f"http://127.0.0.1:{ports['validate']}/mcp"
-    mcp = IdP(cleanup, "bench-mcp-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call"}},
+    # Hour-long tokens: a run must not outlast its token.
+    mcp = IdP(cleanup, "bench-mcp-as",
+              resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call", "ttl": 3600}},
               clients=[{"client_id": "bench", "client_secret": "bench-secret"}]).start()
     backend_as = IdP(cleanup, "bench-backend-as",
-                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
+                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read",
+                                                              "ttl": 3600}},
                      clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
                      extra_env={"IDP_TRUST_ISSUER": mcp.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"}).start()
     upstream = upstream_envoy(cleanup)

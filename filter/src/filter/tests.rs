@@ -475,15 +475,47 @@ fn cache_lifetime_is_expires_in_minus_skew() {
 }
 
 #[test]
-fn cache_lifetime_never_outlives_the_subject_token() {
+fn the_subjects_last_seconds_are_still_served_from_the_cache() {
+    // The exchanged token lives an hour; the caller's 300 s. Near the end of
+    // the caller's token, requests must keep hitting the cache, not the IdP.
     let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
     warm(&mut f, &mut m);
-    let t = good(); // valid for 300 s
+    let t = good();
     request(&mut f, &mut m, 2, Some(&t));
     let c = m.callouts.last().unwrap().clone();
     f.on_callout(&mut m, c.token, &exchanged(3_600));
-    m.now_ms += 275_000; // past the subject's exp (300 s) less the 30 s skew
-    assert_eq!(request(&mut f, &mut m, 3, Some(&t)), Action::Pause);
+    let calls = m.callouts.len();
+    m.now_ms += 295_000;
+    assert_eq!(request(&mut f, &mut m, 3, Some(&t)), Action::Continue);
+    assert_eq!(m.callouts.len(), calls);
+}
+
+#[test]
+fn cache_never_serves_past_the_subject_tokens_validity() {
+    let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good(); // valid for 300 s, plus the 60 s clock skew
+    request(&mut f, &mut m, 2, Some(&t));
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &exchanged(3_600));
+    m.now_ms += 362_000;
+    request(&mut f, &mut m, 3, Some(&t));
+    assert_eq!(m.sent(3).unwrap().status, 401, "an expired caller token is refused, cached or not");
+    assert!(m.stream(3).set_headers.is_empty());
+}
+
+#[test]
+fn cache_until_rules() {
+    let p = Principal { sub: None, client: None, exp: 1_000, key_id: 0 };
+    let ex = |expires_in, jwt_exp| Exchanged { access_token: String::new(), expires_in, jwt_exp };
+    // expires_in less the skew, when sooner than the caller's validity.
+    assert_eq!(cache_until(&ex(Some(100), None), &p, 60, 30_000, 500_000), 570_000);
+    // Capped by the caller's exp plus clock skew.
+    assert_eq!(cache_until(&ex(Some(3_600), None), &p, 60, 30_000, 500_000), 1_060_000);
+    // Without expires_in, the exchanged JWT's exp less the skew.
+    assert_eq!(cache_until(&ex(None, Some(800)), &p, 60, 30_000, 500_000), 770_000);
+    // Knowing nothing of the exchanged token: the caller's validity.
+    assert_eq!(cache_until(&ex(None, None), &p, 60, 30_000, 500_000), 1_060_000);
 }
 
 #[test]
