@@ -134,6 +134,12 @@ impl Exchanger {
         &self.config
     }
 
+    /// Where `Bearer <exchanged token>` goes: in place of the caller's token
+    /// in Authorization, or in the configured header.
+    pub fn forward_header(&self) -> &str {
+        self.config.external_token_header.as_deref().unwrap_or("authorization")
+    }
+
     /// The cache key for a subject token, from the SHA-256 of the token: never
     /// the token itself.
     pub fn cache_key(&self, token_hash: &[u8; 32]) -> [u8; 32] {

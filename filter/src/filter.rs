@@ -194,7 +194,7 @@ impl Filter {
         };
         let key = x.exchanger.cache_key(hash);
         if let Some(value) = x.cache.get(host, &key, now) {
-            forward(host, &x.exchanger, &value);
+            host.set_request_header(x.exchanger.forward_header(), &value);
             log::debug!("{} cache=hit", audit(&x.exchanger, &principal));
             return Step::Continue;
         }
@@ -246,28 +246,27 @@ impl Filter {
             audit(&x.exchanger, &flight.principal),
             flight.waiters.len()
         );
-        let value: Option<Rc<str>> = result.as_ref().ok().map(|ex| format!("Bearer {}", ex.access_token).into());
-        if let (Ok(ex), Some(key), Some(v)) = (&result, key, &value) {
+        let header = x.exchanger.forward_header().to_string();
+        let value = result.as_ref().map(|ex| Rc::<str>::from(format!("Bearer {}", ex.access_token)));
+        if let (Ok(ex), Ok(v), Some(key)) = (&result, &value, key) {
             let until = cache_until(ex, &flight.principal, self.verifier.skew(), x.skew_ms, now);
             x.cache.put(host, key, v, until, now);
         }
-        let denial = result.as_ref().err().map(|f| self.exchange_denial(f));
+        // What every waiter gets: the value to forward, or the denial.
+        let release = value.map_err(|f| self.exchange_denial(f));
         let origin = host.context_id();
         for w in flight.waiters {
             if !host.switch_to(w) {
                 continue;
             }
-            match (&value, &denial) {
-                (Some(v), _) => {
-                    if let Some(x) = &self.exchange {
-                        forward(host, &x.exchanger, v);
-                    }
+            match &release {
+                Ok(v) => {
+                    host.set_request_header(&header, v);
                     host.resume_request();
                 }
-                (None, Some(d)) => {
+                Err(d) => {
                     deny(host, d);
                 }
-                (None, None) => {}
             }
         }
         host.switch_to(origin);
@@ -496,13 +495,6 @@ impl Filter {
 pub fn shared_prefix(config: &Config, plugin_name: &str) -> String {
     let fp = config.fingerprint.get(..16).unwrap_or(&config.fingerprint);
     format!("tef:{plugin_name}:{fp}:")
-}
-
-/// Puts `Bearer <exchanged token>` where the upstream expects it: in place of
-/// the caller's in Authorization, or in the configured header.
-fn forward(host: &mut dyn Host, exchanger: &Exchanger, value: &str) {
-    let header = exchanger.config().external_token_header.as_deref().unwrap_or("authorization");
-    host.set_request_header(header, value);
 }
 
 fn dispatch(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Option<u32> {

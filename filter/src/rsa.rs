@@ -63,16 +63,11 @@ impl RsaKey {
 
     /// True if `signature` is `alg`'s RSASSA-PKCS1-v1_5 signature of `message`.
     pub fn verify(&self, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
-        let digest: Vec<u8> = match alg {
-            Alg::RS256 => Sha256::digest(message).to_vec(),
-            Alg::RS384 => Sha384::digest(message).to_vec(),
-            Alg::RS512 => Sha512::digest(message).to_vec(),
+        let (prefix, digest): (&[u8], Vec<u8>) = match alg {
+            Alg::RS256 => (&SHA256_PREFIX, Sha256::digest(message).to_vec()),
+            Alg::RS384 => (&SHA384_PREFIX, Sha384::digest(message).to_vec()),
+            Alg::RS512 => (&SHA512_PREFIX, Sha512::digest(message).to_vec()),
             _ => return false,
-        };
-        let prefix: &[u8] = match alg {
-            Alg::RS256 => &SHA256_PREFIX,
-            Alg::RS384 => &SHA384_PREFIX,
-            _ => &SHA512_PREFIX,
         };
         // RSAVP1 (§5.2.2): the signature representative must be in [0, n-1].
         if signature.len() != self.k {
