@@ -18,30 +18,13 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from harness import WASM, Cleanup, Envoy, IdP, free_port  # noqa: E402
+from common import SECRET_ENV, authorization_servers, pct, timed
+from harness import WASM, Cleanup, Envoy, free_port
 
 N = 2000
 ROUNDS = 3
 CONCURRENCY = 32
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
-
-
-def timed(conn, token):
-    t0 = time.perf_counter_ns()
-    conn.request("GET", "/mcp", headers={"authorization": f"Bearer {token}"})
-    resp = conn.getresponse()
-    resp.read()
-    assert resp.status == 200, resp.status
-    return (time.perf_counter_ns() - t0) / 1000.0
 
 
 def idp_calls(users=100, reqs=100):
@@ -60,21 +43,12 @@ def _measure(cleanup, USERS, REQS, latency=True):
     validate_port, exchange_port = free_port(), free_port()
     resource = f"http://127.0.0.1:{validate_port}/mcp"
     users = [f"u{i:03d}" for i in range(USERS)]
-    mcp = IdP(cleanup, "bench-mcp-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call", "ttl": 3600}},
-              clients=[{"client_id": u, "client_secret": "s"} for u in users]).start()
-    backend_as = IdP(cleanup, "bench-backend-as",
-                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read", "ttl": 3600}},
-                     clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
-                     extra_env={"IDP_TRUST_ISSUER": mcp.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"}).start()
-    oidc = {"issuer": mcp.issuer, "audience": "mcpserver", "jwksUrl": f"{mcp.issuer}/jwks",
-            "requiredScopes": ["mcp:tools:call"]}
-    exchange = {"oidc": oidc, "tokenExchange": {
-        "tokenUrl": f"{backend_as.issuer}/token", "clientId": "gw", "clientSecretEnv": "TOKEN_EXCHANGE_CLIENT_SECRET",
-        "audience": "backend", "scopes": ["backend:read"], "requestedTokenType": "access_token"}}
+    mcp, backend_as, oidc, exchange, secret = authorization_servers(
+        cleanup, resource, [{"client_id": u, "client_secret": "s"} for u in users])
     clusters = {f"outbound|{p}||127.0.0.1": p for p in (mcp.port, backend_as.port)}
     Envoy(cleanup, 1, {"oidc": oidc}, clusters, port=validate_port, concurrency=2, direct_response=True,
           log_level="warning", extra_listeners=[(exchange_port, exchange)],
-          env={"TOKEN_EXCHANGE_CLIENT_SECRET": "gw-secret"}).wait_ready()
+          env={SECRET_ENV: secret}).wait_ready()
     tokens = {u: mcp.token(u, "s", resource, "mcp:tools:call") for u in users}
 
     # 1. IdP calls for USERS x REQS.

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
-from harness import ENVOY, ROOT, WASM, WORK, Cleanup, IdP, Proc, call, free_port, wait_port  # noqa: E402
+from common import GRANT, SECRET_ENV, authorization_servers, envoy_version, pct, timed_request  # noqa: E402
+from harness import ENVOY, ROOT, WASM, WORK, Cleanup, Proc, call, free_port, wait_port  # noqa: E402
 
 FLOOR = ROOT / "target" / "wasm32-wasip1" / "release" / "wasm_floor.wasm"
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 CONNECTIONS = 16
 
 VARIANTS = [
@@ -181,11 +181,6 @@ def wrk(port, duration, token=None, script=None, connections=CONNECTIONS, pid=No
             "non2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
-
-
 def drive(port, tokens, connections):
     """Sends each token once over `connections` keep-alive connections;
     returns (requests per second, latencies in µs)."""
@@ -237,22 +232,10 @@ def med(xs):
 def run_throughput(args, cleanup, report):
     ports = {key: free_port() for key, _ in VARIANTS}
     resource = f"http://127.0.0.1:{ports['validate']}/mcp"
-    # Hour-long tokens: a run must not outlast its token.
-    mcp = IdP(cleanup, "bench-mcp-as",
-              resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call", "ttl": 3600}},
-              clients=[{"client_id": "bench", "client_secret": "bench-secret"}]).start()
-    backend_as = IdP(cleanup, "bench-backend-as",
-                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read",
-                                                              "ttl": 3600}},
-                     clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
-                     extra_env={"IDP_TRUST_ISSUER": mcp.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"}).start()
+    mcp, backend_as, oidc, exchange, secret = authorization_servers(
+        cleanup, resource, [{"client_id": "bench", "client_secret": "bench-secret"}])
     upstream = upstream_envoy(cleanup)
-    oidc = {"issuer": mcp.issuer, "audience": "mcpserver", "jwksUrl": f"{mcp.issuer}/jwks",
-            "requiredScopes": ["mcp:tools:call"]}
-    exchange = {"oidc": oidc, "tokenExchange": {
-        "tokenUrl": f"{backend_as.issuer}/token", "clientId": "gw", "clientSecretEnv": "TOKEN_EXCHANGE_CLIENT_SECRET",
-        "audience": "backend", "scopes": ["backend:read"], "requestedTokenType": "access_token"}}
-    env_keys = ["TOKEN_EXCHANGE_CLIENT_SECRET"]
+    env_keys = [SECRET_ENV]
     jwks = mcp.jwks()
     filters = {
         "nofilter": [],
@@ -265,8 +248,7 @@ def run_throughput(args, cleanup, report):
     listeners = [listener(k, ports[k], filters[k]) for k, _ in VARIANTS]
     clusters = [cluster("upstream", upstream)] + [cluster(f"outbound|{p}||127.0.0.1", p)
                                                    for p in (mcp.port, backend_as.port)]
-    under_test = start_envoy(cleanup, "under-test", listeners, clusters, core=0,
-                             env={"TOKEN_EXCHANGE_CLIENT_SECRET": "gw-secret"})
+    under_test = start_envoy(cleanup, "under-test", listeners, clusters, core=0, env={SECRET_ENV: secret})
     token = mcp.token("bench", "bench-secret", resource, "mcp:tools:call")
     for key, _ in VARIANTS:
         status = call(ports[key], "/mcp", headers={"authorization": f"Bearer {token}"})[0]
@@ -314,30 +296,22 @@ def run_throughput(args, cleanup, report):
     import http.client
     import urllib.parse
 
-    basic = base64.b64encode(b"gw:gw-secret").decode()
+    basic = base64.b64encode(f"gw:{secret}".encode()).decode()
     direct_tokens = mint(mcp, "bench", resource, len(serial))
     envoy_conn = http.client.HTTPConnection("127.0.0.1", ports["exchange"])
     base_conn = http.client.HTTPConnection("127.0.0.1", ports["nofilter"])
     idp_conn = http.client.HTTPConnection("127.0.0.1", backend_as.port)
 
-    def timed(conn, method, path, headers, body=None):
-        t0 = time.perf_counter()
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        assert resp.status == 200, resp.status
-        return (time.perf_counter() - t0) * 1e6
-
     lat1, base1, idp_us = [], [], []
     for cold_token, direct_token in zip(serial, direct_tokens):
-        lat1.append(timed(envoy_conn, "GET", "/mcp", {"authorization": f"Bearer {cold_token}"}))
+        lat1.append(timed_request(envoy_conn, "GET", "/mcp", {"authorization": f"Bearer {cold_token}"}))
         body = urllib.parse.urlencode({"grant_type": GRANT, "subject_token": direct_token, "audience": "backend",
                                        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
                                        "scope": "backend:read", "requested_token_type":
                                        "urn:ietf:params:oauth:token-type:access_token"})
-        idp_us.append(timed(idp_conn, "POST", "/token", {
+        idp_us.append(timed_request(idp_conn, "POST", "/token", {
             "authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"}, body))
-        base1.append(timed(base_conn, "GET", "/mcp", {"authorization": f"Bearer {token}"}))
+        base1.append(timed_request(base_conn, "GET", "/mcp", {"authorization": f"Bearer {token}"}))
     report["cold"] = {"rps": rps, "p50": pct(lat16, 50), "p99": pct(lat16, 99), "cpu_us": cold_cpu,
                       "serial_p50": pct(lat1, 50), "baseline_p50": pct(base1, 50), "idp_p50": pct(idp_us, 50),
                       "tokens": len(loaded)}
@@ -377,12 +351,12 @@ def run_memory(cleanup, report, users=100_000, churn=300_000):
     port = free_port()
     cfg = {"oidc": {"issuer": issuer, "audience": "mcpserver", "jwksUrl": f"{issuer}/jwks"},
            "tokenExchange": {"tokenUrl": f"{issuer}/token", "clientId": "gw",
-                             "clientSecretEnv": "TOKEN_EXCHANGE_CLIENT_SECRET", "audience": "backend"},
+                             "clientSecretEnv": SECRET_ENV, "audience": "backend"},
            "cache": {"maxEntries": users, "expirySkewSeconds": 30}}
-    env_keys = ["TOKEN_EXCHANGE_CLIENT_SECRET"]
+    env_keys = [SECRET_ENV]
     proc = start_envoy(cleanup, "memory", [listener("mem", port, [wasm_filter(WASM, cfg, "tef", env_keys)])],
                        [cluster("upstream", idp), cluster(f"outbound|{idp}||127.0.0.1", idp)], core=0,
-                       env={"TOKEN_EXCHANGE_CLIENT_SECRET": "s"})
+                       env={SECRET_ENV: "s"})
     pid = envoy_pid(proc)
     now = int(time.time())
 
@@ -510,11 +484,10 @@ def main():
     ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "bench.md")
     args = ap.parse_args()
     assert WASM.exists() and FLOOR.exists(), "run tests/bench/run.sh (it builds both .wasm files)"
-    version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Linux {platform.release().split('-')[0]}",
-        "envoy": (re.search(r"/(\d+\.\d+\.\d+)/", version) or re.search(r"(\d+\.\d+\.\d+)", version)).group(1),
+        "envoy": envoy_version(),
         "wasm_bytes": WASM.stat().st_size,
     }
     if not args.memory_only:

@@ -12,30 +12,12 @@ Usage: .venv/bin/python tests/bench/verify_cost.py [N] [ROUNDS]
 import http.client
 import statistics
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from harness import WASM, Cleanup, Envoy, IdP, free_port  # noqa: E402
+from common import envoy_version, pct, timed
+from harness import WASM, Cleanup, Envoy, IdP, free_port
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-
-
-def timed(conn, token):
-    t0 = time.perf_counter_ns()
-    conn.request("GET", "/mcp", headers={"authorization": f"Bearer {token}"})
-    resp = conn.getresponse()
-    resp.read()
-    dt = time.perf_counter_ns() - t0
-    assert resp.status == 200, resp.status
-    return dt / 1000.0
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
 def main():
@@ -67,15 +49,6 @@ def main():
               f"({statistics.mean(cold) - statistics.mean(cached):.0f} µs mean); .wasm {WASM.stat().st_size:,} bytes")
     finally:
         cleanup.close()
-
-
-def envoy_version():
-    import subprocess
-
-    from harness import ENVOY
-
-    out = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout
-    return out.split("/")[1] if "/" in out else "?"
 
 
 if __name__ == "__main__":
