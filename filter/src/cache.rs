@@ -5,8 +5,8 @@
 //! The ABI cannot delete a shared-data key, so the cache never creates more
 //! keys than `maxEntries`: it is a 2-way set-associative table of
 //! `maxEntries` slots, keyed `<prefix>x<slot>`. An entry's two candidate
-//! slots come from its 32-byte key (SHA-256 over the subject token's hash and
-//! the exchange parameters). A slot holds `key (32) | expires_at_ms (8, LE) |
+//! slots come from its 32-byte key (SHA-256 over the exchange parameters and
+//! the subject token's SHA-256). A slot holds `key (32) | expires_at_ms (8, LE) |
 //! value`. A lookup reads the first slot and, on a mismatch, the second; a
 //! store takes the candidate that already holds this key, else an empty or
 //! expired one, else the one that expires first. Slots are overwritten in
@@ -18,10 +18,13 @@
 //!
 //! Values are stored ready to forward (`Bearer <token>`). In front of the
 //! shared table, each worker keeps the entries it used recently in memory
-//! (at most `LOCAL_CAPACITY`), so a returning user costs no shared-data read
-//! and no copy at all.
+//! (at most `LOCAL_CAPACITY`), keyed by the subject token's SHA-256 (the
+//! parameters are the same for the whole cache), so a returning user costs no
+//! shared-data read, no copy and no hashing beyond the map's.
 
 use crate::host::Host;
+use crate::verified::TokenHash;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -30,12 +33,15 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Entries each worker keeps in memory in front of shared data.
 pub const LOCAL_CAPACITY: usize = 10_000;
 
-pub type Key = [u8; 32];
+/// A shared-data entry's key: SHA-256(parameters digest ‖ subject hash).
+type Key = [u8; 32];
 
 pub struct TokenCache {
     prefix: String,
+    /// SHA-256 of everything but the subject token that shapes an exchange.
+    params: [u8; 32],
     slots: u64,
-    local: HashMap<Key, (Rc<str>, u64)>,
+    local: HashMap<TokenHash, (Rc<str>, u64)>,
     local_capacity: usize,
 }
 
@@ -47,9 +53,10 @@ struct Slot {
 }
 
 impl TokenCache {
-    pub fn new(prefix: &str, max_entries: u32) -> TokenCache {
+    pub fn new(prefix: &str, max_entries: u32, params: [u8; 32]) -> TokenCache {
         TokenCache {
             prefix: format!("{prefix}x"),
+            params,
             slots: u64::from(max_entries.max(1)),
             local: HashMap::new(),
             local_capacity: LOCAL_CAPACITY.min(max_entries.max(1) as usize),
@@ -65,25 +72,34 @@ impl TokenCache {
         [format!("{}{a}", self.prefix), format!("{}{b}", self.prefix)]
     }
 
-    /// The cached value for `key`, if present and not expired at `now_ms`.
-    pub fn get(&mut self, host: &dyn Host, key: &Key, now_ms: u64) -> Option<Rc<str>> {
-        if let Some((value, exp)) = self.local.get(key) {
+    fn shared_key(&self, subject: &TokenHash) -> Key {
+        let mut h = Sha256::new();
+        h.update(self.params);
+        h.update(subject);
+        h.finalize().into()
+    }
+
+    /// The cached value for the subject token with SHA-256 `subject`, if
+    /// present and not expired at `now_ms`.
+    pub fn get(&mut self, host: &dyn Host, subject: &TokenHash, now_ms: u64) -> Option<Rc<str>> {
+        if let Some((value, exp)) = self.local.get(subject) {
             if now_ms < *exp {
                 return Some(Rc::clone(value));
             }
-            self.local.remove(key);
+            self.local.remove(subject);
         }
-        for name in self.slot_names(key) {
+        let key = self.shared_key(subject);
+        for name in self.slot_names(&key) {
             let (Some(raw), _) = host.shared_get(&name) else {
                 continue;
             };
             if let Some((k, exp, value)) = decode(&raw) {
-                if &k == key {
+                if k == key {
                     if now_ms >= exp {
                         return None;
                     }
                     let value: Rc<str> = String::from_utf8_lossy(value).into();
-                    self.remember(key, Rc::clone(&value), exp, now_ms);
+                    self.remember(subject, Rc::clone(&value), exp, now_ms);
                     return Some(value);
                 }
             }
@@ -92,25 +108,26 @@ impl TokenCache {
     }
 
     /// Keeps an entry in this worker's memory, within its bound.
-    fn remember(&mut self, key: &Key, value: Rc<str>, exp: u64, now_ms: u64) {
-        if self.local.len() >= self.local_capacity && !self.local.contains_key(key) {
+    fn remember(&mut self, subject: &TokenHash, value: Rc<str>, exp: u64, now_ms: u64) {
+        if self.local.len() >= self.local_capacity && !self.local.contains_key(subject) {
             self.local.retain(|_, (_, e)| now_ms < *e);
             if self.local.len() >= self.local_capacity {
                 self.local.clear();
             }
         }
-        self.local.insert(*key, (value, exp));
+        self.local.insert(*subject, (value, exp));
     }
 
     /// Stores `value` for `key` until `expires_at_ms`. False if it was not
     /// stored in shared data (too large, already expired, or lost a race with
     /// another worker).
-    pub fn put(&mut self, host: &mut dyn Host, key: &Key, value: &Rc<str>, expires_at_ms: u64, now_ms: u64) -> bool {
+    pub fn put(&mut self, host: &mut dyn Host, subject: &TokenHash, value: &Rc<str>, expires_at_ms: u64, now_ms: u64) -> bool {
         if value.len() > MAX_TOKEN_BYTES || expires_at_ms <= now_ms {
             return false;
         }
-        self.remember(key, Rc::clone(value), expires_at_ms, now_ms);
-        let slots = self.slot_names(key).map(|name| {
+        self.remember(subject, Rc::clone(value), expires_at_ms, now_ms);
+        let key = self.shared_key(subject);
+        let slots = self.slot_names(&key).map(|name| {
             let (value, cas) = host.shared_get(&name);
             let decoded = value.as_deref().and_then(decode).map(|(k, exp, _)| (k, exp));
             Slot {
@@ -121,7 +138,7 @@ impl TokenCache {
             }
         });
         let rank = |s: &Slot| -> (u8, u64) {
-            if s.key.as_ref() == Some(key) {
+            if s.key == Some(key) {
                 (0, 0)
             } else if s.key.is_none() || s.expires_at_ms <= now_ms {
                 (1, 0)
@@ -132,7 +149,7 @@ impl TokenCache {
         let [a, b] = slots;
         let target = if rank(&b) < rank(&a) { b } else { a };
         let mut raw = Vec::with_capacity(40 + value.len());
-        raw.extend_from_slice(key);
+        raw.extend_from_slice(&key);
         raw.extend_from_slice(&expires_at_ms.to_le_bytes());
         raw.extend_from_slice(value.as_bytes());
         host.shared_set(&target.name, &raw, target.cas)
@@ -155,9 +172,8 @@ fn decode(value: &[u8]) -> Option<(Key, u64, &[u8])> {
 mod tests {
     use super::*;
     use crate::mock::Mock;
-    use sha2::{Digest, Sha256};
 
-    fn key(i: u32) -> Key {
+    fn key(i: u32) -> TokenHash {
         Sha256::digest(i.to_le_bytes()).into()
     }
 
@@ -167,13 +183,13 @@ mod tests {
 
     /// A cache as another worker sees it: no local entries.
     fn fresh(prefix: &str, n: u32) -> TokenCache {
-        TokenCache::new(prefix, n)
+        TokenCache::new(prefix, n, [7; 32])
     }
 
     #[test]
     fn stores_and_finds_until_expiry() {
         let mut m = Mock::new();
-        let mut c = TokenCache::new("p:", 100);
+        let mut c = fresh("p:", 100);
         assert!(c.put(&mut m, &key(1), &v("tok1"), 2_000, 1_000));
         assert_eq!(c.get(&m, &key(1), 1_500).as_deref(), Some("tok1"));
         assert_eq!(c.get(&m, &key(1), 2_000), None, "a hit past its lifetime is a miss");
@@ -186,7 +202,7 @@ mod tests {
     #[test]
     fn never_more_keys_than_max_entries_under_churn() {
         let mut m = Mock::new();
-        let mut c = TokenCache::new("p:", 50);
+        let mut c = fresh("p:", 50);
         for i in 0..5_000 {
             c.put(&mut m, &key(i), &v("t"), 1_000_000, 0);
         }
@@ -201,7 +217,7 @@ mod tests {
     fn two_ways_keep_colliding_users_apart() {
         // With 2 slots, any two keys can live side by side.
         let mut m = Mock::new();
-        let mut c = TokenCache::new("p:", 2);
+        let mut c = fresh("p:", 2);
         assert!(c.put(&mut m, &key(1), &v("a"), 10_000, 0));
         assert!(c.put(&mut m, &key(2), &v("b"), 10_000, 0));
         assert_eq!(c.get(&m, &key(1), 1).as_deref(), Some("a"));
@@ -219,7 +235,7 @@ mod tests {
     #[test]
     fn refresh_overwrites_the_same_slot() {
         let mut m = Mock::new();
-        let mut c = TokenCache::new("p:", 1_000);
+        let mut c = fresh("p:", 1_000);
         c.put(&mut m, &key(1), &v("old"), 10_000, 0);
         c.put(&mut m, &key(1), &v("new"), 20_000, 0);
         assert_eq!(c.get(&m, &key(1), 1).as_deref(), Some("new"));
@@ -230,7 +246,7 @@ mod tests {
     #[test]
     fn refuses_oversize_and_expired() {
         let mut m = Mock::new();
-        let mut c = TokenCache::new("p:", 10);
+        let mut c = fresh("p:", 10);
         assert!(!c.put(&mut m, &key(1), &v(&"x".repeat(MAX_TOKEN_BYTES + 1)), 10_000, 0));
         assert!(!c.put(&mut m, &key(1), &v("x"), 5, 5));
         assert!(m.shared.borrow().is_empty());
@@ -239,9 +255,20 @@ mod tests {
     #[test]
     fn prefixes_keep_configs_apart() {
         let mut m = Mock::new();
-        let mut old = TokenCache::new("tef:a:1111:", 10);
-        let mut new = TokenCache::new("tef:a:2222:", 10);
+        let mut old = fresh("tef:a:1111:", 10);
+        let mut new = fresh("tef:a:2222:", 10);
         old.put(&mut m, &key(1), &v("old-config-token"), 10_000, 0);
         assert_eq!(new.get(&m, &key(1), 1), None);
+    }
+
+    #[test]
+    fn parameters_keep_exchanges_apart() {
+        // Same prefix and subject, other exchange parameters (another audience).
+        let mut m = Mock::new();
+        let mut a = TokenCache::new("p:", 10, [1; 32]);
+        let mut b = TokenCache::new("p:", 10, [2; 32]);
+        a.put(&mut m, &key(1), &v("for-audience-a"), 10_000, 0);
+        assert_eq!(b.get(&m, &key(1), 1), None);
+        assert_eq!(TokenCache::new("p:", 10, [1; 32]).get(&m, &key(1), 1).as_deref(), Some("for-audience-a"));
     }
 }

@@ -140,13 +140,10 @@ impl Exchanger {
         self.config.external_token_header.as_deref().unwrap_or("authorization")
     }
 
-    /// The cache key for a subject token, from the SHA-256 of the token: never
-    /// the token itself.
-    pub fn cache_key(&self, token_hash: &[u8; 32]) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.params_digest);
-        h.update(token_hash);
-        h.finalize().into()
+    /// SHA-256 over everything but the subject token that shapes the
+    /// result: with the subject's SHA-256, the exchange cache's key.
+    pub fn params_digest(&self) -> [u8; 32] {
+        self.params_digest
     }
 
     /// Headers and body of the exchange request for `subject_token`.

@@ -9,13 +9,13 @@
 //! forgotten (`on_done`).
 
 use crate::bearer::{self, Bearer};
-use crate::cache::{Key, TokenCache};
+use crate::cache::TokenCache;
 use crate::challenge::{self, metadata_document, Challenges, Denial};
 use crate::exchange::{Exchanged, Exchanger, Failure};
 use crate::host::{CalloutResponse, Host};
 use crate::jwks_cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
 use crate::singleflight::{Flight, Flights};
-use crate::verified::{TokenHash, VerifiedCache};
+use crate::verified::{TokenHash, Verified, VerifiedCache};
 use crate::verify::{Principal, Reject, Verifier};
 use plugin_config::Config;
 use sha2::{Digest, Sha256};
@@ -38,12 +38,11 @@ pub const VERIFIED_CAPACITY: usize = 10_000;
 
 struct Waiter {
     token: String,
-    hash: TokenHash,
     since_ms: u64,
 }
 
 enum Verdict {
-    Allow(Rc<Principal>),
+    Allow(Verified),
     Deny(Denial),
     /// The token names a key we do not have, and no refetch is allowed now.
     UnknownKey,
@@ -91,11 +90,14 @@ impl Filter {
         let prefix = shared_prefix(config, plugin_name);
         let o = &config.oidc;
         Filter {
-            exchange: config.token_exchange.as_ref().map(|t| Exchange {
-                exchanger: Exchanger::new(t),
-                cache: TokenCache::new(&prefix, config.cache.max_entries),
-                skew_ms: config.cache.expiry_skew_seconds.saturating_mul(1000),
-                flights: Flights::default(),
+            exchange: config.token_exchange.as_ref().map(|t| {
+                let exchanger = Exchanger::new(t);
+                Exchange {
+                    cache: TokenCache::new(&prefix, config.cache.max_entries, exchanger.params_digest()),
+                    exchanger,
+                    skew_ms: config.cache.expiry_skew_seconds.saturating_mul(1000),
+                    flights: Flights::default(),
+                }
             }),
             verifier: Verifier::new(o),
             challenges: Challenges::new(config),
@@ -135,13 +137,12 @@ impl Filter {
                 return deny(host, &self.challenges.invalid_request("malformed authorization header"));
             }
         };
-        let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
         let now_ms = host.now_ms();
-        let verdict = match self.judge(token, &hash, now_ms, true) {
+        let verdict = match self.judge(token, now_ms, true) {
             Verdict::NeedKeys => match self.jwks.fetch(host) {
                 Fetch::Adopted => {
                     self.prune_verified();
-                    self.judge(token, &hash, now_ms, false)
+                    self.judge(token, now_ms, false)
                 }
                 Fetch::Failed => Verdict::NeedKeys,
                 Fetch::Pending => {
@@ -149,7 +150,6 @@ impl Filter {
                         host.context_id(),
                         Waiter {
                             token: token.to_string(),
-                            hash,
                             since_ms: now_ms,
                         },
                     );
@@ -159,7 +159,7 @@ impl Filter {
             v => v,
         };
         match self.settle(verdict, false) {
-            Ok(principal) => match self.pass(host, token, &hash, principal, now_ms) {
+            Ok(verified) => match self.pass(host, token, verified, now_ms) {
                 Step::Continue => Action::Continue,
                 Step::Wait => Action::Pause,
                 Step::Deny(d) => deny(host, &d),
@@ -188,11 +188,11 @@ impl Filter {
 
     /// After validation: pass as is, or forward a cached exchanged token, or
     /// join or start the exchange for this token.
-    fn pass(&mut self, host: &mut dyn Host, token: &str, hash: &TokenHash, principal: Rc<Principal>, now: u64) -> Step {
+    fn pass(&mut self, host: &mut dyn Host, token: &str, verified: Verified, now: u64) -> Step {
         let Some(x) = self.exchange.as_mut() else {
             return Step::Continue;
         };
-        let key = x.exchanger.cache_key(hash);
+        let Verified { principal, hash: key } = verified;
         if let Some(value) = x.cache.get(host, &key, now) {
             host.set_request_header(x.exchanger.forward_header(), &value);
             log::debug!("{} cache=hit", audit(&x.exchanger, &principal));
@@ -230,7 +230,7 @@ impl Filter {
 
     /// An exchange answered (or never will: `key` is `None`): cache the
     /// token and release every waiter.
-    fn land(&mut self, host: &mut dyn Host, key: Option<&Key>, flight: Flight, resp: &CalloutResponse) {
+    fn land(&mut self, host: &mut dyn Host, key: Option<&TokenHash>, flight: Flight, resp: &CalloutResponse) {
         let Some(x) = self.exchange.as_mut() else {
             return;
         };
@@ -347,11 +347,11 @@ impl Filter {
         }
     }
 
-    fn judge(&mut self, token: &str, hash: &TokenHash, now_ms: u64, may_refetch: bool) -> Verdict {
+    fn judge(&mut self, token: &str, now_ms: u64, may_refetch: bool) -> Verdict {
         let now = now_ms / 1000;
         let skew = self.verifier.skew();
-        if let Some(p) = self.verified.get(hash, now, skew) {
-            return Verdict::Allow(Rc::clone(p));
+        if let Some(v) = self.verified.get(token, now, skew) {
+            return Verdict::Allow(v.clone());
         }
         let Some(keys) = self.jwks.keys() else {
             return Verdict::NeedKeys;
@@ -359,9 +359,12 @@ impl Filter {
         match self.verifier.verify(keys, token, now, &mut self.signature_checks) {
             Ok(p) => {
                 log::debug!("accepted token for sub={}", p.sub.as_deref().unwrap_or("-"));
-                let p = Rc::new(p);
-                self.verified.insert(*hash, Rc::clone(&p), now, skew);
-                Verdict::Allow(p)
+                let v = Verified {
+                    principal: Rc::new(p),
+                    hash: Sha256::digest(token.as_bytes()).into(),
+                };
+                self.verified.insert(token, v.clone(), now, skew);
+                Verdict::Allow(v)
             }
             Err(f) if f.reject == Reject::UnknownKey => {
                 if may_refetch && self.jwks.refetch_allowed(now_ms) {
@@ -383,7 +386,7 @@ impl Filter {
 
     /// The principal of a valid token, or the denial. After a failed fetch,
     /// an unknown key is our problem, not the client's.
-    fn settle(&self, verdict: Verdict, fetch_failed: bool) -> Result<Rc<Principal>, Denial> {
+    fn settle(&self, verdict: Verdict, fetch_failed: bool) -> Result<Verified, Denial> {
         match verdict {
             Verdict::Allow(p) => Ok(p),
             Verdict::Deny(d) => Err(d),
@@ -416,9 +419,9 @@ impl Filter {
             if !host.switch_to(id) {
                 continue;
             }
-            let verdict = self.judge(&w.token, &w.hash, now_ms, false);
+            let verdict = self.judge(&w.token, now_ms, false);
             let step = match self.settle(verdict, fetch_failed) {
-                Ok(p) => self.pass(host, &w.token, &w.hash, p, now_ms),
+                Ok(v) => self.pass(host, &w.token, v, now_ms),
                 Err(d) => Step::Deny(d),
             };
             match step {

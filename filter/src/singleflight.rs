@@ -1,4 +1,4 @@
-//! Exchanges in flight on this worker, one per cache key: concurrent misses
+//! Exchanges in flight on this worker, one per subject token (by SHA-256): concurrent misses
 //! for the same user wait on the first one's callout instead of making their
 //! own.
 //!
@@ -7,7 +7,7 @@
 //! orphaned but kept while others wait, and the next tick starts it again
 //! from the root context.
 
-use crate::cache::Key;
+use crate::verified::TokenHash as Key;
 use crate::verify::Principal;
 use std::collections::HashMap;
 use std::rc::Rc;

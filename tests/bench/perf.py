@@ -171,14 +171,25 @@ def wrk(port, duration, token=None, script=None, connections=CONNECTIONS, pid=No
     cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(pinned(1, cmd), capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - cpu0 if pid else float("nan")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s)", out)
+    total, seconds = int(m.group(1)), float(m.group(2)) / (1000.0 if m.group(3) == "ms" else 1.0)
     lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "cpu_us": cpu * 1e6 / max(total, 1),
+    return {"requests": total, "seconds": seconds, "cpu": cpu, "rps": total / seconds,
+            "cpu_us": cpu * 1e6 / max(total, 1),
             "p50": parse_latency(lat.get("50", "")), "p99": parse_latency(lat.get("99", "")),
             "non2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(0) if errors else ""}
+
+
+def combine(slices):
+    """One variant's slices in a round: requests per second and CPU per request
+    over all of them; latency percentiles are the slices' medians."""
+    total = sum(x["requests"] for x in slices)
+    return {"rps": total / sum(x["seconds"] for x in slices),
+            "cpu_us": sum(x["cpu"] for x in slices) * 1e6 / max(total, 1),
+            "p50": med([x["p50"] for x in slices]), "p99": med([x["p99"] for x in slices]),
+            "non2xx": sum(x["non2xx"] for x in slices)}
 
 
 def drive(port, tokens, connections):
@@ -254,30 +265,30 @@ def run_throughput(args, cleanup, report):
         status = call(ports[key], "/mcp", headers={"authorization": f"Bearer {token}"})[0]
         assert status == 200, (key, status)
 
-    # A B A B: every variant's slice sits between two no-filter slices, and
-    # the order of the variants rotates each round, so the drift of a shared
-    # machine lands on the baseline next to it rather than on one variant.
+    # A B C A B C ...: within a round every variant gets `duration` seconds
+    # in one-second slices, cycling through all variants (order rotated each
+    # cycle), so a shared machine's slow drift (seconds to minutes here) lands
+    # on every variant alike instead of on whichever ran during it. A round's
+    # ratio is its requests per second over no filter's in the same round.
     chosen = [k for k, _ in VARIANTS if k != "nofilter" and (not args.only or k in args.only.split(","))]
-    results = {key: [] for key in ["nofilter"] + chosen}
+    keys = ["nofilter"] + chosen
+    results = {key: [] for key in keys}
     ratios = {key: [] for key in chosen}
     pid = envoy_pid(under_test)
-
-    def slot(key, r):
-        res = wrk(ports[key], args.duration, token=token, pid=pid)
-        results[key].append(res)
-        print(f"round {r + 1} {key}: {res['rps']:.0f} req/s, Envoy CPU {res['cpu_us']:.1f} µs/req, "
-              f"p50 {res['p50']:.0f} µs p99 {res['p99']:.0f} µs"
-              f"{' non-2xx ' + str(res['non2xx']) if res['non2xx'] else ''}", file=sys.stderr)
-        return res
-
+    cycles = max(1, round(args.duration / args.slice))
     for r in range(args.rounds):
-        order = chosen[r % len(chosen):] + chosen[:r % len(chosen)]
-        before = slot("nofilter", r)
-        for key in order:
-            res = slot(key, r)
-            after = slot("nofilter", r)
-            ratios[key].append(res["rps"] / ((before["rps"] + after["rps"]) / 2))
-            before = after
+        slices = {key: [] for key in keys}
+        for c in range(cycles):
+            shift = (r * cycles + c) % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                slices[key].append(wrk(ports[key], args.slice, token=token, pid=pid))
+        for key in keys:
+            results[key].append(combine(slices[key]))
+        for key in chosen:
+            ratios[key].append(results[key][-1]["rps"] / results["nofilter"][-1]["rps"])
+        print(f"round {r + 1}: " + ", ".join(
+            f"{key} {results[key][-1]['rps']:.0f} req/s {results[key][-1]['cpu_us']:.1f} µs"
+            + (f" ×{ratios[key][-1]:.2f}" if key in ratios else "") for key in keys), file=sys.stderr)
     if args.only:
         return
     # 6. The cold path: every request a new user's token, so validation plus
@@ -474,7 +485,8 @@ def chart(report, path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per variant per round")
+    ap.add_argument("--slice", type=int, default=1, help="seconds per wrk run within a round")
     ap.add_argument("--memory", action="store_true", help="also run the 100k/300k-user memory test (minutes)")
     ap.add_argument("--memory-only", action="store_true", help="only the memory test")
     ap.add_argument("--only", default="", help="comma-separated variant keys, for quick iterations (no report)")
