@@ -13,6 +13,7 @@ pub mod cache;
 pub mod challenge;
 pub mod exchange;
 pub mod filter;
+pub mod header_map;
 pub mod host;
 pub mod jwks;
 pub mod jwks_cache;

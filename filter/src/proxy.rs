@@ -4,9 +4,12 @@
 //! stream and sending a local response panic on any status but Ok; since the
 //! filter acts on other streams through `set_effective_context`, those three
 //! are called through the ABI directly here (`abi`), with every status
-//! handled. A trap would take down every request on the worker.
+//! handled. Headers are read through the ABI too: the SDK's readers unwrap
+//! UTF-8, and a client may send any byte above 0x7f in a header value.
+//! A trap would take down every request on the worker.
 
 use crate::filter::{Action as FilterAction, Filter};
+use crate::header_map;
 use crate::host::{CalloutResponse, Host};
 use plugin_config::Endpoint;
 use proxy_wasm::hostcalls;
@@ -150,7 +153,7 @@ impl HttpContext for Stream {
         });
         if !configured {
             // Never wave a request through unchecked.
-            let _ = hostcalls::send_http_response(500, vec![], Some(b"token-exchange-filter not configured"));
+            let _ = abi::send_local_response(500, &[], b"token-exchange-filter not configured");
             return Action::Pause;
         }
         match action {
@@ -166,7 +169,9 @@ fn read_callout_response(num_headers: usize, body_size: usize) -> CalloutRespons
     if num_headers == 0 {
         return CalloutResponse::default();
     }
-    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let headers = abi::header_map(MapType::HttpCallResponseHeaders)
+        .map(|raw| header_map::decode(&raw))
+        .unwrap_or_default();
     let truncated = body_size > MAX_CALLOUT_BODY;
     let body = if truncated || body_size == 0 {
         Vec::new()
@@ -203,7 +208,9 @@ impl Host for WasmHost {
     }
 
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+        let value = abi::request_header(name).ok()??;
+        // Lossy: odd bytes become U+FFFD, which no token or path we look for contains.
+        Some(String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
@@ -263,11 +270,13 @@ impl Host for WasmHost {
     }
 }
 
-/// The three ABI calls whose SDK wrappers panic on an unexpected status.
+/// The ABI calls whose SDK wrappers panic on an unexpected status or on
+/// invalid UTF-8.
 mod abi {
-    /// `proxy_wasm::types::MapType::HttpRequestHeaders` and `StreamType::HttpRequest`.
-    const HTTP_REQUEST: u32 = 0;
-    const OK: u32 = 0;
+    use proxy_wasm::types::{MapType, Status, StreamType};
+
+    const OK: u32 = Status::Ok as u32;
+    const NOT_FOUND: u32 = Status::NotFound as u32;
 
     // Same imports as the SDK's, declared with plain integers so that any
     // status the host returns is representable.
@@ -282,6 +291,14 @@ mod abi {
             value_size: usize,
         ) -> u32;
         fn proxy_continue_stream(stream_type: u32) -> u32;
+        fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+        fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_data: *mut *mut u8,
+            return_size: *mut usize,
+        ) -> u32;
         fn proxy_send_local_response(
             status_code: u32,
             details_data: *const u8,
@@ -305,17 +322,51 @@ mod abi {
     pub fn replace_request_header(name: &str, value: &str) -> Result<(), u32> {
         // SAFETY: pointers and lengths describe live, immutable buffers for the call.
         check(unsafe {
-            proxy_replace_header_map_value(HTTP_REQUEST, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+            proxy_replace_header_map_value(MapType::HttpRequestHeaders as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
         })
+    }
+
+    /// A request header's value as bytes; `None` if absent.
+    pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, u32> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the name's pointer and length describe a live buffer; the
+        // host writes a pointer and a length into our two locals.
+        let status = unsafe { proxy_get_header_map_value(MapType::HttpRequestHeaders as u32, name.as_ptr(), name.len(), &mut data, &mut size) };
+        if status == NOT_FOUND {
+            return Ok(None);
+        }
+        check(status)?;
+        Ok(Some(take(data, size)))
+    }
+
+    /// A whole header map in the ABI's encoding (see `header_map::decode`).
+    pub fn header_map(map_type: MapType) -> Result<Vec<u8>, u32> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer and a length into our two locals.
+        check(unsafe { proxy_get_header_map_pairs(map_type as u32, &mut data, &mut size) })?;
+        Ok(take(data, size))
+    }
+
+    /// Takes ownership of a buffer the host returned.
+    fn take(data: *mut u8, size: usize) -> Vec<u8> {
+        if data.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: the host allocated `size` bytes with the SDK's
+        // proxy_on_memory_allocate (a boxed slice of exactly `size`) and hands
+        // them to us, as the SDK's own readers assume.
+        unsafe { Vec::from_raw_parts(data, size, size) }
     }
 
     pub fn continue_request() -> Result<(), u32> {
         // SAFETY: no pointers.
-        check(unsafe { proxy_continue_stream(HTTP_REQUEST) })
+        check(unsafe { proxy_continue_stream(StreamType::HttpRequest as u32) })
     }
 
     pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), u32> {
-        let map = serialize(headers);
+        let map = crate::header_map::encode(headers);
         // SAFETY: pointers and lengths describe live, immutable buffers for the call.
         check(unsafe {
             proxy_send_local_response(
@@ -329,24 +380,5 @@ mod abi {
                 -1,
             )
         })
-    }
-
-    /// The ABI's header-map encoding: pair count, then each pair's key and
-    /// value lengths, then each key and value NUL-terminated; all u32 LE.
-    fn serialize(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-        let mut out = Vec::with_capacity(4 + pairs.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>());
-        out.extend_from_slice(&len32(pairs.len()));
-        for (k, v) in pairs {
-            out.extend_from_slice(&len32(k.len()));
-            out.extend_from_slice(&len32(v.len()));
-        }
-        for (k, v) in pairs {
-            out.extend_from_slice(k.as_bytes());
-            out.push(0);
-            out.extend_from_slice(v.as_bytes());
-            out.push(0);
-        }
-        out
     }
 }

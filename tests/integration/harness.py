@@ -274,7 +274,8 @@ class BrokenTokenEndpoint:
     """A token endpoint that misbehaves as its path says, for the failure rows
     no real IdP produces on demand: /garbage (200, not JSON), /oversize (200,
     100 KB of JSON), /500, /hang (answers after 5 s), /reset (closes the
-    connection without answering). Runs in a thread of the test process."""
+    connection without answering), /odd-header (invalid_grant, with bytes
+    above 0x7f in a header value). Runs in a thread of the test process."""
 
     def __init__(self):
         import threading
@@ -299,8 +300,11 @@ class BrokenTokenEndpoint:
                         "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()),
                     "500": (500, "application/json", b'{"error":"server_error"}'),
                     "hang": (200, "application/json", b"{}"),
+                    "odd-header": (400, "application/json", b'{"error":"invalid_grant"}'),
                 }.get(mode, (404, "text/plain", b""))
                 self.send_response(status)
+                if mode == "odd-header":
+                    self.send_header("x-odd", "caf\xe9 \xff")  # sent as latin-1 bytes
                 self.send_header("content-type", ctype)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()

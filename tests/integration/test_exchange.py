@@ -57,6 +57,7 @@ LISTENERS = {
     "invalid-request": ({"requestedTokenType": "id_token"}, None),
     "garbage": ({"tokenUrl": "BROKEN/garbage"}, None),
     "oversize": ({"tokenUrl": "BROKEN/oversize"}, None),
+    "odd-header": ({"tokenUrl": "BROKEN/odd-header"}, None),
     "idp-500": ({"tokenUrl": "BROKEN/500"}, None),
     "reset": ({"tokenUrl": "BROKEN/reset"}, None),
     "hang": ({"tokenUrl": "BROKEN/hang", "timeoutMs": 500}, None),
@@ -242,6 +243,7 @@ def test_users_never_get_each_others_token(xs):
 FAILURES = [
     # (listener, user, status, error)
     ("basic", "blocked-user", 401, "invalid_token"),  # IdP: invalid_grant
+    ("odd-header", "tester", 401, "invalid_token"),  # invalid_grant, non-UTF-8 header
     ("bad-scope", "tester", 403, "insufficient_scope"),  # invalid_scope
     ("bad-target", "tester", 403, "insufficient_scope"),  # invalid_target
     ("bad-client", "tester", 502, "bad_gateway"),  # invalid_client

@@ -122,6 +122,20 @@ def test_malformed_and_repeated_authorization(stack):
     assert stack.backend.requests() == before
 
 
+def test_non_utf8_authorization_is_refused_without_a_crash(stack):
+    """Envoy lets obs-text bytes (0x80-0xff) through in header values. They
+    must get a 400, not a trap: a trapped VM stops the filter for its worker."""
+    before = stack.backend.requests()
+    for _ in range(6):
+        code, headers, _ = call(stack.envoy_port, "/mcp", header_list=[("authorization", "Bearer abc\xff\xfe")])
+        assert code == 400
+        assert 'error="invalid_request"' in headers["www-authenticate"]
+    assert stack.backend.requests() == before
+    for _ in range(6):
+        assert stack.envoy.get(token=stack.token())[0] == 200
+    assert "panicked" not in stack.envoy.proc.text()
+
+
 def test_token_in_query_string_is_ignored(stack):
     code, _, _ = call(stack.envoy_port, f"/mcp?access_token={stack.token()}")
     assert code == 401
