@@ -3,13 +3,15 @@ native jwt_authn, and the cheapest wasm filter; IdP calls; memory.
 
 One Envoy under test (1 worker, pinned to one core) carries a listener per
 variant; a second Envoy (pinned to the other core, with wrk) is the upstream,
-answering with direct_response. Each variant gets wrk with 16 connections for
-DURATION seconds, variants alternating A B C ... over ROUNDS rounds; the
-tables report medians and ratios from this one run. Absolute numbers are
-noise; ratios in one run are the result.
+answering with direct_response. In each of ROUNDS rounds every variant gets
+wrk with 16 connections for DURATION seconds, in SLICE-second runs cycling
+through the variants (A B C ... A B C ...); the tables report medians and
+ratios from this one run. Absolute numbers are noise; ratios in one run are
+the result. --profile adds where the Envoy under test spends its CPU (perf).
 
 Usage: .venv/bin/python tests/bench/perf.py [--rounds 3] [--duration 10]
-           [--memory] [--chart docs/bench.png] [--markdown docs/bench.md]
+           [--slice 1] [--memory] [--profile]
+           [--chart docs/bench.png] [--markdown docs/bench.md]
 A script, not a test: it asserts nothing about time.
 """
 
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -236,6 +239,27 @@ def mint(idp, client, resource, n, threads=8):
         return list(pool.map(lambda _: idp.token(client, f"{client}-secret", resource, "mcp:tools:call"), range(n)))
 
 
+def profile(pid, port, token, seconds, path):
+    """Where the Envoy under test spends its CPU on a variant's workload:
+    shares of `perf record` samples (cpu-clock, so it works without a PMU;
+    a low rate, since sampling in a VM is not free) while wrk runs, split by
+    code: the wasm module (V8's JIT code), Envoy's own, the kernel, the rest."""
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-o", str(path), "-p", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    wrk(port, seconds, token=token)
+    rec.send_signal(2)
+    rec.wait()
+    out = subprocess.run(["perf", "report", "-i", str(path), "--no-children", "--sort", "dso", "-g", "none",
+                          "--stdio"], capture_output=True, text=True).stdout
+    shares = {"wasm": 0.0, "envoy": 0.0, "kernel": 0.0, "other": 0.0}
+    for pct_, dso in re.findall(r"^\s+([\d.]+)%\s+(.+?)\s*$", out, re.M):
+        part = ("wasm" if dso.startswith("[JIT]") else "envoy" if dso == "envoy"
+                else "kernel" if dso.startswith("[kernel") else "other")
+        shares[part] += float(pct_) / 100
+    return shares
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -338,6 +362,9 @@ def run_throughput(args, cleanup, report):
         "rounds": [x["rps"] for x in results[key]],
     } for key, label in VARIANTS}
     report["envoy_rss_kib"] = rss_kib(envoy_pid(under_test))
+    if args.profile:
+        report["profile"] = {key: profile(pid, ports[key], token, args.duration, WORK / f"perf-{key}.data")
+                             for key in ["nofilter", "floor", "validate", "exchange", "jwt_authn"]}
 
 
 def run_memory(cleanup, report, users=100_000, churn=300_000):
@@ -395,10 +422,11 @@ def render(report, args):
     v = report["variants"]
     base = v["nofilter"]["rps"]
     lines = [f"Run {report['date']} on {report['machine']}, Envoy {report['envoy']}, 1 worker, wrk -t1 "
-             f"-c{CONNECTIONS} -d{args.duration}s per slice, {args.rounds} rounds. Each variant's slice sits "
-             "between two no-filter slices (A B A C A …, order rotated each round); × no filter is the median "
-             "over rounds of its throughput over the mean of its two neighbours. req/s, CPU and latencies "
-             "are medians.", "",
+             f"-c{CONNECTIONS}, {args.rounds} rounds. In each round every variant gets {args.duration} s of load in "
+             f"{args.slice}-second wrk runs, cycling through all variants with the order rotated each cycle, so "
+             "the machine's drift lands on every variant alike. × no filter is the median over rounds of a "
+             "variant's req/s over no filter's in the same round; req/s and CPU are medians over rounds, "
+             f"latencies medians over the {args.slice}-second runs.", "",
              "| variant | req/s | × no filter | Envoy CPU µs/req | p50 µs | p99 µs |",
              "|---|---:|---:|---:|---:|---:|"]
     for key, _ in VARIANTS:
@@ -421,6 +449,17 @@ def render(report, args):
         i = report["idp_calls"]
         lines += ["", f"IdP exchange calls for {i['users']} users × {i['per_user']} requests through 2 Envoy "
                   f"workers (32 concurrent clients): **{i['calls']}** for {i['requests']:,} requests."]
+    if "profile" in report:
+        lines += ["", "Where the Envoy under test spends its CPU (`--profile`: shares of `perf record -e cpu-clock` "
+                  f"samples during one {args.duration} s wrk run per variant). The wasm column is the share of "
+                  "samples in V8's JIT code, i.e. the filter's own code, times the variant's CPU per request "
+                  "from the rounds above:", "",
+                  "| variant | CPU µs/req | wasm % | Envoy % | kernel % | other % | wasm µs/req |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for key, x in report["profile"].items():
+            cpu = v[key]["cpu_us"]
+            lines.append(f"| {v[key]['label']} | {cpu:.1f} | {x['wasm'] * 100:.1f} | {x['envoy'] * 100:.1f} | "
+                         f"{x['kernel'] * 100:.1f} | {x['other'] * 100:.1f} | {x['wasm'] * cpu:.1f} |")
     if "memory" in report:
         lines += ["", render_memory(report)]
     ratios = {
@@ -489,6 +528,7 @@ def main():
     ap.add_argument("--slice", type=int, default=1, help="seconds per wrk run within a round")
     ap.add_argument("--memory", action="store_true", help="also run the 100k/300k-user memory test (minutes)")
     ap.add_argument("--memory-only", action="store_true", help="only the memory test")
+    ap.add_argument("--profile", action="store_true", help="also split Envoy's CPU by code with perf (needs perf)")
     ap.add_argument("--only", default="", help="comma-separated variant keys, for quick iterations (no report)")
     ap.add_argument("--cold-tokens", type=int, default=3000, help="distinct tokens for the cold path")
     ap.add_argument("--memory-users", type=int, default=100_000, help="maxEntries and first fill for --memory")
@@ -496,6 +536,8 @@ def main():
     ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "bench.md")
     args = ap.parse_args()
     assert WASM.exists() and FLOOR.exists(), "run tests/bench/run.sh (it builds both .wasm files)"
+    if args.profile and not shutil.which("perf"):
+        ap.error("--profile needs perf (Debian: apt-get install linux-perf)")
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Linux {platform.release().split('-')[0]}",

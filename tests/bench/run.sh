@@ -5,20 +5,26 @@
 # docs/bench.md and docs/bench.png. Arguments go to perf.py, e.g.
 #   tests/bench/run.sh --memory          also the 100k/300k-user memory run
 #   tests/bench/run.sh --rounds 5
+#   tests/bench/run.sh --profile         also split Envoy's CPU by code (perf)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 
 tests/bootstrap.sh
 
-if ! command -v wrk >/dev/null; then
-  if [ "$(id -u)" -eq 0 ]; then
-    echo "==> installing wrk (Debian package)" >&2
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-  else
-    echo "wrk is missing: sudo apt-get install wrk" >&2
+# need <command> <Debian package>: installs the package if the command is missing.
+need() {
+  command -v "$1" >/dev/null && return
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "$1 is missing: sudo apt-get install $2" >&2
     exit 1
   fi
+  echo "==> installing $2 (Debian package)" >&2
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need wrk wrk
+if [[ " $* " == *" --profile "* ]]; then
+  need perf linux-perf
 fi
 
 stamp=".venv/.bench-requirements.sha256"
