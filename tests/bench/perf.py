@@ -493,6 +493,7 @@ def chart(report, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     v = report["variants"]
     base = v["nofilter"]["rps"]
@@ -514,6 +515,9 @@ def chart(report, path):
     b.set_xticks(range(len(labels)), labels, fontsize=8)
     b.set_ylabel("p99 latency, ms")
     b.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}")
+    b.yaxis.set_major_formatter(plain)
+    b.yaxis.set_minor_formatter(plain)
     b.set_title("p99 latency (lower is better, log scale)")
     fig.suptitle(f"token-exchange-filter, Envoy {report['envoy']}, 1 worker, {report['date']}, {report['machine']}")
     fig.tight_layout()
