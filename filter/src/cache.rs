@@ -18,20 +18,23 @@
 //!
 //! Values are stored ready to forward (`Bearer <token>`). In front of the
 //! shared table, each worker keeps the entries it used recently in memory
-//! (at most `LOCAL_CAPACITY`), keyed by the subject token's SHA-256 (the
+//! (at most `LOCAL_CAPACITY` and `LOCAL_BYTES`, and no more entries than
+//! `maxEntries`), keyed by the subject token's SHA-256 (the
 //! parameters are the same for the whole cache), so a returning user costs no
 //! shared-data read, no copy and no hashing beyond the map's.
 
+use crate::bounded::Bounded;
 use crate::host::Host;
 use crate::verified::TokenHash;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Exchanged tokens larger than this are used but not cached.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Entries each worker keeps in memory in front of shared data.
+/// Entries each worker keeps in memory in front of shared data, and the
+/// bytes their tokens may hold.
 pub const LOCAL_CAPACITY: usize = 10_000;
+pub const LOCAL_BYTES: usize = 16 << 20;
 
 /// A shared-data entry's key: SHA-256(parameters digest ‖ subject hash).
 type Key = [u8; 32];
@@ -41,8 +44,7 @@ pub struct TokenCache {
     /// SHA-256 of everything but the subject token that shapes an exchange.
     params: [u8; 32],
     slots: u64,
-    local: HashMap<TokenHash, (Rc<str>, u64)>,
-    local_capacity: usize,
+    local: Bounded<TokenHash, (Rc<str>, u64)>,
 }
 
 struct Slot {
@@ -58,8 +60,7 @@ impl TokenCache {
             prefix: format!("{prefix}x"),
             params,
             slots: u64::from(max_entries.max(1)),
-            local: HashMap::new(),
-            local_capacity: LOCAL_CAPACITY.min(max_entries.max(1) as usize),
+            local: Bounded::new(LOCAL_CAPACITY.min(max_entries.max(1) as usize), LOCAL_BYTES),
         }
     }
 
@@ -109,13 +110,8 @@ impl TokenCache {
 
     /// Keeps an entry in this worker's memory, within its bound.
     fn remember(&mut self, subject: &TokenHash, value: Rc<str>, exp: u64, now_ms: u64) {
-        if self.local.len() >= self.local_capacity && !self.local.contains_key(subject) {
-            self.local.retain(|_, (_, e)| now_ms < *e);
-            if self.local.len() >= self.local_capacity {
-                self.local.clear();
-            }
-        }
-        self.local.insert(*subject, (value, exp));
+        let size = value.len();
+        self.local.insert(*subject, (value, exp), size, |(_, e)| now_ms < *e);
     }
 
     /// Stores `value` for `key` until `expires_at_ms`. False if it was not

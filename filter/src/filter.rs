@@ -33,8 +33,9 @@ pub enum Action {
 /// Longest a request waits for keys before it gets a 503, whatever happens
 /// to the fetch it waits for.
 pub const MAX_WAIT_MS: u64 = FETCH_TIMEOUT_MS + 3_000;
-/// Verified tokens remembered per worker.
+/// Verified tokens remembered per worker, and the bytes they may hold.
 pub const VERIFIED_CAPACITY: usize = 10_000;
+pub const VERIFIED_BYTES: usize = 16 << 20;
 
 struct Waiter {
     token: String,
@@ -106,7 +107,7 @@ impl Filter {
                 body: metadata_document(r, &o.issuer),
             }),
             jwks: JwksCache::new(o.jwks.clone(), o.jwks_refresh_seconds, &prefix),
-            verified: VerifiedCache::new(VERIFIED_CAPACITY),
+            verified: VerifiedCache::new(VERIFIED_CAPACITY, VERIFIED_BYTES),
             waiting: BTreeMap::new(),
             signature_checks: 0,
         }

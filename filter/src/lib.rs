@@ -1,14 +1,17 @@
 //! token-exchange-filter: a proxy-wasm HTTP filter that validates the caller's
-//! OAuth bearer token at the proxy.
+//! OAuth bearer token at the proxy, exchanges it, and forwards the result.
 //!
 //! The logic is host-agnostic (`host::Host`), so everything but the thin
 //! proxy-wasm glue in `proxy` runs and is tested natively. Modules, in the
 //! order a request meets them: `bearer` finds the token, `verified` remembers
 //! tokens already checked, `jwks_cache` keeps the issuer's keys (`jwks`),
-//! `verify` checks a token, `challenge` words the refusal, and `filter` ties
-//! them together.
+//! `verify` checks a token, `challenge` words the refusal, `exchange` asks
+//! the IdP for the backend's token, `cache` and `singleflight` keep that to
+//! one call per user, and `filter` ties them together. Per-worker maps are
+//! `bounded` in entries and bytes; `header_map` and `proxy` are the ABI side.
 
 pub mod bearer;
+pub mod bounded;
 pub mod cache;
 pub mod challenge;
 pub mod exchange;

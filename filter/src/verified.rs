@@ -9,19 +9,15 @@
 //! every plugin on the proxy can read, only ever sees SHA-256 values. The
 //! token's SHA-256 is computed once, at verification, and kept with it.
 //!
-//! Per worker, not in shared data: a hit must cost no host call. The bound is
-//! kept by dropping expired entries when full, and everything if that is not
-//! enough; a miss only costs one signature check. Tokens longer than
-//! `MAX_TOKEN_BYTES` are verified every time rather than kept.
+//! Per worker, not in shared data: a hit must cost no host call. Bounded in
+//! entries and in token bytes (`bounded`); a miss only costs one signature
+//! check.
 
+use crate::bounded::Bounded;
 use crate::verify::Principal;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 pub type TokenHash = [u8; 32];
-
-/// Longest token kept; with `capacity` it bounds the memory.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// A verified token: who it is, and its SHA-256 (the exchange cache's key).
 #[derive(Clone)]
@@ -31,15 +27,14 @@ pub struct Verified {
 }
 
 pub struct VerifiedCache {
-    entries: HashMap<Box<str>, Verified>,
-    capacity: usize,
+    entries: Bounded<Box<str>, Verified>,
 }
 
 impl VerifiedCache {
-    pub fn new(capacity: usize) -> Self {
+    /// At most `capacity` tokens of at most `max_bytes` in all.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         VerifiedCache {
-            entries: HashMap::new(),
-            capacity: capacity.max(1),
+            entries: Bounded::new(capacity, max_bytes),
         }
     }
 
@@ -49,22 +44,15 @@ impl VerifiedCache {
     }
 
     pub fn insert(&mut self, token: &str, verified: Verified, now: u64, skew: u64) {
-        if token.len() > MAX_TOKEN_BYTES {
-            return;
-        }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(token) {
-            self.entries.retain(|_, v| now <= v.principal.exp.saturating_add(skew));
-            if self.entries.len() >= self.capacity {
-                self.entries.clear();
-            }
-        }
-        self.entries.insert(token.into(), verified);
+        self.entries.insert(token.into(), verified, token.len(), |v| {
+            now <= v.principal.exp.saturating_add(skew)
+        });
     }
 
     /// Forgets tokens whose key is no longer published: a dropped key must
     /// stop passing at once, cached or not.
     pub fn retain_keys(&mut self, keep: impl Fn(u64) -> bool) {
-        self.entries.retain(|_, v| keep(v.principal.key_id));
+        self.entries.retain(|v| keep(v.principal.key_id));
     }
 
     pub fn len(&self) -> usize {
@@ -94,7 +82,7 @@ mod tests {
 
     #[test]
     fn expires_with_skew() {
-        let mut c = VerifiedCache::new(10);
+        let mut c = VerifiedCache::new(10, 1 << 20);
         c.insert("t1", v(100, 1), 50, 5);
         assert!(c.get("t1", 105, 5).is_some());
         assert!(c.get("t1", 106, 5).is_none());
@@ -103,7 +91,7 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let mut c = VerifiedCache::new(3);
+        let mut c = VerifiedCache::new(3, 1 << 20);
         c.insert("t1", v(10, 1), 0, 0);
         c.insert("t2", v(1000, 1), 0, 0);
         c.insert("t3", v(1000, 1), 0, 0);
@@ -117,17 +105,19 @@ mod tests {
     }
 
     #[test]
-    fn oversize_tokens_are_not_kept() {
-        let mut c = VerifiedCache::new(3);
-        let long = "x".repeat(MAX_TOKEN_BYTES + 1);
-        c.insert(&long, v(1000, 1), 0, 0);
-        assert!(c.get(&long, 0, 0).is_none());
-        assert!(c.is_empty());
+    fn bounded_in_token_bytes() {
+        let mut c = VerifiedCache::new(100, 10);
+        c.insert("aaaa", v(1000, 1), 0, 0);
+        c.insert("bbbb", v(1000, 1), 0, 0);
+        c.insert("cccc", v(1000, 1), 0, 0);
+        assert_eq!(c.len(), 1, "12 bytes of tokens do not fit in 10");
+        c.insert(&"x".repeat(11), v(1000, 1), 0, 0);
+        assert!(c.get(&"x".repeat(11), 0, 0).is_none());
     }
 
     #[test]
     fn dropped_keys_forget_their_tokens() {
-        let mut c = VerifiedCache::new(10);
+        let mut c = VerifiedCache::new(10, 1 << 20);
         c.insert("t1", v(100, 1), 0, 0);
         c.insert("t2", v(100, 2), 0, 0);
         c.retain_keys(|id| id == 2);
