@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests of both crates, the no-panic lints on the wasm
-# build, and the integration tests on real Envoy with a real IdP.
+# Runs every test: formatting, unit tests of both crates, the no-panic lints
+# on the wasm build, and the integration tests on real Envoy with a real IdP.
 # Installs what it needs first (tests/bootstrap.sh); safe to run repeatedly.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 tests/bootstrap.sh
+
+# Minimal rustup profiles come without these two.
+for component in clippy rustfmt; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    echo "==> adding Rust component $component" >&2
+    rustup component add "$component" >&2
+  fi
+done
+
+echo "==> formatting (rustfmt.toml)" >&2
+cargo fmt --all --check
 
 echo "==> unit tests" >&2
 cargo test --workspace

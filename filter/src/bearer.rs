@@ -50,7 +50,12 @@ mod tests {
 
     #[test]
     fn scheme_is_case_insensitive() {
-        for v in ["Bearer abc.def", "bearer abc.def", "BEARER   abc.def", " Bearer abc.def "] {
+        for v in [
+            "Bearer abc.def",
+            "bearer abc.def",
+            "BEARER   abc.def",
+            " Bearer abc.def ",
+        ] {
             assert_eq!(extract(Some(v)), Bearer::Token("abc.def"), "{v}");
         }
     }

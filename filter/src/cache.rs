@@ -117,7 +117,14 @@ impl TokenCache {
     /// Stores `value` for `key` until `expires_at_ms`. False if it was not
     /// stored in shared data (too large, already expired, or lost a race with
     /// another worker).
-    pub fn put(&mut self, host: &mut dyn Host, subject: &TokenHash, value: &Rc<str>, expires_at_ms: u64, now_ms: u64) -> bool {
+    pub fn put(
+        &mut self,
+        host: &mut dyn Host,
+        subject: &TokenHash,
+        value: &Rc<str>,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> bool {
         if value.len() > MAX_TOKEN_BYTES || expires_at_ms <= now_ms {
             return false;
         }
@@ -223,7 +230,10 @@ mod tests {
         let mut other = fresh("p:", 2);
         assert_eq!(other.get(&m, &key(3), 1).as_deref(), Some("c"));
         assert_eq!(
-            [other.get(&m, &key(1), 1), other.get(&m, &key(2), 1)].iter().filter(|x| x.is_some()).count(),
+            [other.get(&m, &key(1), 1), other.get(&m, &key(2), 1)]
+                .iter()
+                .filter(|x| x.is_some())
+                .count(),
             1
         );
     }
@@ -265,6 +275,9 @@ mod tests {
         let mut b = TokenCache::new("p:", 10, [2; 32]);
         a.put(&mut m, &key(1), &v("for-audience-a"), 10_000, 0);
         assert_eq!(b.get(&m, &key(1), 1), None);
-        assert_eq!(TokenCache::new("p:", 10, [1; 32]).get(&m, &key(1), 1).as_deref(), Some("for-audience-a"));
+        assert_eq!(
+            TokenCache::new("p:", 10, [1; 32]).get(&m, &key(1), 1).as_deref(),
+            Some("for-audience-a")
+        );
     }
 }

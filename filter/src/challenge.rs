@@ -39,8 +39,7 @@ impl Challenges {
                 .resource
                 .as_ref()
                 .map(|r| format!("resource_metadata=\"{}\"", r.metadata_url)),
-            scope_param: (!o.required_scopes.is_empty())
-                .then(|| format!("scope=\"{}\"", o.required_scopes.join(" "))),
+            scope_param: (!o.required_scopes.is_empty()).then(|| format!("scope=\"{}\"", o.required_scopes.join(" "))),
         }
     }
 
@@ -212,7 +211,9 @@ mod tests {
         let c = Challenges::new(&config(json!({})));
         assert_eq!(c.missing_token().www_authenticate.unwrap(), "Bearer");
         assert_eq!(
-            c.invalid_request("multiple authorization headers").www_authenticate.unwrap(),
+            c.invalid_request("multiple authorization headers")
+                .www_authenticate
+                .unwrap(),
             r#"Bearer error="invalid_request", error_description="multiple authorization headers""#
         );
     }
@@ -226,8 +227,11 @@ mod tests {
     #[test]
     fn metadata_document_fields() {
         let cfg = config(json!({"resourceUrl": "https://mcp.example.com/mcp", "scopesSupported": ["a", "b"]}));
-        let doc: serde_json::Value =
-            serde_json::from_str(&metadata_document(cfg.oidc.resource.as_ref().unwrap(), &cfg.oidc.issuer)).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&metadata_document(
+            cfg.oidc.resource.as_ref().unwrap(),
+            &cfg.oidc.issuer,
+        ))
+        .unwrap();
         assert_eq!(
             doc,
             json!({

@@ -186,7 +186,9 @@ impl Exchanger {
             return Err(Failure::Unavailable(format!("HTTP {status}")));
         }
         if resp.truncated || resp.body.len() > MAX_RESPONSE_BYTES {
-            return Err(Failure::BadGateway(format!("response larger than {MAX_RESPONSE_BYTES} bytes")));
+            return Err(Failure::BadGateway(format!(
+                "response larger than {MAX_RESPONSE_BYTES} bytes"
+            )));
         }
         if !(200..300).contains(&status) {
             let err: ErrorResponse = serde_json::from_slice(&resp.body)
@@ -211,14 +213,20 @@ impl Exchanger {
         }
         match ok.token_type.as_deref() {
             Some(t) if t.eq_ignore_ascii_case("bearer") || t == "N_A" => {}
-            other => return Err(Failure::BadGateway(format!("token_type {other:?} is not Bearer or N_A"))),
+            other => {
+                return Err(Failure::BadGateway(format!(
+                    "token_type {other:?} is not Bearer or N_A"
+                )))
+            }
         }
         let Some(issued) = ok.issued_token_type else {
             return Err(Failure::BadGateway("no issued_token_type".into()));
         };
         if let Some(want) = &self.config.requested_token_type {
             if &issued != want {
-                return Err(Failure::BadGateway(format!("issued_token_type {issued:?} is not the one requested")));
+                return Err(Failure::BadGateway(format!(
+                    "issued_token_type {issued:?} is not the one requested"
+                )));
             }
         }
         let expires_in = match ok.expires_in {
@@ -242,7 +250,9 @@ fn safe_description(d: Option<&str>, subject_token: &str) -> String {
     let Some(d) = d else {
         return String::new();
     };
-    let echoes = subject_token.split('.').any(|part| part.len() >= 16 && d.contains(part));
+    let echoes = subject_token
+        .split('.')
+        .any(|part| part.len() >= 16 && d.contains(part));
     if echoes || d.contains("eyJ") {
         return "(withheld: it may contain a token)".into();
     }

@@ -248,7 +248,9 @@ impl Filter {
             flight.waiters.len()
         );
         let header = x.exchanger.forward_header().to_string();
-        let value = result.as_ref().map(|ex| Rc::<str>::from(format!("Bearer {}", ex.access_token)));
+        let value = result
+            .as_ref()
+            .map(|ex| Rc::<str>::from(format!("Bearer {}", ex.access_token)));
         if let (Ok(ex), Ok(v), Some(key)) = (&result, &value, key) {
             let until = cache_until(ex, &flight.principal, self.verifier.skew(), x.skew_ms, now);
             x.cache.put(host, key, v, until, now);
@@ -307,7 +309,9 @@ impl Filter {
             }
         }
         let limit = x.exchanger.config().timeout_ms + 2_000;
-        let stuck = x.flights.take(|f| f.token.is_none() || now.saturating_sub(f.started_ms) > limit);
+        let stuck = x
+            .flights
+            .take(|f| f.token.is_none() || now.saturating_sub(f.started_ms) > limit);
         for flight in stuck {
             self.land(host, None, flight, &CalloutResponse::default());
         }
@@ -476,7 +480,11 @@ impl Filter {
         match host.request_header(":method").as_deref().unwrap_or_default() {
             "GET" | "HEAD" => host.send_response(
                 200,
-                &[("content-type", "application/json"), ("cache-control", "max-age=300"), cors],
+                &[
+                    ("content-type", "application/json"),
+                    ("cache-control", "max-age=300"),
+                    cors,
+                ],
                 meta.body.as_bytes(),
             ),
             "OPTIONS" => host.send_response(

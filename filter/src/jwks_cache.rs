@@ -201,7 +201,9 @@ impl JwksCache {
     }
 
     fn accept<'r>(&self, resp: &'r CalloutResponse, now: u64) -> Result<(KeySet, usize, u64, &'r [u8]), String> {
-        let status = resp.status().ok_or("no response (connection failed, reset or timed out)")?;
+        let status = resp
+            .status()
+            .ok_or("no response (connection failed, reset or timed out)")?;
         if status != 200 {
             return Err(format!("HTTP status {status}"));
         }

@@ -43,7 +43,13 @@ fn with_filter(shared: &Shared, id: u32, f: impl FnOnce(&mut Filter, &mut WasmHo
     match shared.try_borrow_mut() {
         Ok(mut guard) => {
             if let Some(filter) = guard.as_mut() {
-                f(filter, &mut WasmHost { origin: id, current: id });
+                f(
+                    filter,
+                    &mut WasmHost {
+                        origin: id,
+                        current: id,
+                    },
+                );
             }
         }
         Err(_) => log::error!("re-entrant call into the filter from context {id} ignored"),
@@ -181,7 +187,11 @@ fn read_callout_response(num_headers: usize, body_size: usize) -> CalloutRespons
             .flatten()
             .unwrap_or_default()
     };
-    CalloutResponse { headers, body, truncated }
+    CalloutResponse {
+        headers,
+        body,
+        truncated,
+    }
 }
 
 /// `Host` over proxy-wasm hostcalls, acting on context `current`, called in
@@ -215,7 +225,10 @@ impl Host for WasmHost {
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         if let Err(code) = abi::send_local_response(status, headers, body) {
-            log::warn!("could not send the local response on context {} (status {code})", self.current);
+            log::warn!(
+                "could not send the local response on context {} (status {code})",
+                self.current
+            );
         }
     }
 
@@ -227,7 +240,10 @@ impl Host for WasmHost {
 
     fn set_request_header(&mut self, name: &str, value: &str) {
         if let Err(code) = abi::replace_request_header(name, value) {
-            log::warn!("could not set header {name} on context {} (status {code})", self.current);
+            log::warn!(
+                "could not set header {name} on context {} (status {code})",
+                self.current
+            );
         }
     }
 
@@ -322,7 +338,13 @@ mod abi {
     pub fn replace_request_header(name: &str, value: &str) -> Result<(), u32> {
         // SAFETY: pointers and lengths describe live, immutable buffers for the call.
         check(unsafe {
-            proxy_replace_header_map_value(MapType::HttpRequestHeaders as u32, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+            proxy_replace_header_map_value(
+                MapType::HttpRequestHeaders as u32,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
         })
     }
 
@@ -332,7 +354,15 @@ mod abi {
         let mut size: usize = 0;
         // SAFETY: the name's pointer and length describe a live buffer; the
         // host writes a pointer and a length into our two locals.
-        let status = unsafe { proxy_get_header_map_value(MapType::HttpRequestHeaders as u32, name.as_ptr(), name.len(), &mut data, &mut size) };
+        let status = unsafe {
+            proxy_get_header_map_value(
+                MapType::HttpRequestHeaders as u32,
+                name.as_ptr(),
+                name.len(),
+                &mut data,
+                &mut size,
+            )
+        };
         if status == NOT_FOUND {
             return Ok(None);
         }

@@ -133,7 +133,10 @@ mod tests {
     fn sig(token: &str) -> (Vec<u8>, Vec<u8>) {
         use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
         let (signed, s) = token.rsplit_once('.').unwrap();
-        (signed.as_bytes().to_vec(), Base64UrlSafeNoPadding::decode_to_vec(s, None).unwrap())
+        (
+            signed.as_bytes().to_vec(),
+            Base64UrlSafeNoPadding::decode_to_vec(s, None).unwrap(),
+        )
     }
 
     #[test]
@@ -141,9 +144,18 @@ mod tests {
         let k = key(RSA1);
         let claims = || Claims::create(Duration::from_secs(60)).with_subject("s");
         let tokens = [
-            (Alg::RS256, RS256KeyPair::from_pem(RSA1).unwrap().sign(claims()).unwrap()),
-            (Alg::RS384, RS384KeyPair::from_pem(RSA1).unwrap().sign(claims()).unwrap()),
-            (Alg::RS512, RS512KeyPair::from_pem(RSA1).unwrap().sign(claims()).unwrap()),
+            (
+                Alg::RS256,
+                RS256KeyPair::from_pem(RSA1).unwrap().sign(claims()).unwrap(),
+            ),
+            (
+                Alg::RS384,
+                RS384KeyPair::from_pem(RSA1).unwrap().sign(claims()).unwrap(),
+            ),
+            (
+                Alg::RS512,
+                RS512KeyPair::from_pem(RSA1).unwrap().sign(claims()).unwrap(),
+            ),
         ];
         for (alg, t) in &tokens {
             let (m, s) = sig(t);
@@ -159,7 +171,10 @@ mod tests {
 
     #[test]
     fn rejects_other_keys_tampering_and_out_of_range_signatures() {
-        let t = RS256KeyPair::from_pem(RSA1).unwrap().sign(Claims::create(Duration::from_secs(60))).unwrap();
+        let t = RS256KeyPair::from_pem(RSA1)
+            .unwrap()
+            .sign(Claims::create(Duration::from_secs(60)))
+            .unwrap();
         let (m, s) = sig(&t);
         assert!(!key(RSA2).verify(Alg::RS256, &m, &s), "another key");
         let mut m2 = m.clone();

@@ -40,7 +40,9 @@ impl VerifiedCache {
 
     /// The principal, if the token was verified and has not expired (with skew).
     pub fn get(&self, token: &str, now: u64, skew: u64) -> Option<&Verified> {
-        self.entries.get(token).filter(|v| now <= v.principal.exp.saturating_add(skew))
+        self.entries
+            .get(token)
+            .filter(|v| now <= v.principal.exp.saturating_add(skew))
     }
 
     pub fn insert(&mut self, token: &str, verified: Verified, now: u64, skew: u64) {

@@ -145,7 +145,10 @@ impl Verifier {
     /// The registered claims with skew, then the scopes.
     fn check(&self, claims: JWTClaims<Extra>, key_id: u64, now: u64) -> Result<Principal, Failure> {
         let sub = claims.subject.clone();
-        let fail = |reject| Failure { reject, sub: sub.clone() };
+        let fail = |reject| Failure {
+            reject,
+            sub: sub.clone(),
+        };
         let skew = self.skew;
         let after_now = |t: Option<UnixTimeStamp>| t.is_some_and(|t| t.as_secs() > now.saturating_add(skew));
         if after_now(claims.issued_at) || after_now(claims.invalid_before) {
@@ -222,7 +225,9 @@ fn fast_rsa(rsa: &RsaKey, alg: Alg, meta: &TokenMetadata, token: &str) -> Result
         return Ok(None);
     }
     let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reject::Malformed)?;
-    serde_json::from_slice(&payload).map(Some).map_err(|_| Reject::Malformed)
+    serde_json::from_slice(&payload)
+        .map(Some)
+        .map_err(|_| Reject::Malformed)
 }
 
 /// Scopes from `scope` (space-separated, RFC 8693/9068) or `scp` (Okta and

@@ -170,7 +170,12 @@ pub fn token_exchange(
         .map(|t| token_type("tokenExchange.requestedTokenType", &t))
         .transpose()?;
     if let Some(r) = &raw.resource {
-        let bad = || ConfigError::new("tokenExchange.resource", format!("must be an absolute URI without a fragment, got {r:?}"));
+        let bad = || {
+            ConfigError::new(
+                "tokenExchange.resource",
+                format!("must be an absolute URI without a fragment, got {r:?}"),
+            )
+        };
         let u = url::Url::parse(r).map_err(|_| bad())?;
         if u.fragment().is_some() {
             return Err(bad());
@@ -178,8 +183,7 @@ pub fn token_exchange(
     }
     let external_token_header = match raw.external_token_header_name.as_deref() {
         None | Some("") => None,
-        Some(h) => Some(header_name("tokenExchange.externalTokenHeaderName", h)?)
-            .filter(|h| h != "authorization"),
+        Some(h) => Some(header_name("tokenExchange.externalTokenHeaderName", h)?).filter(|h| h != "authorization"),
     };
     let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {

@@ -192,7 +192,11 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
                     "must not have a query (RFC 9728 §3); remove it",
                 ));
             }
-            Some(resource(&url, &r, o.scopes_supported.unwrap_or_else(|| o.required_scopes.clone())))
+            Some(resource(
+                &url,
+                &r,
+                o.scopes_supported.unwrap_or_else(|| o.required_scopes.clone()),
+            ))
         }
     };
 

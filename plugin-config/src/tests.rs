@@ -36,7 +36,10 @@ fn full_example_parses_with_defaults() {
     assert_eq!(c.oidc.jwks.cluster, "outbound|443||idp.example.com");
     let r = c.oidc.resource.unwrap();
     assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource/mcp");
-    assert_eq!(r.metadata_url, "https://mcp.example.com/.well-known/oauth-protected-resource/mcp");
+    assert_eq!(
+        r.metadata_url,
+        "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+    );
     assert_eq!(r.url, "https://mcp.example.com/mcp");
     assert_eq!(r.scopes_supported, vec!["mcp:tools:call"]);
 }
@@ -54,11 +57,17 @@ fn metadata_url_for_bare_origin_and_port() {
     v["oidc"]["resourceUrl"] = "https://mcp.example.com".into();
     let r = parse_value(&v).unwrap().oidc.resource.unwrap();
     assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource");
-    assert_eq!(r.metadata_url, "https://mcp.example.com/.well-known/oauth-protected-resource");
+    assert_eq!(
+        r.metadata_url,
+        "https://mcp.example.com/.well-known/oauth-protected-resource"
+    );
     assert_eq!(r.url, "https://mcp.example.com");
     v["oidc"]["resourceUrl"] = "http://127.0.0.1:8080/a/b/".into();
     let r = parse_value(&v).unwrap().oidc.resource.unwrap();
-    assert_eq!(r.metadata_url, "http://127.0.0.1:8080/.well-known/oauth-protected-resource/a/b");
+    assert_eq!(
+        r.metadata_url,
+        "http://127.0.0.1:8080/.well-known/oauth-protected-resource/a/b"
+    );
 }
 
 #[test]
@@ -99,16 +108,25 @@ fn wrong_types_named_with_path() {
 #[test]
 fn jwks_url_error_matches_contract() {
     let e = err_with("oidc.jwksUrl", "keys".into());
-    assert_eq!(e.to_string(), r#"oidc.jwksUrl: must be an absolute http(s) URL, got "keys""#);
+    assert_eq!(
+        e.to_string(),
+        r#"oidc.jwksUrl: must be an absolute http(s) URL, got "keys""#
+    );
 }
 
 #[test]
 fn empty_strings_rejected() {
     assert_eq!(err_with("oidc.issuer", "".into()).path, "oidc.issuer");
     assert_eq!(err_with("oidc.audience", serde_json::json!([])).path, "oidc.audience");
-    assert_eq!(err_with("oidc.audience", serde_json::json!(["a", " "])).path, "oidc.audience[1]");
+    assert_eq!(
+        err_with("oidc.audience", serde_json::json!(["a", " "])).path,
+        "oidc.audience[1]"
+    );
     assert_eq!(err_with("oidc.jwksCluster", "".into()).path, "oidc.jwksCluster");
-    assert_eq!(err_with("oidc.requiredScopes", serde_json::json!([""])).path, "oidc.requiredScopes[0]");
+    assert_eq!(
+        err_with("oidc.requiredScopes", serde_json::json!([""])).path,
+        "oidc.requiredScopes[0]"
+    );
 }
 
 #[test]
@@ -128,13 +146,22 @@ fn skew_bounds() {
     })
     .is_ok());
     let e = err_with("oidc.clockSkewSeconds", 301.into());
-    assert_eq!(e.to_string(), "oidc.clockSkewSeconds: must be between 0 and 300, got 301");
-    assert_eq!(err_with("oidc.clockSkewSeconds", (-1).into()).path, "oidc.clockSkewSeconds");
+    assert_eq!(
+        e.to_string(),
+        "oidc.clockSkewSeconds: must be between 0 and 300, got 301"
+    );
+    assert_eq!(
+        err_with("oidc.clockSkewSeconds", (-1).into()).path,
+        "oidc.clockSkewSeconds"
+    );
 }
 
 #[test]
 fn refresh_bounds() {
-    assert_eq!(err_with("oidc.jwksRefreshSeconds", 5.into()).path, "oidc.jwksRefreshSeconds");
+    assert_eq!(
+        err_with("oidc.jwksRefreshSeconds", 5.into()).path,
+        "oidc.jwksRefreshSeconds"
+    );
 }
 
 #[test]
@@ -149,7 +176,10 @@ fn http_rules() {
 
 #[test]
 fn resource_query_rejected_and_scopes_supported_needs_resource() {
-    assert_eq!(err_with("oidc.resourceUrl", "https://m/x?y=1".into()).path, "oidc.resourceUrl");
+    assert_eq!(
+        err_with("oidc.resourceUrl", "https://m/x?y=1".into()).path,
+        "oidc.resourceUrl"
+    );
     let mut v = base();
     v["oidc"].as_object_mut().unwrap().remove("resourceUrl");
     v["oidc"]["scopesSupported"] = serde_json::json!(["a"]);
@@ -166,8 +196,7 @@ fn not_json_or_not_object() {
 #[test]
 fn fingerprint_is_canonical_and_tracks_changes() {
     let a = parse(br#"{"oidc":{"issuer":"https://i","audience":"a","jwksUrl":"https://i/k"}}"#).unwrap();
-    let b = parse(br#"{ "oidc": { "jwksUrl": "https://i/k", "audience": "a", "issuer": "https://i" } }"#)
-        .unwrap();
+    let b = parse(br#"{ "oidc": { "jwksUrl": "https://i/k", "audience": "a", "issuer": "https://i" } }"#).unwrap();
     let c = parse(br#"{"oidc":{"issuer":"https://i","audience":"b","jwksUrl":"https://i/k"}}"#).unwrap();
     assert_eq!(a.fingerprint, b.fingerprint);
     assert_ne!(a.fingerprint, c.fingerprint);
@@ -212,16 +241,28 @@ fn token_exchange_full_example() {
     assert!(!t.secret_inline);
     assert_eq!(t.auth_method, ClientAuthMethod::ClientSecretPost);
     assert_eq!(t.subject_token_type, "urn:ietf:params:oauth:token-type:access_token");
-    assert_eq!(t.requested_token_type.as_deref(), Some("urn:ietf:params:oauth:token-type:access_token"));
+    assert_eq!(
+        t.requested_token_type.as_deref(),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
     assert_eq!(t.external_token_header, None);
     assert_eq!(t.token.path, "/oauth2/backend/v1/token");
-    assert_eq!(c.cache, Cache { max_entries: 10000, expiry_skew_seconds: 30 });
+    assert_eq!(
+        c.cache,
+        Cache {
+            max_entries: 10000,
+            expiry_skew_seconds: 30
+        }
+    );
     assert!(!format!("{t:?}").contains("s3cr=t"), "Debug never shows the secret");
 }
 
 #[test]
 fn token_exchange_minimal_defaults() {
-    let c = parse_env(&with_exchange(serde_json::json!({"tokenUrl": "https://idp.example.com/token"}))).unwrap();
+    let c = parse_env(&with_exchange(
+        serde_json::json!({"tokenUrl": "https://idp.example.com/token"}),
+    ))
+    .unwrap();
     let t = c.token_exchange.unwrap();
     assert_eq!(t.auth_method, ClientAuthMethod::None);
     assert_eq!(t.timeout_ms, 5000);
@@ -248,27 +289,72 @@ fn missing_secret_env_names_the_variable() {
     })))
     .unwrap_err();
     assert_eq!(e.path, "tokenExchange.clientSecretEnv");
-    assert!(e.message.contains("NOPE") && e.message.contains("vm_config.environment_variables"), "{e}");
+    assert!(
+        e.message.contains("NOPE") && e.message.contains("vm_config.environment_variables"),
+        "{e}"
+    );
 }
 
 #[test]
 fn exchange_field_errors() {
     let cases = [
         (serde_json::json!({"tokenUrl": "token"}), "tokenExchange.tokenUrl"),
-        (serde_json::json!({"tokenUrl": "http://idp.example.com/t"}), "tokenExchange.tokenUrl"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "clientSecret": "a", "clientSecretEnv": "TE_SECRET"}), "tokenExchange.clientSecret"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "private_key_jwt"}), "tokenExchange.clientAuthMethod"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "client_secret_basic", "clientId": "c"}), "tokenExchange.clientSecretEnv"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "clientSecret": "x"}), "tokenExchange.clientId"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientSecret": "x", "clientAuthMethod": "none"}), "tokenExchange.clientAuthMethod"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "subjectTokenType": "bogus"}), "tokenExchange.subjectTokenType"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "requestedTokenType": "urn:x"}), "tokenExchange.requestedTokenType"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "resource": "not a uri"}), "tokenExchange.resource"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "externalTokenHeaderName": "x y"}), "tokenExchange.externalTokenHeaderName"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "timeoutMs": 0}), "tokenExchange.timeoutMs"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "scopes": ["a b"]}), "tokenExchange.scopes[0]"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "audience": ""}), "tokenExchange.audience"),
-        (serde_json::json!({"tokenUrl": "https://i/t", "clientSecretEnvv": "X"}), "tokenExchange.clientSecretEnvv"),
+        (
+            serde_json::json!({"tokenUrl": "http://idp.example.com/t"}),
+            "tokenExchange.tokenUrl",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientSecret": "a", "clientSecretEnv": "TE_SECRET"}),
+            "tokenExchange.clientSecret",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "private_key_jwt"}),
+            "tokenExchange.clientAuthMethod",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "client_secret_basic", "clientId": "c"}),
+            "tokenExchange.clientSecretEnv",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientSecret": "x"}),
+            "tokenExchange.clientId",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientSecret": "x", "clientAuthMethod": "none"}),
+            "tokenExchange.clientAuthMethod",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "subjectTokenType": "bogus"}),
+            "tokenExchange.subjectTokenType",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "requestedTokenType": "urn:x"}),
+            "tokenExchange.requestedTokenType",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "resource": "not a uri"}),
+            "tokenExchange.resource",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "externalTokenHeaderName": "x y"}),
+            "tokenExchange.externalTokenHeaderName",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "timeoutMs": 0}),
+            "tokenExchange.timeoutMs",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "scopes": ["a b"]}),
+            "tokenExchange.scopes[0]",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "audience": ""}),
+            "tokenExchange.audience",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientSecretEnvv": "X"}),
+            "tokenExchange.clientSecretEnvv",
+        ),
         (serde_json::json!({}), "tokenExchange"),
     ];
     for (te, path) in cases {
@@ -286,7 +372,10 @@ fn short_token_types_and_header_names_normalize() {
     .unwrap();
     let t = c.token_exchange.unwrap();
     assert_eq!(t.subject_token_type, "urn:ietf:params:oauth:token-type:jwt");
-    assert_eq!(t.requested_token_type.as_deref(), Some("urn:ietf:params:oauth:token-type:id_token"));
+    assert_eq!(
+        t.requested_token_type.as_deref(),
+        Some("urn:ietf:params:oauth:token-type:id_token")
+    );
     assert_eq!(t.external_token_header.as_deref(), Some("x-backend-token"));
     let c = parse_env(&with_exchange(serde_json::json!({
         "tokenUrl": "https://i/t", "externalTokenHeaderName": "Authorization"

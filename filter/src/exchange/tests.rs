@@ -51,10 +51,19 @@ fn basic_request_on_the_wire() {
     let expected = format!("Basic {}", STANDARD.encode("my+client:p%40ss%3Aw+rd"));
     assert_eq!(h("authorization"), Some(expected.as_str()));
     let f = form(&body);
-    assert_eq!(get(&f, "grant_type"), Some("urn:ietf:params:oauth:grant-type:token-exchange"));
+    assert_eq!(
+        get(&f, "grant_type"),
+        Some("urn:ietf:params:oauth:grant-type:token-exchange")
+    );
     assert_eq!(get(&f, "subject_token"), Some("subj.tok.en+/="));
-    assert_eq!(get(&f, "subject_token_type"), Some("urn:ietf:params:oauth:token-type:access_token"));
-    assert_eq!(get(&f, "requested_token_type"), Some("urn:ietf:params:oauth:token-type:access_token"));
+    assert_eq!(
+        get(&f, "subject_token_type"),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
+    assert_eq!(
+        get(&f, "requested_token_type"),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
     assert_eq!(get(&f, "audience"), Some("backend"));
     assert_eq!(get(&f, "scope"), Some("a b"));
     assert_eq!(get(&f, "resource"), Some("https://api.example.com/"));
@@ -158,11 +167,21 @@ fn rejects_incomplete_answers() {
 
 #[test]
 fn maps_idp_errors_to_the_table() {
-    let err = |status: u16, code: &str| basic().parse(&resp(status, json!({"error": code})), 10, "s").unwrap_err();
+    let err = |status: u16, code: &str| {
+        basic()
+            .parse(&resp(status, json!({"error": code})), 10, "s")
+            .unwrap_err()
+    };
     assert_eq!(err(400, "invalid_grant"), Failure::InvalidGrant);
     assert_eq!(err(400, "invalid_scope"), Failure::InsufficientScope);
     assert_eq!(err(400, "invalid_target"), Failure::InsufficientScope);
-    for code in ["invalid_client", "unauthorized_client", "unsupported_grant_type", "invalid_request", "x"] {
+    for code in [
+        "invalid_client",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_request",
+        "x",
+    ] {
         assert!(matches!(err(400, code), Failure::BadGateway(_)), "{code}");
     }
     assert!(matches!(err(401, "invalid_client"), Failure::BadGateway(_)));
@@ -189,7 +208,16 @@ fn no_answer_is_unavailable_or_timeout_by_elapsed_time() {
 #[test]
 fn idp_descriptions_that_echo_the_token_are_withheld() {
     let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl";
-    assert_eq!(safe_description(Some("bad token eyJhbGciOiJSUzI1NiJ9"), token), "(withheld: it may contain a token)");
-    assert_eq!(safe_description(Some("sig c2lnbmF0dXJlc2lnbmF0dXJl"), token), "(withheld: it may contain a token)");
-    assert_eq!(safe_description(Some("subject not allowed"), token), "subject not allowed");
+    assert_eq!(
+        safe_description(Some("bad token eyJhbGciOiJSUzI1NiJ9"), token),
+        "(withheld: it may contain a token)"
+    );
+    assert_eq!(
+        safe_description(Some("sig c2lnbmF0dXJlc2lnbmF0dXJl"), token),
+        "(withheld: it may contain a token)"
+    );
+    assert_eq!(
+        safe_description(Some("subject not allowed"), token),
+        "subject not allowed"
+    );
 }

@@ -80,7 +80,14 @@ fn missing_token_gets_a_401_challenge() {
 #[test]
 fn two_authorization_headers_get_a_400() {
     let (mut f, mut m) = (filter(), Mock::new());
-    m.open(2, &[(":path", "/"), ("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+    m.open(
+        2,
+        &[
+            (":path", "/"),
+            ("authorization", "Bearer a"),
+            ("authorization", "Bearer b"),
+        ],
+    );
     f.on_request_headers(&mut m);
     assert_eq!(m.sent(2).unwrap().status, 400);
 }
@@ -210,14 +217,18 @@ fn scope_and_claim_failures_are_403_and_401() {
     request(&mut f, &mut m, 2, Some(&token(RSA1, "k1", "openid")));
     let s = m.sent(2).unwrap();
     assert_eq!(s.status, 403);
-    assert!(s.header("www-authenticate").unwrap().contains(r#"error="insufficient_scope""#));
+    assert!(s
+        .header("www-authenticate")
+        .unwrap()
+        .contains(r#"error="insufficient_scope""#));
     let wrong_aud = rsa(RSA1, "k1").sign(claims(ISS, "backend", "mcp:tools:call")).unwrap();
     request(&mut f, &mut m, 3, Some(&wrong_aud));
     let s = m.sent(3).unwrap();
     assert_eq!(s.status, 401);
-    assert!(s.header("www-authenticate").unwrap().starts_with(
-        r#"Bearer error="invalid_token", error_description="audience not accepted", resource_metadata="#
-    ));
+    assert!(s
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with(r#"Bearer error="invalid_token", error_description="audience not accepted", resource_metadata="#));
     assert!(!s.body.contains(&wrong_aud[..20]), "the token is never echoed");
 }
 
@@ -301,7 +312,13 @@ fn config_change_uses_other_shared_keys() {
 #[test]
 fn metadata_endpoint_is_served_without_auth() {
     let (mut f, mut m) = (filter(), Mock::new());
-    m.open(2, &[(":method", "GET"), (":path", "/.well-known/oauth-protected-resource/mcp?x=1")]);
+    m.open(
+        2,
+        &[
+            (":method", "GET"),
+            (":path", "/.well-known/oauth-protected-resource/mcp?x=1"),
+        ],
+    );
     assert_eq!(f.on_request_headers(&mut m), Action::Pause);
     let s = m.sent(2).unwrap();
     assert_eq!(s.status, 200);
@@ -309,14 +326,32 @@ fn metadata_endpoint_is_served_without_auth() {
     let doc: serde_json::Value = serde_json::from_str(&s.body).unwrap();
     assert_eq!(doc["resource"], "http://127.0.0.1:8080/mcp");
     assert_eq!(doc["authorization_servers"], json!([ISS]));
-    m.open(3, &[(":method", "OPTIONS"), (":path", "/.well-known/oauth-protected-resource/mcp")]);
+    m.open(
+        3,
+        &[
+            (":method", "OPTIONS"),
+            (":path", "/.well-known/oauth-protected-resource/mcp"),
+        ],
+    );
     f.on_request_headers(&mut m);
     assert_eq!(m.sent(3).unwrap().status, 204);
-    m.open(4, &[(":method", "POST"), (":path", "/.well-known/oauth-protected-resource/mcp")]);
+    m.open(
+        4,
+        &[
+            (":method", "POST"),
+            (":path", "/.well-known/oauth-protected-resource/mcp"),
+        ],
+    );
     f.on_request_headers(&mut m);
     assert_eq!(m.sent(4).unwrap().status, 405);
     // Other well-known paths are not ours.
-    m.open(5, &[(":method", "GET"), (":path", "/.well-known/oauth-protected-resource/other")]);
+    m.open(
+        5,
+        &[
+            (":method", "GET"),
+            (":path", "/.well-known/oauth-protected-resource/other"),
+        ],
+    );
     f.on_request_headers(&mut m);
     assert_eq!(m.sent(5).unwrap().status, 401);
 }
@@ -338,7 +373,10 @@ fn exchange_filter(extra: serde_json::Value) -> Filter {
     v["tokenExchange"] = te;
     v["cache"] = json!({"maxEntries": 100, "expirySkewSeconds": 30});
     let env = |n: &str| (n == "TE_SECRET").then(|| "secret".to_string());
-    Filter::new(&plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(), "tef")
+    Filter::new(
+        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
+        "tef",
+    )
 }
 
 fn exchanged(expires_in: u64) -> CalloutResponse {
@@ -441,7 +479,9 @@ fn exchange_failures_map_to_statuses_and_never_reach_upstream() {
         m.enter(2);
         f.on_callout(&mut m, c.token, &resp);
         for id in [2, 3] {
-            let s = m.sent(id).unwrap_or_else(|| panic!("{resp:?}: stream {id} not answered"));
+            let s = m
+                .sent(id)
+                .unwrap_or_else(|| panic!("{resp:?}: stream {id} not answered"));
             assert_eq!(s.status, status, "{resp:?}");
             assert!(!m.stream(id).resumed);
             assert!(!s.body.contains("invalid_grant") || status != 401);
@@ -450,7 +490,12 @@ fn exchange_failures_map_to_statuses_and_never_reach_upstream() {
             assert!(m.sent(2).unwrap().header("retry-after").is_some());
         }
         if status == 401 {
-            assert!(m.sent(2).unwrap().header("www-authenticate").unwrap().contains(r#"error="invalid_token""#));
+            assert!(m
+                .sent(2)
+                .unwrap()
+                .header("www-authenticate")
+                .unwrap()
+                .contains(r#"error="invalid_token""#));
         }
         // A failure is not cached: the next request exchanges again.
         let before = m.callouts.len();
@@ -471,7 +516,11 @@ fn cache_lifetime_is_expires_in_minus_skew() {
     m.now_ms += 9_000;
     assert_eq!(request(&mut f, &mut m, 3, Some(&t)), Action::Continue);
     m.now_ms += 2_000;
-    assert_eq!(request(&mut f, &mut m, 4, Some(&t)), Action::Pause, "expired: exchange again");
+    assert_eq!(
+        request(&mut f, &mut m, 4, Some(&t)),
+        Action::Pause,
+        "expired: exchange again"
+    );
 }
 
 #[test]
@@ -500,14 +549,27 @@ fn cache_never_serves_past_the_subject_tokens_validity() {
     f.on_callout(&mut m, c.token, &exchanged(3_600));
     m.now_ms += 362_000;
     request(&mut f, &mut m, 3, Some(&t));
-    assert_eq!(m.sent(3).unwrap().status, 401, "an expired caller token is refused, cached or not");
+    assert_eq!(
+        m.sent(3).unwrap().status,
+        401,
+        "an expired caller token is refused, cached or not"
+    );
     assert!(m.stream(3).set_headers.is_empty());
 }
 
 #[test]
 fn cache_until_rules() {
-    let p = Principal { sub: None, client: None, exp: 1_000, key_id: 0 };
-    let ex = |expires_in, jwt_exp| Exchanged { access_token: String::new(), expires_in, jwt_exp };
+    let p = Principal {
+        sub: None,
+        client: None,
+        exp: 1_000,
+        key_id: 0,
+    };
+    let ex = |expires_in, jwt_exp| Exchanged {
+        access_token: String::new(),
+        expires_in,
+        jwt_exp,
+    };
     // expires_in less the skew, when sooner than the caller's validity.
     assert_eq!(cache_until(&ex(Some(100), None), &p, 60, 30_000, 500_000), 570_000);
     // Capped by the caller's exp plus clock skew.
@@ -523,11 +585,17 @@ fn users_never_share_a_cached_token() {
     let (mut f, mut m) = (exchange_filter(json!({})), Mock::new());
     warm(&mut f, &mut m);
     let alice = good();
-    let bob = rsa(RSA1, "k1").sign(claims(ISS, "mcpserver", "mcp:tools:call").with_subject("bob")).unwrap();
+    let bob = rsa(RSA1, "k1")
+        .sign(claims(ISS, "mcpserver", "mcp:tools:call").with_subject("bob"))
+        .unwrap();
     request(&mut f, &mut m, 2, Some(&alice));
     let c = m.callouts.last().unwrap().clone();
     f.on_callout(&mut m, c.token, &exchanged(300));
-    assert_eq!(request(&mut f, &mut m, 3, Some(&bob)), Action::Pause, "bob gets his own exchange");
+    assert_eq!(
+        request(&mut f, &mut m, 3, Some(&bob)),
+        Action::Pause,
+        "bob gets his own exchange"
+    );
 }
 
 #[test]
@@ -593,13 +661,19 @@ fn requests_waiting_for_keys_go_on_to_the_exchange_as_the_origin_context() {
 
 #[test]
 fn external_header_leaves_authorization_alone() {
-    let (mut f, mut m) = (exchange_filter(json!({"externalTokenHeaderName": "X-Backend-Token"})), Mock::new());
+    let (mut f, mut m) = (
+        exchange_filter(json!({"externalTokenHeaderName": "X-Backend-Token"})),
+        Mock::new(),
+    );
     warm(&mut f, &mut m);
     let t = good();
     request(&mut f, &mut m, 2, Some(&t));
     let c = m.callouts.last().unwrap().clone();
     f.on_callout(&mut m, c.token, &exchanged(300));
-    assert_eq!(m.stream(2).set_headers, vec![("x-backend-token".to_string(), format!("Bearer {BACKEND_TOKEN}"))]);
+    assert_eq!(
+        m.stream(2).set_headers,
+        vec![("x-backend-token".to_string(), format!("Bearer {BACKEND_TOKEN}"))]
+    );
     assert_eq!(authorization(&m, 2), Some(format!("Bearer {t}")));
 }
 
@@ -610,4 +684,3 @@ fn validation_only_forwards_the_callers_token_untouched() {
     request(&mut f, &mut m, 2, Some(&good()));
     assert!(m.stream(2).set_headers.is_empty());
 }
-

@@ -1,7 +1,7 @@
 use super::*;
-use serde_json::json;
 use crate::testkeys::{self, claims, forge, jwks, now_secs, rsa, rsa_jwk, RSA1, RSA2};
 use plugin_config::parse;
+use serde_json::json;
 
 const ISS: &str = "https://idp.example.com/mcp";
 
@@ -48,7 +48,10 @@ fn audience_any_of_list() {
     assert!(check(&v, &rs_keys(), &signed(claims(ISS, "other", ""))).is_ok());
     let c = claims(ISS, "x", "").with_audiences(HashSet::from(["x".to_string(), "mcpserver".to_string()]));
     assert!(check(&v, &rs_keys(), &signed(c)).is_ok());
-    assert_eq!(check(&v, &rs_keys(), &signed(claims(ISS, "backend", ""))), Err(Reject::Audience));
+    assert_eq!(
+        check(&v, &rs_keys(), &signed(claims(ISS, "backend", ""))),
+        Err(Reject::Audience)
+    );
     let mut c = claims(ISS, "x", "");
     c.audiences = None;
     assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(Reject::Audience));
@@ -57,8 +60,15 @@ fn audience_any_of_list() {
 #[test]
 fn issuer_exact() {
     let v = verifier(&[]);
-    for iss in ["https://idp.example.com/mcp/", "https://IDP.example.com/mcp", "https://evil"] {
-        assert_eq!(check(&v, &rs_keys(), &signed(claims(iss, "mcpserver", ""))), Err(Reject::Issuer));
+    for iss in [
+        "https://idp.example.com/mcp/",
+        "https://IDP.example.com/mcp",
+        "https://evil",
+    ] {
+        assert_eq!(
+            check(&v, &rs_keys(), &signed(claims(iss, "mcpserver", ""))),
+            Err(Reject::Issuer)
+        );
     }
     let mut c = claims(ISS, "mcpserver", "");
     c.issuer = None;
@@ -116,7 +126,9 @@ fn scopes_from_scope_or_scp() {
 fn scope_failure_still_reports_sub() {
     let v = verifier(&["a"]);
     let mut n = 0;
-    let f = v.verify(&rs_keys(), &signed(claims(ISS, "mcpserver", "")), now_secs(), &mut n).unwrap_err();
+    let f = v
+        .verify(&rs_keys(), &signed(claims(ISS, "mcpserver", "")), now_secs(), &mut n)
+        .unwrap_err();
     assert_eq!(f.reject, Reject::InsufficientScope);
     assert_eq!(f.sub.as_deref(), Some("alice"));
 }
@@ -195,10 +207,16 @@ fn kid_selection() {
     // The named key is the only one tried.
     let t = rsa(RSA2, "k1").sign(claims(ISS, "mcpserver", "")).unwrap();
     let mut n = 0;
-    assert_eq!(v.verify(&set, &t, now_secs(), &mut n).unwrap_err().reject, Reject::BadSignature);
+    assert_eq!(
+        v.verify(&set, &t, now_secs(), &mut n).unwrap_err().reject,
+        Reject::BadSignature
+    );
     assert_eq!(n, 1);
     // Without a kid, every RS256 key is tried until one fits.
-    let t = RS256KeyPair::from_pem(RSA2).unwrap().sign(claims(ISS, "mcpserver", "")).unwrap();
+    let t = RS256KeyPair::from_pem(RSA2)
+        .unwrap()
+        .sign(claims(ISS, "mcpserver", ""))
+        .unwrap();
     let mut n = 0;
     assert!(v.verify(&set, &t, now_secs(), &mut n).is_ok());
     assert_eq!(n, 2);
@@ -244,14 +262,27 @@ fn header_rules_hold_on_the_fast_rsa_path() {
         let sig = key.sign(signing_input.as_bytes()).to_vec();
         format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig))
     };
-    assert!(check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1", "typ": "at+jwt"}))).is_ok());
+    assert!(check(
+        &v,
+        &rs_keys(),
+        &sign(json!({"alg": "RS256", "kid": "k1", "typ": "at+jwt"}))
+    )
+    .is_ok());
     assert!(check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1"}))).is_ok());
     assert_eq!(
-        check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1", "crit": ["exp"], "exp": 1}))),
+        check(
+            &v,
+            &rs_keys(),
+            &sign(json!({"alg": "RS256", "kid": "k1", "crit": ["exp"], "exp": 1}))
+        ),
         Err(Reject::Malformed)
     );
     assert_eq!(
-        check(&v, &rs_keys(), &sign(json!({"alg": "RS256", "kid": "k1", "typ": "JOSE"}))),
+        check(
+            &v,
+            &rs_keys(),
+            &sign(json!({"alg": "RS256", "kid": "k1", "typ": "JOSE"}))
+        ),
         Err(Reject::Malformed)
     );
 }
