@@ -114,7 +114,7 @@ impl TokenCache {
         self.local.insert(*subject, (value, exp), size, |(_, e)| now_ms < *e);
     }
 
-    /// Stores `value` for `key` until `expires_at_ms`. False if it was not
+    /// Stores `value` for the subject until `expires_at_ms`. False if it was not
     /// stored in shared data (too large, already expired, or lost a race with
     /// another worker).
     pub fn put(
