@@ -9,17 +9,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-say() { printf '==> %s\n' "$*" >&2; }
-
-apt_install() {
-  if [ "$(id -u)" -eq 0 ]; then
-    say "installing Debian packages: $*"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-  else
-    echo "missing: $* (install them, e.g. sudo apt-get install $*)" >&2
-    exit 1
-  fi
-}
+# shellcheck source=tests/lib.sh
+. tests/lib.sh
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   say "adding Rust target wasm32-wasip1"

@@ -164,12 +164,10 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(port, duration, token=None, script=None, connections=CONNECTIONS, pid=None):
+def wrk(port, duration, token=None, connections=CONNECTIONS, pid=None):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
-    if script:
-        cmd += ["-s", str(script)]
     cmd.append(f"http://127.0.0.1:{port}/mcp")
     cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(pinned(1, cmd), capture_output=True, text=True, check=True).stdout
@@ -178,11 +176,10 @@ def wrk(port, duration, token=None, script=None, connections=CONNECTIONS, pid=No
     total, seconds = int(m.group(1)), float(m.group(2)) / (1000.0 if m.group(3) == "ms" else 1.0)
     lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
     return {"requests": total, "seconds": seconds, "cpu": cpu, "rps": total / seconds,
             "cpu_us": cpu * 1e6 / max(total, 1),
             "p50": parse_latency(lat.get("50", "")), "p99": parse_latency(lat.get("99", "")),
-            "non2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(0) if errors else ""}
+            "non2xx": int(bad.group(1)) if bad else 0}
 
 
 def combine(slices):

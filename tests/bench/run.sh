@@ -12,19 +12,11 @@ cd "$root"
 
 tests/bootstrap.sh
 
-# need <command> <Debian package>: installs the package if the command is missing.
-need() {
-  command -v "$1" >/dev/null && return
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "$1 is missing: sudo apt-get install $2" >&2
-    exit 1
-  fi
-  echo "==> installing $2 (Debian package)" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
-need wrk wrk
+# shellcheck source=tests/lib.sh
+. tests/lib.sh
+command -v wrk >/dev/null || apt_install wrk
 if [[ " $* " == *" --profile "* ]]; then
-  need perf linux-perf
+  command -v perf >/dev/null || apt_install linux-perf
 fi
 
 stamp=".venv/.bench-requirements.sha256"
