@@ -109,14 +109,18 @@ impl JwksCache {
         }
         match KeySet::parse(body) {
             Ok((keys, _)) => {
-                self.keys = Some(keys);
-                self.version = fetched_at;
-                self.refresh_at_ms = refresh_at;
-                self.failures = 0;
+                self.adopt(keys, fetched_at, refresh_at);
                 true
             }
             Err(_) => false,
         }
+    }
+
+    fn adopt(&mut self, keys: KeySet, fetched_at: u64, refresh_at: u64) {
+        self.keys = Some(keys);
+        self.version = fetched_at;
+        self.refresh_at_ms = refresh_at;
+        self.failures = 0;
     }
 
     /// Makes sure keys newer than ours are on their way: adopts another
@@ -132,6 +136,11 @@ impl JwksCache {
         if self.keys.is_none() && now < self.retry_at_ms {
             return Fetch::Failed;
         }
+        self.start(host, now)
+    }
+
+    /// Takes the lease and starts a callout, having just synced.
+    fn start(&mut self, host: &mut dyn Host, now: u64) -> Fetch {
         if !self.take_lease(host, now) {
             return Fetch::Pending;
         }
@@ -186,10 +195,7 @@ impl JwksCache {
                 if !host.shared_set(&self.data_key, &value, None) {
                     log::warn!("could not publish JWKS in shared data; this worker keeps its copy");
                 }
-                self.keys = Some(keys);
-                self.version = now;
-                self.refresh_at_ms = refresh_at;
-                self.failures = 0;
+                self.adopt(keys, now, refresh_at);
                 Some(true)
             }
             Err(why) => {
@@ -220,7 +226,8 @@ impl JwksCache {
     }
 
     /// Periodic upkeep: adopt what other workers fetched, give up on a fetch
-    /// that will never answer, and refresh or retry when due.
+    /// that will never answer, and refresh or retry when due (the shared copy
+    /// was read once already, so straight to the lease).
     pub fn on_tick(&mut self, host: &mut dyn Host) -> Tick {
         let mut tick = Tick {
             adopted: self.sync(host),
@@ -239,8 +246,8 @@ impl JwksCache {
             Some(_) => now >= self.refresh_at_ms && now >= self.retry_at_ms,
             None => now >= self.retry_at_ms,
         };
-        if due && self.in_flight.is_none() && self.fetch(host) == Fetch::Adopted {
-            tick.adopted = true;
+        if due && self.in_flight.is_none() {
+            self.start(host, now);
         }
         tick
     }
