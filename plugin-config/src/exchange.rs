@@ -79,33 +79,37 @@ impl Default for Cache {
     }
 }
 
+/// Validates a `tokenExchange` section found at `at` (`tokenExchange`, or
+/// `rules[2].tokenExchange`), so every error names its real path.
 pub fn token_exchange(
     raw: RawTokenExchange,
+    at: &str,
     allow_http: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<TokenExchange, ConfigError> {
-    let url = endpoint::parse_url("tokenExchange.tokenUrl", &raw.token_url, allow_http)?;
+    let field = |name: &str| format!("{at}.{name}");
+    let url = endpoint::parse_url(&field("tokenUrl"), &raw.token_url, allow_http)?;
     if let Some(c) = &raw.token_cluster {
-        non_empty("tokenExchange.tokenCluster", c)?;
+        non_empty(&field("tokenCluster"), c)?;
     }
     if let Some(id) = &raw.client_id {
-        non_empty("tokenExchange.clientId", id)?;
+        non_empty(&field("clientId"), id)?;
     }
 
     let (client_secret, secret_inline) = match (raw.client_secret_env, raw.client_secret) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
-                "tokenExchange.clientSecret",
+                field("clientSecret"),
                 "set either clientSecretEnv or clientSecret, not both; prefer clientSecretEnv",
             ))
         }
         (Some(var), None) => {
-            non_empty("tokenExchange.clientSecretEnv", &var)?;
+            non_empty(&field("clientSecretEnv"), &var)?;
             match env(&var) {
                 Some(v) if !v.is_empty() => (Some(Secret(v)), false),
                 _ => {
                     return Err(ConfigError::new(
-                        "tokenExchange.clientSecretEnv",
+                        field("clientSecretEnv"),
                         format!(
                             "environment variable {var} is not set or empty; set it in \
                              vm_config.environment_variables (Envoy) or vmConfig.env (Istio)"
@@ -115,7 +119,7 @@ pub fn token_exchange(
             }
         }
         (None, Some(s)) => {
-            non_empty("tokenExchange.clientSecret", &s)?;
+            non_empty(&field("clientSecret"), &s)?;
             (Some(Secret(s)), true)
         }
         (None, None) => (None, false),
@@ -128,7 +132,7 @@ pub fn token_exchange(
         Some("client_secret_post") => ClientAuthMethod::ClientSecretPost,
         Some(other) => {
             return Err(ConfigError::new(
-                "tokenExchange.clientAuthMethod",
+                field("clientAuthMethod"),
                 format!("{other:?} is not supported; use client_secret_basic, client_secret_post or none"),
             ))
         }
@@ -136,20 +140,20 @@ pub fn token_exchange(
     match auth_method {
         ClientAuthMethod::None if client_secret.is_some() => {
             return Err(ConfigError::new(
-                "tokenExchange.clientAuthMethod",
+                field("clientAuthMethod"),
                 "is none, so the client secret would never be sent; remove the secret or use client_secret_basic",
             ))
         }
         ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
             if raw.client_id.is_none() {
                 return Err(ConfigError::new(
-                    "tokenExchange.clientId",
+                    field("clientId"),
                     "is required to authenticate with a client secret",
                 ));
             }
             if client_secret.is_none() {
                 return Err(ConfigError::new(
-                    "tokenExchange.clientSecretEnv",
+                    field("clientSecretEnv"),
                     "is required by this clientAuthMethod; name the environment variable holding the secret",
                 ));
             }
@@ -158,21 +162,21 @@ pub fn token_exchange(
     }
 
     if let Some(a) = &raw.audience {
-        non_empty("tokenExchange.audience", a)?;
+        non_empty(&field("audience"), a)?;
     }
-    scope_list("tokenExchange.scopes", &raw.scopes)?;
+    scope_list(&field("scopes"), &raw.scopes)?;
     let subject_token_type = match raw.subject_token_type {
         None => format!("{TOKEN_TYPE_PREFIX}access_token"),
-        Some(t) => token_type("tokenExchange.subjectTokenType", &t)?,
+        Some(t) => token_type(&field("subjectTokenType"), &t)?,
     };
     let requested_token_type = raw
         .requested_token_type
-        .map(|t| token_type("tokenExchange.requestedTokenType", &t))
+        .map(|t| token_type(&field("requestedTokenType"), &t))
         .transpose()?;
     if let Some(r) = &raw.resource {
         let bad = || {
             ConfigError::new(
-                "tokenExchange.resource",
+                field("resource"),
                 format!("must be an absolute URI without a fragment, got {r:?}"),
             )
         };
@@ -183,12 +187,12 @@ pub fn token_exchange(
     }
     let external_token_header = match raw.external_token_header_name.as_deref() {
         None | Some("") => None,
-        Some(h) => Some(header_name("tokenExchange.externalTokenHeaderName", h)?).filter(|h| h != "authorization"),
+        Some(h) => Some(header_name(&field("externalTokenHeaderName"), h)?).filter(|h| h != "authorization"),
     };
     let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
         return Err(ConfigError::new(
-            "tokenExchange.timeoutMs",
+            field("timeoutMs"),
             format!("must be between 1 and {MAX_TIMEOUT_MS}, got {timeout_ms}"),
         ));
     }

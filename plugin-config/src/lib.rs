@@ -7,9 +7,11 @@
 mod endpoint;
 mod exchange;
 mod raw;
+mod rules;
 
 pub use endpoint::Endpoint;
 pub use exchange::{Cache, ClientAuthMethod, Secret, TokenExchange};
+pub use rules::{Action as RuleAction, Exchange as RuleExchange, Match, Rule};
 
 use raw::RawConfig;
 use sha2::{Digest, Sha256};
@@ -50,6 +52,8 @@ pub struct Config {
     /// Without it, the filter validates only.
     pub token_exchange: Option<TokenExchange>,
     pub cache: Cache,
+    /// Per-route policy, first match wins; no match means the sections above.
+    pub rules: Vec<Rule>,
     /// Hex SHA-256 of the canonical JSON: any change to the config changes it,
     /// so state keyed by it (shared data) never outlives the config that made it.
     pub fingerprint: String,
@@ -202,13 +206,15 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
 
     let token_exchange = raw
         .token_exchange
-        .map(|t| exchange::token_exchange(t, allow_http, env))
+        .map(|t| exchange::token_exchange(t, "tokenExchange", allow_http, env))
         .transpose()?;
     let cache = exchange::cache(raw.cache)?;
+    let rules = rules::rules(raw.rules, allow_http, env)?;
 
     Ok(Config {
         token_exchange,
         cache,
+        rules,
         oidc: Oidc {
             issuer: o.issuer,
             audiences,

@@ -2,8 +2,12 @@
 //!
 //! Every struct denies unknown keys, so a typo fails loudly instead of silently
 //! disabling a check. Defaults and range checks live in `validate`, not here.
+//!
+//! Whole numbers are read with `number::opt_u64`: Istio hands `pluginConfig`
+//! over as a protobuf `Struct`, whose numbers are all doubles, so `5000.0`
+//! (or `1e+06`) must mean the same as `5000` (or `1000000`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -11,6 +15,8 @@ pub struct RawConfig {
     pub oidc: RawOidc,
     pub token_exchange: Option<RawTokenExchange>,
     pub cache: Option<RawCache>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,13 +35,16 @@ pub struct RawTokenExchange {
     pub requested_token_type: Option<String>,
     pub resource: Option<String>,
     pub external_token_header_name: Option<String>,
+    #[serde(default, deserialize_with = "number::opt_u64")]
     pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawCache {
+    #[serde(default, deserialize_with = "number::opt_u64")]
     pub max_entries: Option<u64>,
+    #[serde(default, deserialize_with = "number::opt_u64")]
     pub expiry_skew_seconds: Option<u64>,
 }
 
@@ -48,12 +57,44 @@ pub struct RawOidc {
     pub jwks_cluster: Option<String>,
     #[serde(default)]
     pub required_scopes: Vec<String>,
+    #[serde(default, deserialize_with = "number::opt_u64")]
     pub clock_skew_seconds: Option<u64>,
     pub resource_url: Option<String>,
     pub scopes_supported: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "number::opt_u64")]
     pub jwks_refresh_seconds: Option<u64>,
     #[serde(default)]
     pub insecure_allow_http: bool,
+}
+
+/// One entry of `rules`: which requests it matches, and what it changes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRule {
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    #[serde(default)]
+    pub skip: bool,
+    pub required_scopes: Option<Vec<String>>,
+    /// Absent: the top-level `tokenExchange`; `null`: validate only.
+    #[serde(default, deserialize_with = "present")]
+    pub token_exchange: Option<Option<RawTokenExchange>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMatch {
+    pub hosts: Option<Vec<String>>,
+    pub path_prefix: Option<String>,
+}
+
+/// Tells a key given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `audience` may be one string or a list of them.
@@ -69,6 +110,46 @@ impl OneOrMany {
         match self {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+pub mod number {
+    use serde::de::{Error, Unexpected};
+    use serde::{Deserialize, Deserializer};
+
+    /// Largest integer a double holds exactly.
+    const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Int(u64),
+        Float(f64),
+    }
+
+    /// A whole, non-negative number, written as an integer or as a double
+    /// with no fractional part.
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let Some(n) = Option::<serde_json::Value>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let expected = "a whole number";
+        match Num::deserialize(&n) {
+            Ok(Num::Int(i)) => Ok(Some(i)),
+            Ok(Num::Float(f)) if f.fract() == 0.0 && (0.0..=MAX_EXACT).contains(&f) => Ok(Some(f as u64)),
+            Ok(Num::Float(f)) => Err(D::Error::invalid_value(Unexpected::Float(f), &expected)),
+            Err(_) => Err(D::Error::invalid_type(unexpected(&n), &expected)),
+        }
+    }
+
+    fn unexpected(v: &serde_json::Value) -> Unexpected<'_> {
+        match v {
+            serde_json::Value::Bool(b) => Unexpected::Bool(*b),
+            serde_json::Value::String(s) => Unexpected::Str(s),
+            serde_json::Value::Array(_) => Unexpected::Seq,
+            serde_json::Value::Object(_) => Unexpected::Map,
+            _ => Unexpected::Other("a value"),
         }
     }
 }

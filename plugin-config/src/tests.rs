@@ -394,3 +394,148 @@ fn cache_bounds() {
     v["cache"] = serde_json::json!({"maxEntrie": 1});
     assert_eq!(parse_env(&v).unwrap_err().path, "cache.maxEntrie");
 }
+
+#[test]
+fn whole_numbers_written_as_doubles_are_accepted() {
+    // Istio's pluginConfig is a protobuf Struct: every number arrives as a
+    // double, and Go renders large ones in exponent form.
+    let text = r#"{"oidc":{"issuer":"https://i","audience":"a","jwksUrl":"https://i/k",
+        "clockSkewSeconds":30.0,"jwksRefreshSeconds":6e2},
+        "tokenExchange":{"tokenUrl":"https://i/t","timeoutMs":5000.0},
+        "cache":{"maxEntries":1e+06,"expirySkewSeconds":0.0}}"#;
+    let c = parse_with_env(text.as_bytes(), &env_has_secret).unwrap();
+    assert_eq!(c.oidc.clock_skew_seconds, 30);
+    assert_eq!(c.oidc.jwks_refresh_seconds, 600);
+    assert_eq!(c.token_exchange.unwrap().timeout_ms, 5000);
+    assert_eq!(c.cache.max_entries, 1_000_000);
+    assert_eq!(c.cache.expiry_skew_seconds, 0);
+}
+
+#[test]
+fn fractional_negative_or_non_numbers_are_named() {
+    for (value, shown) in [
+        (serde_json::json!(1.5), "1.5"),
+        (serde_json::json!(-1), "-1"),
+        (serde_json::json!(-2.0), "-2"),
+        (serde_json::json!("60"), "\"60\""),
+        (serde_json::json!(true), "true"),
+    ] {
+        let e = err_with("oidc.clockSkewSeconds", value);
+        assert_eq!(e.path, "oidc.clockSkewSeconds");
+        assert!(e.message.contains("expected a whole number"), "{e}");
+        assert!(e.message.contains(shown), "{e}");
+    }
+    // Still range-checked after conversion.
+    assert!(err_with("oidc.clockSkewSeconds", serde_json::json!(301.0))
+        .message
+        .contains("between 0 and 300"));
+}
+
+fn with_rules(rules: serde_json::Value) -> serde_json::Value {
+    let mut v = with_exchange(serde_json::json!({"tokenUrl": "https://idp.example.com/token", "audience": "a"}));
+    v["rules"] = rules;
+    v
+}
+
+#[test]
+fn rules_parse_in_order_with_their_actions() {
+    let c = parse_env(&with_rules(serde_json::json!([
+        {"match": {"hosts": ["API.example.com", "*.example.org:8443"], "pathPrefix": "/github/"},
+         "tokenExchange": {"tokenUrl": "https://gh.example.com/token", "audience": "github"}},
+        {"match": {"pathPrefix": "/healthz"}, "skip": true},
+        {"match": {"pathPrefix": "/admin/"}, "requiredScopes": ["admin"]},
+        {"match": {"pathPrefix": "/plain/"}, "tokenExchange": null},
+    ])))
+    .unwrap();
+    assert_eq!(c.rules.len(), 4);
+    assert_eq!(c.rules[0].matcher.hosts, vec!["api.example.com", "*.example.org:8443"]);
+    assert_eq!(c.rules[0].matcher.path_prefix.as_deref(), Some("/github/"));
+    match &c.rules[0].action {
+        RuleAction::Apply {
+            required_scopes: None,
+            exchange: RuleExchange::Replace(t),
+        } => {
+            assert_eq!(t.audience.as_deref(), Some("github"));
+            assert_eq!(t.token.cluster, "outbound|443||gh.example.com");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(c.rules[1].action, RuleAction::Skip));
+    assert!(c.rules[1].matcher.hosts.is_empty());
+    match &c.rules[2].action {
+        RuleAction::Apply {
+            required_scopes: Some(s),
+            exchange: RuleExchange::Default,
+        } => assert_eq!(s, &vec!["admin".to_string()]),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.rules[3].action,
+        RuleAction::Apply {
+            required_scopes: None,
+            exchange: RuleExchange::None
+        }
+    ));
+}
+
+#[test]
+fn rule_errors_name_their_path() {
+    let cases = [
+        (
+            serde_json::json!([{"match": {"hosts": []}, "skip": true}]),
+            "rules[0].match.hosts",
+            "matches nothing",
+        ),
+        (
+            serde_json::json!([{"match": {"hosts": ["a b"]}, "skip": true}]),
+            "rules[0].match.hosts[0]",
+            "host pattern",
+        ),
+        (
+            serde_json::json!([{"match": {"hosts": ["a.*"]}, "skip": true}]),
+            "rules[0].match.hosts[0]",
+            "host pattern",
+        ),
+        (
+            serde_json::json!([{"match": {"pathPrefix": "healthz"}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "starting with '/'",
+        ),
+        (
+            serde_json::json!([{"match": {}, "skip": true, "requiredScopes": ["x"]}]),
+            "rules[0].skip",
+            "remove requiredScopes",
+        ),
+        (
+            serde_json::json!([{"match": {}, "skip": true}, {"match": {}}]),
+            "rules[1]",
+            "changes nothing",
+        ),
+        (
+            serde_json::json!([{"match": {}, "requiredScopes": ["a b"]}]),
+            "rules[0].requiredScopes[0]",
+            "not a valid scope",
+        ),
+        (
+            serde_json::json!([{"match": {}, "tokenExchange": {"tokenUrl": "nope"}}]),
+            "rules[0].tokenExchange.tokenUrl",
+            "absolute",
+        ),
+        (
+            serde_json::json!([{"match": {}, "tokenExchange": {"tokenUrl": "https://i/t", "clientId": "c", "clientSecretEnv": "NOPE"}}]),
+            "rules[0].tokenExchange.clientSecretEnv",
+            "NOPE",
+        ),
+        (
+            serde_json::json!([{"match": {"path": "/x"}, "skip": true}]),
+            "rules[0].match.path",
+            "unknown field",
+        ),
+        (serde_json::json!([{"skip": true}]), "rules[0]", "missing field `match`"),
+    ];
+    for (rules, path, words) in cases {
+        let e = parse_env(&with_rules(rules)).unwrap_err();
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.message.contains(words), "{e}");
+    }
+}

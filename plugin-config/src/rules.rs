@@ -1,0 +1,139 @@
+//! `rules`: per-route policy for gateways that front several backends. The
+//! first rule whose `match` fits a request decides; a request no rule
+//! matches gets the top-level sections.
+
+use crate::exchange::{self, TokenExchange};
+use crate::raw::RawRule;
+use crate::{non_empty, scope_list, ConfigError};
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub matcher: Match,
+    pub action: Action,
+}
+
+/// Every condition given must hold; none given matches every request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Match {
+    /// Lower-case host patterns: `api.example.com`, `*.example.com` or `*`,
+    /// each optionally with `:port`. Empty: any host.
+    pub hosts: Vec<String>,
+    /// Starts with `/`.
+    pub path_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Let the request through untouched: no validation, no exchange.
+    Skip,
+    /// Validate, and exchange as `exchange` says.
+    Apply {
+        /// Replaces `oidc.requiredScopes` when set.
+        required_scopes: Option<Vec<String>>,
+        exchange: Exchange,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Exchange {
+    /// The top-level `tokenExchange`, if any.
+    Default,
+    /// Validate only; forward the caller's token as it came.
+    None,
+    Replace(Box<TokenExchange>),
+}
+
+pub fn rules(
+    raw: Vec<RawRule>,
+    allow_http: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Rule>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| rule(r, &format!("rules[{i}]"), allow_http, env))
+        .collect()
+}
+
+fn rule(raw: RawRule, at: &str, allow_http: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<Rule, ConfigError> {
+    let mut matcher = Match::default();
+    if let Some(hosts) = raw.matcher.hosts {
+        if hosts.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.match.hosts"),
+                "is empty, so the rule matches nothing; list hosts or remove the key",
+            ));
+        }
+        for (i, h) in hosts.iter().enumerate() {
+            matcher.hosts.push(host_pattern(&format!("{at}.match.hosts[{i}]"), h)?);
+        }
+    }
+    if let Some(p) = raw.matcher.path_prefix {
+        if !p.starts_with('/') || p.contains(['?', '#']) {
+            return Err(ConfigError::new(
+                format!("{at}.match.pathPrefix"),
+                format!("must be a path starting with '/', without '?' or '#', got {p:?}"),
+            ));
+        }
+        matcher.path_prefix = Some(p);
+    }
+
+    let action = if raw.skip {
+        if raw.required_scopes.is_some() || raw.token_exchange.is_some() {
+            return Err(ConfigError::new(
+                format!("{at}.skip"),
+                "a skipped route is neither validated nor exchanged; remove requiredScopes and tokenExchange, \
+                 or remove skip",
+            ));
+        }
+        Action::Skip
+    } else {
+        if raw.required_scopes.is_none() && raw.token_exchange.is_none() {
+            return Err(ConfigError::new(
+                at,
+                "changes nothing; give it skip: true, requiredScopes, or tokenExchange (null to validate only)",
+            ));
+        }
+        if let Some(s) = &raw.required_scopes {
+            scope_list(&format!("{at}.requiredScopes"), s)?;
+        }
+        let exchange = match raw.token_exchange {
+            None => Exchange::Default,
+            Some(None) => Exchange::None,
+            Some(Some(t)) => Exchange::Replace(Box::new(exchange::token_exchange(
+                t,
+                &format!("{at}.tokenExchange"),
+                allow_http,
+                env,
+            )?)),
+        };
+        Action::Apply {
+            required_scopes: raw.required_scopes,
+            exchange,
+        }
+    };
+    Ok(Rule { matcher, action })
+}
+
+/// `host`, `*.suffix` (one or more labels) or `*`, optionally with `:port`;
+/// lower-cased. (IP literals: write IPv4 as a name; IPv6 is not supported.)
+fn host_pattern(at: &str, h: &str) -> Result<String, ConfigError> {
+    non_empty(at, h)?;
+    let host = h.to_ascii_lowercase();
+    let (name, port) = match host.split_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (host.as_str(), None),
+    };
+    let labels = name.strip_prefix("*.").unwrap_or(name);
+    let name_ok = name == "*"
+        || labels
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !name_ok || !port_ok {
+        return Err(ConfigError::new(
+            at,
+            format!("{h:?} is not a host pattern; use api.example.com, *.example.com or *, optionally with :port"),
+        ));
+    }
+    Ok(host)
+}
