@@ -55,12 +55,19 @@ struct Slot {
 }
 
 impl TokenCache {
-    pub fn new(prefix: &str, max_entries: u32, params: [u8; 32]) -> TokenCache {
+    /// One exchange target's cache. Every target of a config shares the
+    /// `max_entries` shared-data slots (their keys differ by `params`) and
+    /// gets a `1/targets` share of the per-worker bounds.
+    pub fn new(prefix: &str, max_entries: u32, params: [u8; 32], targets: usize) -> TokenCache {
+        let targets = targets.max(1);
         TokenCache {
             prefix: format!("{prefix}x"),
             params,
             slots: u64::from(max_entries.max(1)),
-            local: Bounded::new(LOCAL_CAPACITY.min(max_entries.max(1) as usize), LOCAL_BYTES),
+            local: Bounded::new(
+                (LOCAL_CAPACITY.min(max_entries.max(1) as usize) / targets).max(1),
+                LOCAL_BYTES / targets,
+            ),
         }
     }
 
@@ -186,7 +193,7 @@ mod tests {
 
     /// A cache as another worker sees it: no local entries.
     fn fresh(prefix: &str, n: u32) -> TokenCache {
-        TokenCache::new(prefix, n, [7; 32])
+        TokenCache::new(prefix, n, [7; 32], 1)
     }
 
     #[test]
@@ -271,12 +278,12 @@ mod tests {
     fn parameters_keep_exchanges_apart() {
         // Same prefix and subject, other exchange parameters (another audience).
         let mut m = Mock::new();
-        let mut a = TokenCache::new("p:", 10, [1; 32]);
-        let mut b = TokenCache::new("p:", 10, [2; 32]);
+        let mut a = TokenCache::new("p:", 10, [1; 32], 2);
+        let mut b = TokenCache::new("p:", 10, [2; 32], 2);
         a.put(&mut m, &key(1), &v("for-audience-a"), 10_000, 0);
         assert_eq!(b.get(&m, &key(1), 1), None);
         assert_eq!(
-            TokenCache::new("p:", 10, [1; 32]).get(&m, &key(1), 1).as_deref(),
+            TokenCache::new("p:", 10, [1; 32], 2).get(&m, &key(1), 1).as_deref(),
             Some("for-audience-a")
         );
     }

@@ -39,7 +39,15 @@ impl Challenges {
                 .resource
                 .as_ref()
                 .map(|r| format!("resource_metadata=\"{}\"", r.metadata_url)),
-            scope_param: (!o.required_scopes.is_empty()).then(|| format!("scope=\"{}\"", o.required_scopes.join(" "))),
+            scope_param: scope_param(&o.required_scopes),
+        }
+    }
+
+    /// The same challenges for a route that requires `scopes` instead.
+    pub fn with_scopes(&self, scopes: &[String]) -> Challenges {
+        Challenges {
+            metadata_param: self.metadata_param.clone(),
+            scope_param: scope_param(scopes),
         }
     }
 
@@ -112,6 +120,10 @@ impl Challenges {
             description,
         }
     }
+}
+
+fn scope_param(scopes: &[String]) -> Option<String> {
+    (!scopes.is_empty()).then(|| format!("scope=\"{}\"", scopes.join(" ")))
 }
 
 /// The token exchange failed on the IdP's or our configuration's side.
@@ -216,6 +228,19 @@ mod tests {
                 .unwrap(),
             r#"Bearer error="invalid_request", error_description="multiple authorization headers""#
         );
+    }
+
+    #[test]
+    fn a_route_names_its_own_scopes() {
+        let d = full().with_scopes(&["admin".into()]).insufficient_scope();
+        assert_eq!(
+            d.www_authenticate.unwrap(),
+            format!(
+                r#"Bearer error="insufficient_scope", error_description="insufficient scope", scope="admin", {META}"#
+            )
+        );
+        let bare = full().with_scopes(&[]).missing_token();
+        assert_eq!(bare.www_authenticate.unwrap(), format!("Bearer {META}"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! One request's way through the filter: validate the caller's token, then
-//! (when configured) exchange it and forward the exchanged one.
+//! One request's way through the filter: pick the route's policy, validate
+//! the caller's token, then (when the policy says so) exchange it and
+//! forward the exchanged one.
 //!
 //! One `Filter` lives per worker (proxy-wasm VM) and is shared by its root and
 //! stream contexts. A request may pause twice: for the issuer's keys, and for
@@ -14,10 +15,11 @@ use crate::challenge::{self, metadata_document, Challenges, Denial};
 use crate::exchange::{Exchanged, Exchanger, Failure};
 use crate::host::{CalloutResponse, Host};
 use crate::jwks_cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
-use crate::singleflight::{Flight, Flights};
-use crate::verified::{TokenHash, Verified, VerifiedCache};
+use crate::routes::{Route, Routes};
+use crate::singleflight::{Flight, Flights, Key as FlightKey};
+use crate::verified::{Verified, VerifiedCache};
 use crate::verify::{Principal, Reject, Verifier};
-use plugin_config::Config;
+use plugin_config::{Config, RuleAction, RuleExchange, TokenExchange};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -40,11 +42,12 @@ pub const VERIFIED_BYTES: usize = 16 << 20;
 struct Waiter {
     token: String,
     since_ms: u64,
+    policy: usize,
 }
 
 enum Verdict {
     Allow(Verified),
-    Deny(Denial),
+    Deny(Reject),
     /// The token names a key we do not have, and no refetch is allowed now.
     UnknownKey,
     /// Keys are missing, or a refetch may find the token's key.
@@ -64,18 +67,29 @@ enum Step {
     Deny(Denial),
 }
 
-/// Exchange state: the request builder, the shared cache, flights in progress.
+/// One exchange target: the request builder and its cache.
 struct Exchange {
     exchanger: Exchanger,
     cache: TokenCache,
-    skew_ms: u64,
-    flights: Flights,
+}
+
+/// What a route asks of a request: its scopes, its exchange target (an
+/// index into `Filter::exchanges`), and the challenges that name them.
+struct Policy {
+    required_scopes: Vec<String>,
+    exchange: Option<usize>,
+    challenges: Challenges,
 }
 
 pub struct Filter {
-    exchange: Option<Exchange>,
+    /// Policy 0 is the top-level sections; the others come from `rules`.
+    policies: Vec<Policy>,
+    routes: Routes,
+    exchanges: Vec<Exchange>,
+    flights: Flights,
+    /// `cache.expirySkewSeconds`, in ms.
+    skew_ms: u64,
     verifier: Verifier,
-    challenges: Challenges,
     metadata: Option<Metadata>,
     jwks: JwksCache,
     verified: VerifiedCache,
@@ -90,18 +104,59 @@ impl Filter {
     pub fn new(config: &Config, plugin_name: &str) -> Filter {
         let prefix = shared_prefix(config, plugin_name);
         let o = &config.oidc;
-        Filter {
-            exchange: config.token_exchange.as_ref().map(|t| {
-                let exchanger = Exchanger::new(t);
-                Exchange {
-                    cache: TokenCache::new(&prefix, config.cache.max_entries, exchanger.params_digest()),
-                    exchanger,
-                    skew_ms: config.cache.expiry_skew_seconds.saturating_mul(1000),
-                    flights: Flights::default(),
+        // Exchange targets: the default's first, then each rule's own.
+        let mut targets: Vec<&TokenExchange> = config.token_exchange.iter().collect();
+        let default_target = (!targets.is_empty()).then_some(0);
+        let challenges = Challenges::new(config);
+        let mut policies = vec![Policy {
+            required_scopes: o.required_scopes.clone(),
+            exchange: default_target,
+            challenges: challenges.clone(),
+        }];
+        let mut rules = Vec::new();
+        for rule in &config.rules {
+            let route = match &rule.action {
+                RuleAction::Skip => Route::Skip,
+                RuleAction::Apply {
+                    required_scopes,
+                    exchange,
+                } => {
+                    let exchange = match exchange {
+                        RuleExchange::Default => default_target,
+                        RuleExchange::None => None,
+                        RuleExchange::Replace(t) => {
+                            targets.push(t);
+                            Some(targets.len() - 1)
+                        }
+                    };
+                    let required_scopes = required_scopes.clone().unwrap_or_else(|| o.required_scopes.clone());
+                    policies.push(Policy {
+                        challenges: challenges.with_scopes(&required_scopes),
+                        required_scopes,
+                        exchange,
+                    });
+                    Route::Policy(policies.len() - 1)
                 }
-            }),
+            };
+            rules.push((rule.matcher.clone(), route));
+        }
+        let n = targets.len();
+        Filter {
+            exchanges: targets
+                .into_iter()
+                .map(|t| {
+                    let exchanger = Exchanger::new(t);
+                    Exchange {
+                        cache: TokenCache::new(&prefix, config.cache.max_entries, exchanger.params_digest(), n),
+                        exchanger,
+                    }
+                })
+                .collect(),
+            policies,
+            routes: Routes::new(rules),
+            flights: Flights::default(),
+            skew_ms: config.cache.expiry_skew_seconds.saturating_mul(1000),
             verifier: Verifier::new(o),
-            challenges: Challenges::new(config),
             metadata: o.resource.as_ref().map(|r| Metadata {
                 path: r.metadata_path.clone(),
                 body: metadata_document(r, &o.issuer),
@@ -122,20 +177,30 @@ impl Filter {
         if let Some(action) = self.serve_metadata(host) {
             return action;
         }
+        let policy = match self.routes.select(host) {
+            Ok(Route::Policy(p)) => p,
+            Ok(Route::Skip) => return Action::Continue,
+            Err(_) => {
+                log::info!("rejected: path not in normal form");
+                let d = self.policies[0].challenges.invalid_request("path not in normal form");
+                return deny(host, &d);
+            }
+        };
+        let challenges = &self.policies[policy].challenges;
         let authorization = host.request_header("authorization");
         let token = match bearer::extract(authorization.as_deref()) {
             Bearer::Token(t) => t,
             Bearer::Missing => {
                 log::debug!("rejected: no bearer token");
-                return deny(host, &self.challenges.missing_token());
+                return deny(host, &challenges.missing_token());
             }
             Bearer::Multiple => {
                 log::info!("rejected: multiple authorization headers");
-                return deny(host, &self.challenges.invalid_request("multiple authorization headers"));
+                return deny(host, &challenges.invalid_request("multiple authorization headers"));
             }
             Bearer::Malformed => {
                 log::info!("rejected: malformed authorization header");
-                return deny(host, &self.challenges.invalid_request("malformed authorization header"));
+                return deny(host, &challenges.invalid_request("malformed authorization header"));
             }
         };
         let now_ms = host.now_ms();
@@ -152,6 +217,7 @@ impl Filter {
                         Waiter {
                             token: token.to_string(),
                             since_ms: now_ms,
+                            policy,
                         },
                     );
                     return Action::Pause;
@@ -159,8 +225,8 @@ impl Filter {
             },
             v => v,
         };
-        match self.settle(verdict, false) {
-            Ok(verified) => match self.pass(host, token, verified, now_ms) {
+        match self.settle(verdict, false, policy) {
+            Ok(verified) => match self.pass(host, token, verified, now_ms, policy) {
                 Step::Continue => Action::Continue,
                 Step::Wait => Action::Pause,
                 Step::Deny(d) => deny(host, &d),
@@ -178,9 +244,9 @@ impl Filter {
             }
             Some(false) => self.wake(host, true),
             None => {
-                let flight = self.exchange.as_mut().and_then(|x| x.flights.finish(token));
+                let flight = self.flights.finish(token);
                 match flight {
-                    Some((key, flight)) => self.land(host, Some(&key), flight, resp),
+                    Some((key, flight)) => self.land(host, key, true, flight, resp),
                     None => log::debug!("ignoring answer to unknown callout {token}"),
                 }
             }
@@ -188,24 +254,28 @@ impl Filter {
     }
 
     /// After validation: pass as is, or forward a cached exchanged token, or
-    /// join or start the exchange for this token.
-    fn pass(&mut self, host: &mut dyn Host, token: &str, verified: Verified, now: u64) -> Step {
-        let Some(x) = self.exchange.as_mut() else {
+    /// join or start the exchange for this token and the policy's target.
+    fn pass(&mut self, host: &mut dyn Host, token: &str, verified: Verified, now: u64, policy: usize) -> Step {
+        let Some(target) = self.policies[policy].exchange else {
             return Step::Continue;
         };
-        let Verified { principal, hash: key } = verified;
-        if let Some(value) = x.cache.get(host, &key, now) {
+        let Some(x) = self.exchanges.get_mut(target) else {
+            return Step::Continue;
+        };
+        let Verified { principal, hash } = verified;
+        if let Some(value) = x.cache.get(host, &hash, now) {
             host.set_request_header(x.exchanger.forward_header(), &value);
             log::debug!("{} cache=hit", audit(&x.exchanger, &principal));
             return Step::Continue;
         }
+        let key = (target, hash);
         let ctx = host.context_id();
-        if x.flights.join(&key, ctx) {
+        if self.flights.join(&key, ctx) {
             return Step::Wait;
         }
         match dispatch(host, &x.exchanger, token) {
             Some(id) => {
-                x.flights.start(
+                self.flights.start(
                     key,
                     Flight {
                         token: Some(id),
@@ -224,15 +294,20 @@ impl Filter {
                     audit(&x.exchanger, &principal),
                     x.exchanger.config().token.cluster
                 );
-                Step::Deny(self.challenges.unavailable("token exchange unavailable"))
+                Step::Deny(
+                    self.policies[policy]
+                        .challenges
+                        .unavailable("token exchange unavailable"),
+                )
             }
         }
     }
 
-    /// An exchange answered (or never will: `key` is `None`): cache the
-    /// token and release every waiter.
-    fn land(&mut self, host: &mut dyn Host, key: Option<&TokenHash>, flight: Flight, resp: &CalloutResponse) {
-        let Some(x) = self.exchange.as_mut() else {
+    /// An exchange answered (`answered`), or never will: cache the token
+    /// and release every waiter.
+    fn land(&mut self, host: &mut dyn Host, key: FlightKey, answered: bool, flight: Flight, resp: &CalloutResponse) {
+        let (target, hash) = key;
+        let Some(x) = self.exchanges.get_mut(target) else {
             return;
         };
         let now = host.now_ms();
@@ -251,9 +326,9 @@ impl Filter {
         let value = result
             .as_ref()
             .map(|ex| Rc::<str>::from(format!("Bearer {}", ex.access_token)));
-        if let (Ok(ex), Ok(v), Some(key)) = (&result, &value, key) {
-            let until = cache_until(ex, &flight.principal, self.verifier.skew(), x.skew_ms, now);
-            x.cache.put(host, key, v, until, now);
+        if let (Ok(ex), Ok(v), true) = (&result, &value, answered) {
+            let until = cache_until(ex, &flight.principal, self.verifier.skew(), self.skew_ms, now);
+            x.cache.put(host, &hash, v, until, now);
         }
         // What every waiter gets: the value to forward, or the denial.
         let release = value.map_err(|f| self.exchange_denial(f));
@@ -275,12 +350,15 @@ impl Filter {
         host.switch_to(origin);
     }
 
+    /// The answer to an exchange failure. The IdP's `invalid_scope` concerns
+    /// the exchange's scopes, not the route's, so its 403 names the default ones.
     fn exchange_denial(&self, f: &Failure) -> Denial {
+        let challenges = &self.policies[0].challenges;
         match f {
-            Failure::InvalidGrant => self.challenges.invalid_token("token exchange refused"),
-            Failure::InsufficientScope => self.challenges.insufficient_scope(),
+            Failure::InvalidGrant => challenges.invalid_token("token exchange refused"),
+            Failure::InsufficientScope => challenges.insufficient_scope(),
             Failure::BadGateway(_) => challenge::bad_gateway(),
-            Failure::Unavailable(_) => self.challenges.unavailable("token exchange unavailable"),
+            Failure::Unavailable(_) => challenges.unavailable("token exchange unavailable"),
             Failure::Timeout => challenge::gateway_timeout(),
         }
     }
@@ -288,32 +366,30 @@ impl Filter {
     /// Restarts flights whose owner went away, and fails those that will
     /// never be answered.
     fn tend_flights(&mut self, host: &mut dyn Host) {
-        let Some(x) = self.exchange.as_mut() else {
-            return;
-        };
-        if x.flights.is_empty() {
+        if self.flights.is_empty() {
             return;
         }
         let now = host.now_ms();
-        for key in x.flights.orphans() {
-            let restarted = x.flights.get(&key).and_then(|f| {
-                let subject = f.subject.clone();
-                dispatch(host, &x.exchanger, &subject)
-            });
+        for key in self.flights.orphans() {
+            let restarted = match (self.flights.get(&key), self.exchanges.get(key.0)) {
+                (Some(f), Some(x)) => dispatch(host, &x.exchanger, &f.subject),
+                _ => None,
+            };
             match restarted {
                 Some(id) => {
                     log::debug!("restarted an exchange whose owner went away");
-                    x.flights.restarted(&key, id, host.origin_id(), now);
+                    self.flights.restarted(&key, id, host.origin_id(), now);
                 }
                 None => log::warn!("could not restart an orphaned exchange"),
             }
         }
-        let limit = x.exchanger.config().timeout_ms + 2_000;
-        let stuck = x
-            .flights
-            .take(|f| f.token.is_none() || now.saturating_sub(f.started_ms) > limit);
-        for flight in stuck {
-            self.land(host, None, flight, &CalloutResponse::default());
+        let exchanges = &self.exchanges;
+        let stuck = self.flights.take(|key, f| {
+            let limit = exchanges.get(key.0).map_or(0, |x| x.exchanger.config().timeout_ms) + 2_000;
+            f.token.is_none() || now.saturating_sub(f.started_ms) > limit
+        });
+        for (key, flight) in stuck {
+            self.land(host, key, false, flight, &CalloutResponse::default());
         }
     }
 
@@ -344,9 +420,7 @@ impl Filter {
     /// key fetch, that fetch was cancelled with it and the next tick restarts it.
     pub fn on_done(&mut self, host: &mut dyn Host, id: u32) {
         self.waiting.remove(&id);
-        if let Some(x) = self.exchange.as_mut() {
-            x.flights.leave(id);
-        }
+        self.flights.leave(id);
         if self.jwks.forget_owner(host, id) {
             log::debug!("JWKS fetch owner {id} went away; the next tick fetches again");
         }
@@ -384,32 +458,34 @@ impl Filter {
                     f.reject.description(),
                     f.sub.as_deref().unwrap_or("-")
                 );
-                Verdict::Deny(self.denial(f.reject))
+                Verdict::Deny(f.reject)
             }
         }
     }
 
-    /// The principal of a valid token, or the denial. After a failed fetch,
-    /// an unknown key is our problem, not the client's.
-    fn settle(&self, verdict: Verdict, fetch_failed: bool) -> Result<Verified, Denial> {
+    /// The principal of a valid token with the scopes `policy` requires, or
+    /// the denial. After a failed fetch, an unknown key is our problem, not
+    /// the client's.
+    fn settle(&self, verdict: Verdict, fetch_failed: bool, policy: usize) -> Result<Verified, Denial> {
+        let p = &self.policies[policy];
         match verdict {
-            Verdict::Allow(p) => Ok(p),
-            Verdict::Deny(d) => Err(d),
+            Verdict::Allow(v) if v.principal.has_scopes(&p.required_scopes) => Ok(v),
+            Verdict::Allow(v) => {
+                log::info!(
+                    "rejected: insufficient scope; sub={}",
+                    v.principal.sub.as_deref().unwrap_or("-")
+                );
+                Err(p.challenges.insufficient_scope())
+            }
+            Verdict::Deny(r) => Err(p.challenges.invalid_token(r.description())),
             Verdict::UnknownKey if !fetch_failed => {
                 log::info!("rejected: {}", Reject::UnknownKey.description());
-                Err(self.denial(Reject::UnknownKey))
+                Err(p.challenges.invalid_token(Reject::UnknownKey.description()))
             }
             Verdict::UnknownKey | Verdict::NeedKeys => {
                 log::warn!("rejected: signing keys unavailable");
-                Err(self.challenges.unavailable("signing keys unavailable"))
+                Err(p.challenges.unavailable("signing keys unavailable"))
             }
-        }
-    }
-
-    fn denial(&self, reject: Reject) -> Denial {
-        match reject {
-            Reject::InsufficientScope => self.challenges.insufficient_scope(),
-            r => self.challenges.invalid_token(r.description()),
         }
     }
 
@@ -425,8 +501,8 @@ impl Filter {
                 continue;
             }
             let verdict = self.judge(&w.token, now_ms, false);
-            let step = match self.settle(verdict, fetch_failed) {
-                Ok(v) => self.pass(host, &w.token, v, now_ms),
+            let step = match self.settle(verdict, fetch_failed, w.policy) {
+                Ok(v) => self.pass(host, &w.token, v, now_ms, w.policy),
                 Err(d) => Step::Deny(d),
             };
             match step {
@@ -452,11 +528,12 @@ impl Filter {
             return;
         }
         let origin = host.context_id();
+        let unavailable = self.policies[0].challenges.unavailable("signing keys unavailable");
         for id in stale {
             self.waiting.remove(&id);
             if host.switch_to(id) {
                 log::warn!("rejected: waited too long for signing keys");
-                deny(host, &self.challenges.unavailable("signing keys unavailable"));
+                deny(host, &unavailable);
             }
         }
         host.switch_to(origin);

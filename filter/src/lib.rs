@@ -20,6 +20,7 @@ pub mod header_map;
 pub mod host;
 pub mod jwks;
 pub mod jwks_cache;
+pub mod routes;
 pub mod rsa;
 pub mod singleflight;
 pub mod verified;

@@ -104,7 +104,14 @@ impl RootContext for Root {
             config.oidc.jwks.url,
             config.oidc.jwks.cluster
         );
-        if let Some(t) = &config.token_exchange {
+        let rule_targets = config.rules.iter().filter_map(|r| match &r.action {
+            plugin_config::RuleAction::Apply {
+                exchange: plugin_config::RuleExchange::Replace(t),
+                ..
+            } => Some(t.as_ref()),
+            _ => None,
+        });
+        for t in config.token_exchange.iter().chain(rule_targets) {
             log::info!("exchanging tokens at {} via cluster {}", t.token.url, t.token.cluster);
             if t.secret_inline {
                 log::warn!(
@@ -112,6 +119,9 @@ impl RootContext for Root {
                      use clientSecretEnv with vm_config.environment_variables or vmConfig.env"
                 );
             }
+        }
+        if !config.rules.is_empty() {
+            log::info!("{} route rules; the first match wins", config.rules.len());
         }
         true
     }

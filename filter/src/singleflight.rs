@@ -1,16 +1,19 @@
-//! Exchanges in flight on this worker, one per subject token (by SHA-256): concurrent misses
-//! for the same user wait on the first one's callout instead of making their
-//! own.
+//! Exchanges in flight on this worker, one per exchange target and subject
+//! token (by SHA-256): concurrent misses for the same user and target wait on
+//! the first one's callout instead of making their own.
 //!
 //! A flight belongs to the context that made its callout (the proxy cancels
 //! the callout if that context ends). When the owner goes, the flight is
 //! orphaned but kept while others wait, and the next tick starts it again
 //! from the root context.
 
-use crate::verified::TokenHash as Key;
+use crate::verified::TokenHash;
 use crate::verify::Principal;
 use std::collections::HashMap;
 use std::rc::Rc;
+
+/// The exchange target (an index into the filter's targets) and the subject token's SHA-256.
+pub type Key = (usize, TokenHash);
 
 pub struct Flight {
     /// The callout's token; `None` while orphaned.
@@ -100,16 +103,21 @@ impl Flights {
         }
     }
 
-    /// Removes and returns the flights `pred` picks.
-    pub fn take(&mut self, pred: impl Fn(&Flight) -> bool) -> Vec<Flight> {
-        let keys: Vec<Key> = self.by_key.iter().filter(|(_, f)| pred(f)).map(|(k, _)| *k).collect();
+    /// Removes and returns the flights `pred` picks, with their keys.
+    pub fn take(&mut self, pred: impl Fn(&Key, &Flight) -> bool) -> Vec<(Key, Flight)> {
+        let keys: Vec<Key> = self
+            .by_key
+            .iter()
+            .filter(|(k, f)| pred(k, f))
+            .map(|(k, _)| *k)
+            .collect();
         keys.into_iter()
             .filter_map(|k| {
                 let f = self.by_key.remove(&k)?;
                 if let Some(t) = f.token {
                     self.by_token.remove(&t);
                 }
-                Some(f)
+                Some((k, f))
             })
             .collect()
     }

@@ -77,6 +77,7 @@ mod tests {
                 client: None,
                 exp,
                 key_id,
+                scopes: vec![],
             }),
             hash: [0; 32],
         }

@@ -1,6 +1,8 @@
-//! Verifying one bearer token against the issuer's keys and our policy:
-//! algorithm allow-list, key choice, signature, `iss`, `aud`, `exp`/`nbf`/`iat`
-//! with skew, and required scopes.
+//! Verifying one bearer token against the issuer's keys: algorithm
+//! allow-list, key choice, signature, `iss`, `aud`, `exp`/`nbf`/`iat` with
+//! skew. Which scopes a request needs depends on its route, so the granted
+//! scopes travel with the principal and `Principal::has_scopes` checks them
+//! on every request, verified just now or remembered.
 //!
 //! Signatures are checked by jwt-simple, except RS256/384/512, which `rsa`
 //! checks several times faster; the claims are checked here, the same way
@@ -33,8 +35,6 @@ pub enum Reject {
     NotYetValid,
     Issuer,
     Audience,
-    /// Valid, but without every required scope: a 403, not a 401.
-    InsufficientScope,
 }
 
 impl Reject {
@@ -49,7 +49,6 @@ impl Reject {
             Reject::NotYetValid => "token not yet valid",
             Reject::Issuer => "issuer not accepted",
             Reject::Audience => "audience not accepted",
-            Reject::InsufficientScope => "insufficient scope",
         }
     }
 }
@@ -64,6 +63,15 @@ pub struct Principal {
     pub exp: u64,
     /// The key that verified it (`jwks::Key::id`).
     pub key_id: u64,
+    /// Granted scopes, from `scope` or `scp`.
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    /// Whether every scope in `required` was granted.
+    pub fn has_scopes(&self, required: &[String]) -> bool {
+        required.iter().all(|r| self.scopes.contains(r))
+    }
 }
 
 /// Claims beyond the registered ones that we read.
@@ -78,7 +86,6 @@ pub struct Extra {
 pub struct Verifier {
     issuer: String,
     audiences: HashSet<String>,
-    required_scopes: Vec<String>,
     skew: u64,
 }
 
@@ -101,7 +108,6 @@ impl Verifier {
         Verifier {
             issuer: oidc.issuer.clone(),
             audiences: oidc.audiences.iter().cloned().collect(),
-            required_scopes: oidc.required_scopes.clone(),
             skew: oidc.clock_skew_seconds,
         }
     }
@@ -142,7 +148,7 @@ impl Verifier {
         .into())
     }
 
-    /// The registered claims with skew, then the scopes.
+    /// The registered claims, with skew.
     fn check(&self, claims: JWTClaims<Extra>, key_id: u64, now: u64) -> Result<Principal, Failure> {
         let sub = claims.subject.clone();
         let fail = |reject| Failure {
@@ -166,13 +172,10 @@ impl Verifier {
         if !claims.audiences.as_ref().is_some_and(|a| a.contains(&self.audiences)) {
             return Err(fail(Reject::Audience));
         }
-        let granted = scopes(&claims.custom);
-        if !self.required_scopes.iter().all(|r| granted.contains(&r.as_str())) {
-            return Err(fail(Reject::InsufficientScope));
-        }
         Ok(Principal {
+            scopes: scopes(&claims.custom),
+            client: claims.custom.azp.or(claims.custom.client_id),
             sub,
-            client: claims.custom.azp.clone().or_else(|| claims.custom.client_id.clone()),
             exp,
             key_id,
         })
@@ -232,12 +235,12 @@ fn fast_rsa(rsa: &RsaKey, alg: Alg, meta: &TokenMetadata, token: &str) -> Result
 
 /// Scopes from `scope` (space-separated, RFC 8693/9068) or `scp` (Okta and
 /// Entra: a string or a list).
-fn scopes(extra: &Extra) -> Vec<&str> {
+fn scopes(extra: &Extra) -> Vec<String> {
     let mut out = Vec::new();
     for v in [&extra.scope, &extra.scp].into_iter().flatten() {
         match v {
-            Value::String(s) => out.extend(s.split(' ').filter(|s| !s.is_empty())),
-            Value::Array(a) => out.extend(a.iter().filter_map(Value::as_str)),
+            Value::String(s) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from)),
+            Value::Array(a) => out.extend(a.iter().filter_map(Value::as_str).map(String::from)),
             _ => {}
         }
     }

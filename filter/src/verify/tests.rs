@@ -5,14 +5,19 @@ use serde_json::json;
 
 const ISS: &str = "https://idp.example.com/mcp";
 
-fn verifier(required: &[&str]) -> Verifier {
+/// A verifier, and the scopes a route requires (checked after it, as the filter does).
+fn verifier(required: &[&str]) -> (Verifier, Vec<String>) {
     let cfg = serde_json::json!({"oidc": {
         "issuer": ISS, "audience": ["mcpserver", "other"],
         "jwksUrl": "https://idp.example.com/keys", "requiredScopes": required,
         "clockSkewSeconds": 60
     }});
-    Verifier::new(&parse(cfg.to_string().as_bytes()).unwrap().oidc)
+    let config = parse(cfg.to_string().as_bytes()).unwrap();
+    (Verifier::new(&config.oidc), config.oidc.required_scopes)
 }
+
+/// Stands for the 403 the filter answers when `has_scopes` fails.
+const INSUFFICIENT_SCOPE: Reject = Reject::Malformed;
 
 fn keys(list: &[serde_json::Value]) -> KeySet {
     KeySet::parse(jwks(list).as_bytes()).unwrap().0
@@ -22,9 +27,14 @@ fn rs_keys() -> KeySet {
     keys(&[rsa_jwk("k1", Some("RS256")), testkeys::es256_jwk("ec1")])
 }
 
-fn check(v: &Verifier, ks: &KeySet, token: &str) -> Result<Principal, Reject> {
+fn check((v, required): &(Verifier, Vec<String>), ks: &KeySet, token: &str) -> Result<Principal, Reject> {
     let mut n = 0;
-    v.verify(ks, token, now_secs(), &mut n).map_err(|f| f.reject)
+    let p = v.verify(ks, token, now_secs(), &mut n).map_err(|f| f.reject)?;
+    if p.has_scopes(required) {
+        Ok(p)
+    } else {
+        Err(INSUFFICIENT_SCOPE)
+    }
 }
 
 fn signed(c: JWTClaims<testkeys::Extra>) -> String {
@@ -110,7 +120,7 @@ fn scopes_from_scope_or_scp() {
     assert!(check(&v, &rs_keys(), &signed(claims(ISS, "mcpserver", "b  a c"))).is_ok());
     assert_eq!(
         check(&v, &rs_keys(), &signed(claims(ISS, "mcpserver", "a"))),
-        Err(Reject::InsufficientScope)
+        Err(INSUFFICIENT_SCOPE)
     );
     let mut c = claims(ISS, "mcpserver", "");
     c.custom.scope = None;
@@ -119,18 +129,20 @@ fn scopes_from_scope_or_scp() {
     c.custom.scp = Some("a b".into());
     assert!(check(&v, &rs_keys(), &signed(c.clone())).is_ok());
     c.custom.scp = None;
-    assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(Reject::InsufficientScope));
+    assert_eq!(check(&v, &rs_keys(), &signed(c)), Err(INSUFFICIENT_SCOPE));
 }
 
 #[test]
-fn scope_failure_still_reports_sub() {
-    let v = verifier(&["a"]);
+fn granted_scopes_travel_with_the_principal() {
+    let (v, _) = verifier(&["a"]);
     let mut n = 0;
-    let f = v
-        .verify(&rs_keys(), &signed(claims(ISS, "mcpserver", "")), now_secs(), &mut n)
-        .unwrap_err();
-    assert_eq!(f.reject, Reject::InsufficientScope);
-    assert_eq!(f.sub.as_deref(), Some("alice"));
+    let p = v
+        .verify(&rs_keys(), &signed(claims(ISS, "mcpserver", "b a")), now_secs(), &mut n)
+        .unwrap();
+    assert_eq!(p.scopes, vec!["b", "a"]);
+    assert!(p.has_scopes(&["a".into()]) && p.has_scopes(&[]));
+    assert!(!p.has_scopes(&["a".into(), "c".into()]));
+    assert!(!p.has_scopes(&["b a".into()]), "a scope is one word, not a substring");
 }
 
 #[test]
@@ -197,6 +209,7 @@ fn bad_signature_and_tampering_rejected() {
 #[test]
 fn kid_selection() {
     let v = verifier(&[]);
+    let verifier_only = &v.0;
     let mut j2 = rsa_jwk("k2", Some("RS256"));
     let k2pub: serde_json::Value = serde_json::from_str(&rsa(RSA2, "k2").public_key().to_jwk()).unwrap();
     j2["n"] = k2pub["n"].clone();
@@ -208,7 +221,7 @@ fn kid_selection() {
     let t = rsa(RSA2, "k1").sign(claims(ISS, "mcpserver", "")).unwrap();
     let mut n = 0;
     assert_eq!(
-        v.verify(&set, &t, now_secs(), &mut n).unwrap_err().reject,
+        verifier_only.verify(&set, &t, now_secs(), &mut n).unwrap_err().reject,
         Reject::BadSignature
     );
     assert_eq!(n, 1);
@@ -218,7 +231,7 @@ fn kid_selection() {
         .sign(claims(ISS, "mcpserver", ""))
         .unwrap();
     let mut n = 0;
-    assert!(v.verify(&set, &t, now_secs(), &mut n).is_ok());
+    assert!(verifier_only.verify(&set, &t, now_secs(), &mut n).is_ok());
     assert_eq!(n, 2);
     // Without a kid and with no key of the algorithm.
     let es = ES384KeyPair::generate().sign(claims(ISS, "mcpserver", "")).unwrap();
