@@ -23,7 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 JWKS_URL = os.environ.get("BACKEND_JWKS_URL")
 ISSUER = os.environ.get("BACKEND_ISSUER")
-AUDIENCE = os.environ.get("BACKEND_AUDIENCE")
+# One audience, or several separated by commas (any of them is accepted).
+AUDIENCE = os.environ.get("BACKEND_AUDIENCE", "").split(",")
 _jwks = None
 if JWKS_URL:
     import jwt  # PyJWT, from tests/requirements.txt

