@@ -4,7 +4,8 @@
   read as shipped) into the ECDS resource istiod sends, with the module
   already pulled, as Istio's agent rewrites it: filter name
   `extensions.istio.io/wasmplugin/<ns>.<name>`, `config.name` `<ns>.<name>`,
-  `root_id` = pluginName, no `vm_id`, `configuration` a StringValue holding
+  `root_id` = pluginName, no `vm_id` (Istio 1.30+ names it
+  `extensions.istio.io/trafficextension/<ns>.<name>~istio-translated-wasmplugin`), `configuration` a StringValue holding
   the JSON of pluginConfig with every number a double (a protobuf Struct has
   no integers), `vmConfig.env` as `key_values`/`host_env_keys`, and
   `failStrategy` as `failure_policy`. `deny_resource` is what the agent
@@ -67,9 +68,18 @@ def as_doubles(value):
     return {k: as_doubles(v) for k, v in value.items()}
 
 
-def filter_name(wp):
+def plugin_name(wp):
+    """`config.name`: `<ns>.<name>`; Istio 1.30+ translates a WasmPlugin into a
+    TrafficExtension and adds a suffix (`istio1_30: true` in the manifest
+    dict marks a test's copy to be delivered that way)."""
     m = wp["metadata"]
-    return f"extensions.istio.io/wasmplugin/{m['namespace']}.{m['name']}"
+    suffix = "~istio-translated-wasmplugin" if wp.get("istio1_30") else ""
+    return f"{m['namespace']}.{m['name']}{suffix}"
+
+
+def filter_name(wp):
+    kind = "trafficextension" if wp.get("istio1_30") else "wasmplugin"
+    return f"extensions.istio.io/{kind}/{plugin_name(wp)}"
 
 
 def ecds_resource(wp, module_path):
@@ -82,7 +92,7 @@ def ecds_resource(wp, module_path):
         else:
             env["key_values"][e["name"]] = e.get("value", "")
     config = {
-        "name": f"{meta['namespace']}.{meta['name']}",
+        "name": plugin_name(wp),
         "root_id": spec.get("pluginName", ""),
         "vm_config": {
             "runtime": "envoy.wasm.runtime.v8",

@@ -106,7 +106,7 @@ def idps(module_cleanup):
                            mcp_as.token(*TESTER, resource, scope))
 
 
-def istio_envoy(cleanup, idps, plugins, ecds):
+def istio_envoy(cleanup, idps, plugins, ecds, env=None):
     """Envoy with one listener per WasmPlugin, each filter fed by ECDS from
     `ecds` and placed first (phase AUTHN), as istiod builds the chain."""
     listeners, ports = [], {}
@@ -116,7 +116,7 @@ def istio_envoy(cleanup, idps, plugins, ecds):
         listeners.append(hcm_listener(key, ports[key], [ecds.http_filter(filter_name(wp))], route))
     admin = free_port()
     envoy = EnvoyProc(cleanup, "envoy-istio", envoy_bootstrap(admin, listeners, idps.clusters), admin,
-                      env={"TOKEN_EXCHANGE_CLIENT_SECRET": SECRET})
+                      env=env or {"TOKEN_EXCHANGE_CLIENT_SECRET": SECRET})
     envoy.wait_ready(ports.values())
     envoy.ports = ports
     return envoy
@@ -138,9 +138,10 @@ def seen(body):
 def mesh(module_cleanup, module, idps):
     """One Envoy carrying the gateway plugin, the sidecar plugin, and a second
     gateway plugin (test 4) that differs from the first only in its name and
-    one cache setting, so only the shared-data prefix keeps them apart."""
+    one cache setting, so only the shared-data prefix keeps them apart. The
+    second is delivered as Istio 1.30+ names it."""
     ecds = Ecds("mesh")
-    second = clone(GATEWAY, **{"metadata.name": "token-exchange-b",
+    second = clone(GATEWAY, istio1_30=True, **{"metadata.name": "token-exchange-b",
                                "spec.pluginConfig": {**GATEWAY["spec"]["pluginConfig"],
                                                      "cache": {"maxEntries": 10000, "expirySkewSeconds": 29}}})
     plugins = {"gateway": GATEWAY, "sidecar": SIDECAR, "gateway-b": second}
@@ -167,8 +168,12 @@ def test_ecds_resource_is_what_istiod_sends(module):
 def test_envoy_loaded_each_plugin_as_istio_names_it(mesh):
     dump = json.loads(call(mesh.admin, "/config_dump?resource=ecds_filters")[2])
     loaded = {c["ecds_filter"]["name"]: c["ecds_filter"]["typed_config"] for c in dump["configs"]}
-    for wp in (GATEWAY, SIDECAR):
-        cfg = loaded[filter_name(wp)]["config"]
+    assert set(loaded) == {
+        "extensions.istio.io/wasmplugin/istio-system.token-exchange",
+        "extensions.istio.io/wasmplugin/mcp.token-exchange",
+        "extensions.istio.io/trafficextension/istio-system.token-exchange-b~istio-translated-wasmplugin",
+    }
+    for cfg in (c["config"] for c in loaded.values()):
         assert cfg["root_id"] == "token-exchange" and "vm_id" not in cfg["vm_config"]
     log = mesh.proc.text()
     assert "token-exchange-filter configured" in log
@@ -254,6 +259,31 @@ def test_two_plugins_share_no_cache_entries(mesh, idps):
     assert idps.backend_as.exchanges() == before + 2
 
 
+def test_every_shipped_wasmplugin_is_accepted(cleanup, module, idps):
+    """Every WasmPlugin under istio/, the ToolHive translations included, is
+    accepted by the filter as Istio delivers it: no manifest ships a config
+    the filter would refuse."""
+    from istio import manifests
+
+    plugins, env = {}, {}
+    for path in sorted(ISTIO.rglob("*.yaml")):
+        for i, wp in enumerate(manifests(path).get("WasmPlugin", [])):
+            key = f"{path.stem}-{i}"
+            plugins[key] = clone(wp, **{"metadata.name": key})
+            for te, _ in [(wp["spec"]["pluginConfig"].get("tokenExchange"), None)] + [
+                    (r.get("tokenExchange"), None) for r in wp["spec"]["pluginConfig"].get("rules", [])]:
+                if te and te.get("clientSecretEnv"):
+                    env[te["clientSecretEnv"]] = "a-secret"
+    assert {"wasmplugin-gateway-0", "wasmplugin-sidecar-0", "okta-wasmplugin-0", "bigquery-wasmplugin-0"} <= set(plugins)
+    ecds = Ecds("all")
+    for wp in plugins.values():
+        ecds.put(ecds_resource(wp, module.path))
+    envoy = istio_envoy(cleanup, idps, plugins, ecds, env=env)
+    dump = json.loads(call(envoy.admin, "/config_dump?resource=ecds_filters")[2])
+    assert {c["ecds_filter"]["name"] for c in dump["configs"]} == {filter_name(wp) for wp in plugins.values()}
+    assert "invalid configuration" not in envoy.proc.text()
+
+
 def wait_for(predicate, what, timeout=15.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -296,3 +326,135 @@ def test_live_reload_bad_config_and_failed_pull(cleanup, module, idps):
              "the deny-all filter")
     assert get(envoy, "gateway", "/healthz")[0] == 403, "nothing passes, not even skipped routes"
     assert envoy.proc.proc.pid == pid and envoy.proc.proc.poll() is None, "no restart"
+
+
+# ---------------------------------------------------------------------------
+# Test 6: Envoy Gateway's shape for an EnvoyExtensionPolicy (envoy-gateway/),
+# as internal/xds/translator/wasm.go and utils.go generate it.
+
+EG = ROOT / "envoy-gateway"
+
+
+def eg_shape(policy, index, module_url, module_sha256):
+    """The HCM filter and the per-route enablement EG generates for
+    `spec.wasm[index]`: the filter is in every HCM, disabled, and turned on
+    per route with a FilterConfig; each policy entry gets its own vm_id; the
+    code comes from EG's module server over `wasm_cluster`, checked by the
+    .wasm file's sha256."""
+    meta, wasm = policy["metadata"], policy["spec"]["wasm"][index]
+    ir_name = f"envoyextensionpolicy/{meta['namespace']}/{meta['name']}/wasm/{index}"
+    name = f"envoy.filters.http.wasm/{ir_name}"
+    config = {
+        "name": wasm.get("name", ir_name),
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                          "value": json.dumps(wasm.get("config", {}))},
+        "vm_config": {
+            "vm_id": ir_name,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"remote": {
+                "http_uri": {"uri": module_url, "cluster": "wasm_cluster", "timeout": "10s"},
+                "sha256": module_sha256,
+                "retry_policy": {"num_retries": 10, "retry_back_off": {"base_interval": "1s", "max_interval": "30s"}},
+            }},
+        },
+    }
+    if wasm.get("rootID"):
+        config["root_id"] = wasm["rootID"]
+    if wasm.get("failOpen"):
+        config["fail_open"] = True
+    if wasm.get("env", {}).get("hostKeys"):
+        config["vm_config"]["environment_variables"] = {"host_env_keys": wasm["env"]["hostKeys"]}
+    http_filter = {"name": name, "disabled": True,
+                   "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                    "config": config}}
+    enable = {name: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}
+    return http_filter, enable
+
+
+def eg_patched_clusters(patch_policy, front_port, ca):
+    """The clusters an EnvoyPatchPolicy adds, pointed at the test's TLS front
+    and trusting the test CA instead of the system bundle."""
+    out = []
+    for p in patch_policy["spec"]["jsonPatches"]:
+        assert p["type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster" and p["operation"]["op"] == "add"
+        c = json.loads(json.dumps(p["operation"]["value"]))
+        c["type"] = "STATIC"
+        c.pop("dns_lookup_family", None)
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] = {
+            "address": "127.0.0.1", "port_value": front_port}
+        vc = c["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+        vc["trusted_ca"] = {"filename": str(ca)}
+        out.append(c)
+    return out
+
+
+class ModuleServer:
+    """Serves one file over HTTP, standing in for EG's module cache server."""
+
+    def __init__(self, path):
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        directory = str(path.parent)
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=directory, **kw)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/{path.name}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_envoy_gateway_shape(cleanup, module, idps):
+    import hashlib
+
+    from istio import manifests
+
+    policy = manifests(EG / "envoyextensionpolicy.yaml")["EnvoyExtensionPolicy"][0]
+    patch = manifests(EG / "envoypatchpolicy.yaml")["EnvoyPatchPolicy"][0]
+    server = cleanup.add(ModuleServer(module.path))
+    sha = hashlib.sha256(module.path.read_bytes()).hexdigest()
+    http_filter, enable = eg_shape(policy, 0, server.url, sha)
+    assert http_filter["typed_config"]["config"]["vm_config"]["vm_id"] == "envoyextensionpolicy/mcp/token-exchange/wasm/0"
+    routes = [
+        {"match": {"prefix": "/public/"}, "route": {"cluster": "backend"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "backend"}, "typed_per_filter_config": enable},
+    ]
+    port, admin = free_port(), free_port()
+    front = idps.front
+    ca = next(c for c in idps.clusters if "transport_socket" in c)["transport_socket"]["typed_config"][
+        "common_tls_context"]["validation_context"]["trusted_ca"]["filename"]
+    clusters = [static_cluster("backend", idps.backend.port), static_cluster("wasm_cluster", server.port)]
+    clusters += eg_patched_clusters(patch, front.port, ca)
+    envoy = EnvoyProc(cleanup, "envoy-eg", envoy_bootstrap(admin, [hcm_listener("eg", port, [http_filter], routes)],
+                                                           clusters), admin,
+                      env={"TOKEN_EXCHANGE_CLIENT_SECRET": SECRET}).wait_ready([port])
+    envoy.ports = {"eg": port}
+    log = envoy.proc.text()
+    assert "via cluster token-exchange-idp" in log
+
+    status, headers, _ = get(envoy, "eg")
+    assert status == 401 and "resource_metadata=" in headers["www-authenticate"]
+    token = idps.token()
+    before = idps.backend_as.exchanges()
+    status, _, body = get(envoy, "eg", token=token)
+    assert status == 200, body
+    claims = seen(body)["verified_claims"]
+    assert (claims["iss"], claims["aud"], claims["sub"]) == (BACKEND_ISSUER, "backend", decode_part(token, 1)["sub"])
+    assert get(envoy, "eg", token=token)[0] == 200
+    assert idps.backend_as.exchanges() == before + 1, "cached"
+    assert get(envoy, "eg", token=tamper_signature(token))[0] == 401
+    # A route the policy does not enable the filter on: it never runs there.
+    served = idps.backend.requests()
+    status, headers, body = get(envoy, "eg", "/public/x", token=token)
+    assert idps.backend.requests() == served + 1
+    assert "www-authenticate" not in headers and token in body, "unfiltered: the caller's own token"
