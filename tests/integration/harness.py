@@ -220,7 +220,39 @@ def envoy_config(listeners, admin_port, backend_port, clusters, direct_response=
     return doc
 
 
-class Envoy:
+class EnvoyProcess:
+    """Envoy running bootstrap `doc` (written to tests/.work/<name>-<admin>.yaml),
+    its admin API on `admin`; `env` is its process environment."""
+
+    def __init__(self, cleanup, name, doc, admin, concurrency=2, log_level="info", env=None):
+        self.admin = admin
+        WORK.mkdir(parents=True, exist_ok=True)
+        self.config_path = WORK / f"{name}-{admin}.yaml"
+        self.config_path.write_text(yaml.safe_dump(doc))
+        cmd = [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),
+               "--disable-hot-restart", "-l", log_level]
+        if log_level == "info":
+            cmd += ["--component-log-level", "wasm:debug"]
+        self.proc = cleanup.add(Proc(name, cmd, env=env))
+
+    def wait_ready(self, ports=(), timeout=30.0):
+        """Waits for /ready and for every port in `ports` to listen."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.proc.returncode}:\n{tail(self.proc.log)}")
+            try:
+                if call(self.admin, "/ready")[0] == 200:
+                    for port in ports:
+                        wait_port(port, self.proc.proc, self.proc.log)
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"envoy not ready after {timeout}s:\n{tail(self.proc.log)}")
+
+
+class Envoy(EnvoyProcess):
     """Envoy with the filter on `port`, and on each of `extra_listeners`
     ((port, plugin config) pairs); `env` is its process environment, where
     the filter reads secrets from."""
@@ -228,41 +260,15 @@ class Envoy:
     def __init__(self, cleanup, backend_port, plugin_config, clusters, port=None, concurrency=2,
                  direct_response=False, log_level="info", extra_listeners=(), env=None):
         self.port = port or free_port()
-        self.admin = free_port()
+        admin = free_port()
         env = dict(env or {})
         env.setdefault("TOKEN_EXCHANGE_CLIENT_SECRET", "unused")
         listeners = [(self.port, plugin_config)] + list(extra_listeners)
-        doc = envoy_config(listeners, self.admin, backend_port, clusters, direct_response, env_keys=env)
-        WORK.mkdir(parents=True, exist_ok=True)
-        self.config_path = WORK / f"envoy-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(doc))
-        cmd = [
-            str(ENVOY),
-            "-c",
-            str(self.config_path),
-            "--concurrency",
-            str(concurrency),
-            "--disable-hot-restart",
-            "-l",
-            log_level,
-        ]
-        if log_level == "info":
-            cmd += ["--component-log-level", "wasm:debug"]
-        self.proc = cleanup.add(Proc("envoy", cmd, env=env))
+        doc = envoy_config(listeners, admin, backend_port, clusters, direct_response, env_keys=env)
+        super().__init__(cleanup, "envoy", doc, admin, concurrency, log_level, env)
 
     def wait_ready(self, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited with {self.proc.proc.returncode}:\n{tail(self.proc.log)}")
-            try:
-                if call(self.admin, "/ready")[0] == 200:
-                    wait_port(self.port, self.proc.proc, self.proc.log)
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"envoy not ready after {timeout}s:\n{tail(self.proc.log)}")
+        return super().wait_ready([self.port], timeout)
 
     def get(self, path="/mcp", token=None, headers=None, method="GET", port=None):
         h = dict(headers or {})

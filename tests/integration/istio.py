@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import ENVOY, WORK, Proc, call, free_port, wait_port
+from harness import WORK, EnvoyProcess, call, free_port
 
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -235,34 +235,8 @@ def hcm_listener(name, port, http_filters, routes, per_route=None, tls=None):
             "filter_chains": [chain]}
 
 
-class EnvoyProc:
-    """An Envoy from a bootstrap dict; `env` is its environment."""
-
-    def __init__(self, cleanup, name, bootstrap, admin_port, env=None, concurrency=2):
-        self.admin = admin_port
-        WORK.mkdir(parents=True, exist_ok=True)
-        path = WORK / f"{name}-{os.getpid()}-{admin_port}.yaml"
-        path.write_text(yaml.safe_dump(bootstrap))
-        cmd = [str(ENVOY), "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart",
-               "-l", "info", "--component-log-level", "wasm:debug"]
-        self.proc = cleanup.add(Proc(name, cmd, env=env))
-
-    def wait_ready(self, ports=(), timeout=30.0):
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited:\n{self.proc.text()[-3000:]}")
-            try:
-                if call(self.admin, "/ready")[0] == 200:
-                    for p in ports:
-                        wait_port(p, self.proc.proc, self.proc.log)
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"envoy not ready:\n{self.proc.text()[-3000:]}")
+class EnvoyProc(EnvoyProcess):
+    """`EnvoyProcess` with a `stats` reader."""
 
     def stats(self, contains):
         """Counters whose name contains `contains`."""
@@ -301,8 +275,8 @@ class IdpFront:
             "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
         listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["domains"] = [
             host, f"{host}:443"]
-        self.envoy = EnvoyProc(cleanup, "idp-front", envoy_bootstrap(admin, [listener], clusters), admin,
-                               concurrency=1).wait_ready([self.port])
+        self.envoy = EnvoyProcess(cleanup, "idp-front", envoy_bootstrap(admin, [listener], clusters), admin,
+                                  concurrency=1).wait_ready([self.port])
 
 
 def clone(doc, **changes):
