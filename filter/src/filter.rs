@@ -260,7 +260,13 @@ impl Filter {
             return Step::Continue;
         };
         let Some(x) = self.exchanges.get_mut(target) else {
-            return Step::Continue;
+            // Cannot happen (targets are built with the policies), but never
+            // forward the caller's token where an exchange was configured.
+            return Step::Deny(
+                self.policies[policy]
+                    .challenges
+                    .unavailable("token exchange unavailable"),
+            );
         };
         let Verified { principal, hash } = verified;
         if let Some(value) = x.cache.get(host, &hash, now) {
