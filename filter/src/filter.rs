@@ -174,10 +174,22 @@ impl Filter {
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host) -> Action {
-        if let Some(action) = self.serve_metadata(host) {
+        // Each header read is a call into the proxy: read `:path` once, and
+        // only when the metadata or a rule needs it.
+        let path = if self.metadata.is_some() || self.routes.by_path() {
+            host.request_header(":path")
+        } else {
+            None
+        };
+        if let Some(action) = self.serve_metadata(host, path.as_deref()) {
             return action;
         }
-        let policy = match self.routes.select(host) {
+        let authority = if self.routes.by_host() {
+            host.request_header(":authority")
+        } else {
+            None
+        };
+        let policy = match self.routes.select(authority.as_deref(), path.as_deref()) {
             Ok(Route::Policy(p)) => p,
             Ok(Route::Skip) => return Action::Continue,
             Err(_) => {
@@ -553,10 +565,9 @@ impl Filter {
     }
 
     /// Answers RFC 9728 metadata requests without authentication.
-    fn serve_metadata(&self, host: &mut dyn Host) -> Option<Action> {
+    fn serve_metadata(&self, host: &mut dyn Host, path: Option<&str>) -> Option<Action> {
         let meta = self.metadata.as_ref()?;
-        let path = host.request_header(":path")?;
-        if path.split('?').next() != Some(meta.path.as_str()) {
+        if path?.split('?').next() != Some(meta.path.as_str()) {
             return None;
         }
         let cors = ("access-control-allow-origin", "*");

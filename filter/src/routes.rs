@@ -8,7 +8,6 @@
 //! rule. Envoy's `normalize_path` and `merge_slashes` (Istio sets both)
 //! make such paths rare before they reach the filter.
 
-use crate::host::Host;
 use plugin_config::Match;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,40 +37,41 @@ impl Routes {
         }
     }
 
-    pub fn select(&self, host: &dyn Host) -> Result<Route, NotNormal> {
+    /// Whether any rule looks at `:authority` / `:path`: the caller reads
+    /// only the headers a match needs (each read is a call into the proxy).
+    pub fn by_host(&self) -> bool {
+        self.by_host
+    }
+
+    pub fn by_path(&self) -> bool {
+        self.by_path
+    }
+
+    /// The route for a request with these `:authority` and `:path` values
+    /// (`None` when not read or absent).
+    pub fn select(&self, authority: Option<&str>, path: Option<&str>) -> Result<Route, NotNormal> {
         if self.rules.is_empty() {
             return Ok(Route::Policy(0));
         }
-        let authority = if self.by_host {
-            host.request_header(":authority")
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        } else {
-            String::new()
-        };
-        let path = if self.by_path {
-            let full = host.request_header(":path").unwrap_or_default();
-            let path = full.split(['?', '#']).next().unwrap_or_default().to_string();
-            if !is_normal(&path) {
-                return Err(NotNormal);
-            }
-            path
-        } else {
-            String::new()
-        };
+        let authority = authority.unwrap_or_default();
+        let path = path.unwrap_or_default();
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        if self.by_path && !is_normal(path) {
+            return Err(NotNormal);
+        }
         Ok(self
             .rules
             .iter()
             .find(|(m, _)| {
-                (m.hosts.is_empty() || m.hosts.iter().any(|h| host_matches(h, &authority)))
+                (m.hosts.is_empty() || m.hosts.iter().any(|h| host_matches(h, authority)))
                     && m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
             .map_or(Route::Policy(0), |(_, r)| *r))
     }
 }
 
-/// `pattern` (lower-case, from the config) against the request's authority:
-/// without a port in the pattern, the authority's port is ignored.
+/// `pattern` (lower-case, from the config) against the request's authority,
+/// ignoring case; without a port in the pattern, the authority's port is ignored.
 fn host_matches(pattern: &str, authority: &str) -> bool {
     let (name, port) = split_port(pattern);
     let (req_name, req_port) = split_port(authority);
@@ -81,8 +81,13 @@ fn host_matches(pattern: &str, authority: &str) -> bool {
     match name.strip_prefix('*') {
         Some("") => true,
         // `*.example.com`: one or more labels before the suffix.
-        Some(suffix) => req_name.len() > suffix.len() && req_name.ends_with(suffix),
-        None => name == req_name,
+        Some(suffix) => {
+            req_name.len() > suffix.len()
+                && req_name
+                    .get(req_name.len() - suffix.len()..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+        }
+        None => name.eq_ignore_ascii_case(req_name),
     }
 }
 
@@ -105,7 +110,6 @@ fn is_normal(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::Mock;
 
     fn m(hosts: &[&str], prefix: Option<&str>) -> Match {
         Match {
@@ -115,17 +119,16 @@ mod tests {
     }
 
     fn select(routes: &Routes, authority: &str, path: &str) -> Result<Route, NotNormal> {
-        let mut mock = Mock::new();
-        mock.open(2, &[(":authority", authority), (":path", path)]);
-        routes.select(&mock)
+        routes.select(Some(authority), Some(path))
     }
 
     #[test]
-    fn no_rules_is_the_default_without_reading_headers() {
+    fn no_rules_is_the_default_and_needs_no_headers() {
         let routes = Routes::new(vec![]);
-        let mut mock = Mock::new();
-        mock.open(2, &[]);
-        assert_eq!(routes.select(&mock), Ok(Route::Policy(0)));
+        assert!(!routes.by_host() && !routes.by_path());
+        assert_eq!(routes.select(None, None), Ok(Route::Policy(0)));
+        let routes = Routes::new(vec![(m(&["h"], None), Route::Skip)]);
+        assert!(routes.by_host() && !routes.by_path());
     }
 
     #[test]

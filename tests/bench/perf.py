@@ -43,6 +43,7 @@ VARIANTS = [
     ("jwt_authn_cache", "3. jwt_authn + jwt_cache_config"),
     ("validate", "4. this filter, validation only (repeat token)"),
     ("exchange", "5. this filter + exchange, cache hit"),
+    ("rules", "8. as 5, behind 3 route rules that do not match"),
     ("floor", "7. wasm floor (read + set one header)"),
 ]
 SHORT = {
@@ -51,6 +52,7 @@ SHORT = {
     "jwt_authn_cache": "jwt_authn\n+ cache",
     "validate": "this filter:\nvalidation",
     "exchange": "this filter:\nexchange hit",
+    "rules": "exchange hit\n+ 3 rules",
     "floor": "wasm floor",
     "cold": "this filter:\nnew user",
 }
@@ -275,6 +277,13 @@ def run_throughput(args, cleanup, report):
         "jwt_authn_cache": [jwt_authn(mcp.issuer, jwks, cache=True)],
         "validate": [wasm_filter(WASM, {"oidc": oidc}, "tef", env_keys)],
         "exchange": [wasm_filter(WASM, exchange, "tef", env_keys)],
+        # The cost of matching: a host rule, a path rule with its own
+        # exchange target, and a skip, none of which match /mcp.
+        "rules": [wasm_filter(WASM, {**exchange, "rules": [
+            {"match": {"hosts": ["api.example.com"]}, "requiredScopes": ["admin"]},
+            {"match": {"pathPrefix": "/github/"}, "tokenExchange": {**exchange["tokenExchange"], "audience": "github"}},
+            {"match": {"pathPrefix": "/healthz"}, "skip": True},
+        ]}, "tef", env_keys)],
         "floor": [wasm_filter(FLOOR, None, "floor")],
     }
     listeners = [listener(k, ports[k], filters[k]) for k, _ in VARIANTS]
