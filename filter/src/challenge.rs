@@ -2,6 +2,7 @@
 //! challenges, JSON error bodies, and the RFC 9728 protected-resource metadata
 //! that tells an MCP client where to get a token.
 
+use base64::Engine;
 use plugin_config::{Config, Resource};
 use serde_json::json;
 
@@ -107,6 +108,27 @@ impl Challenges {
             retry_after: None,
             error: "insufficient_scope",
             description: "insufficient scope",
+        }
+    }
+
+    /// The IdP wants more of the user (Entra's Conditional Access): the
+    /// client should sign the user in again asking for `claims`, which Entra
+    /// gives as JSON and challenges carry base64-encoded, as Microsoft's own
+    /// do, so no quoting can break the header.
+    pub fn insufficient_claims(&self, claims: Option<&str>) -> Denial {
+        let mut header = self.header(Some(("insufficient_claims", "additional claims are required")), false);
+        if let Some(c) = claims {
+            header.push_str(&format!(
+                ", claims=\"{}\"",
+                base64::engine::general_purpose::STANDARD.encode(c)
+            ));
+        }
+        Denial {
+            status: 401,
+            www_authenticate: Some(header),
+            retry_after: None,
+            error: "insufficient_claims",
+            description: "additional claims are required",
         }
     }
 

@@ -12,14 +12,14 @@
 use crate::bearer::{self, Bearer};
 use crate::cache::TokenCache;
 use crate::challenge::{self, metadata_document, Challenges, Denial};
-use crate::exchange::{Exchanged, Exchanger, Failure};
+use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step as ExchangeStep};
 use crate::host::{CalloutResponse, Host};
 use crate::jwks_cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
 use crate::routes::{Route, Routes};
 use crate::singleflight::{Flight, Flights, Key as FlightKey};
 use crate::verified::{Verified, VerifiedCache};
 use crate::verify::{Principal, Reject, Verifier};
-use plugin_config::{Config, RuleAction, RuleExchange, TokenExchange};
+use plugin_config::{Config, ConfigError, RuleAction, RuleExchange, TokenExchange};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -100,8 +100,9 @@ pub struct Filter {
 impl Filter {
     /// `plugin_name` and the config's fingerprint prefix every shared-data key:
     /// Istio gives all plugins on a proxy one keyspace, and a changed config
-    /// must never read state written under the old one.
-    pub fn new(config: &Config, plugin_name: &str) -> Filter {
+    /// must never read state written under the old one. Fails on what only
+    /// the filter can check: a client assertion key that does not fit.
+    pub fn new(config: &Config, plugin_name: &str) -> Result<Filter, ConfigError> {
         let prefix = shared_prefix(config, plugin_name);
         let o = &config.oidc;
         // Exchange targets: the default's first, then each rule's own.
@@ -141,17 +142,18 @@ impl Filter {
             rules.push((rule.matcher.clone(), route));
         }
         let n = targets.len();
-        Filter {
-            exchanges: targets
-                .into_iter()
-                .map(|t| {
-                    let exchanger = Exchanger::new(t);
-                    Exchange {
-                        cache: TokenCache::new(&prefix, config.cache.max_entries, exchanger.params_digest(), n),
-                        exchanger,
-                    }
+        let exchanges = targets
+            .into_iter()
+            .map(|t| {
+                let exchanger = Exchanger::new(t)?;
+                Ok(Exchange {
+                    cache: TokenCache::new(&prefix, config.cache.max_entries, exchanger.params_digest(), n),
+                    exchanger,
                 })
-                .collect(),
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(Filter {
+            exchanges,
             policies,
             routes: Routes::new(rules),
             flights: Flights::default(),
@@ -161,11 +163,11 @@ impl Filter {
                 path: r.metadata_path.clone(),
                 body: metadata_document(r, &o.issuer),
             }),
-            jwks: JwksCache::new(o.jwks.clone(), o.jwks_refresh_seconds, &prefix),
+            jwks: JwksCache::new(o, &prefix),
             verified: VerifiedCache::new(VERIFIED_CAPACITY, VERIFIED_BYTES),
             waiting: BTreeMap::new(),
             signature_checks: 0,
-        }
+        })
     }
 
     /// Signature checks done so far on this worker.
@@ -291,14 +293,16 @@ impl Filter {
         if self.flights.join(&key, ctx) {
             return Step::Wait;
         }
-        match dispatch(host, &x.exchanger, token) {
-            Some(id) => {
+        match start(host, &x.exchanger, token) {
+            Ok(id) => {
                 self.flights.start(
                     key,
                     Flight {
                         token: Some(id),
+                        step: ExchangeStep::Token,
                         owner: host.origin_id(),
                         started_ms: now,
+                        begun_ms: now,
                         subject: token.to_string(),
                         principal,
                         waiters: vec![ctx],
@@ -306,31 +310,46 @@ impl Filter {
                 );
                 Step::Wait
             }
-            None => {
-                log::warn!(
-                    "{} outcome=unavailable (callout refused: is cluster {:?} defined?) cache=miss",
-                    audit(&x.exchanger, &principal),
-                    x.exchanger.config().token.cluster
-                );
-                Step::Deny(
-                    self.policies[policy]
-                        .challenges
-                        .unavailable("token exchange unavailable"),
-                )
+            Err(f) => {
+                log::warn!("{} outcome={} cache=miss", audit(&x.exchanger, &principal), f.outcome());
+                Step::Deny(self.exchange_denial(&f))
             }
         }
     }
 
-    /// An exchange answered (`answered`), or never will: cache the token
-    /// and release every waiter.
-    fn land(&mut self, host: &mut dyn Host, key: FlightKey, answered: bool, flight: Flight, resp: &CalloutResponse) {
+    /// A callout of an exchange answered (`answered`), or never will: make
+    /// the next callout in the same pause, or cache the token and release
+    /// every waiter.
+    fn land(
+        &mut self,
+        host: &mut dyn Host,
+        key: FlightKey,
+        answered: bool,
+        mut flight: Flight,
+        resp: &CalloutResponse,
+    ) {
         let (target, hash) = key;
         let Some(x) = self.exchanges.get_mut(target) else {
             return;
         };
         let now = host.now_ms();
-        let latency = now.saturating_sub(flight.started_ms);
-        let result = x.exchanger.parse(resp, latency, &flight.subject);
+        let elapsed = now.saturating_sub(flight.started_ms);
+        let latency = now.saturating_sub(flight.begun_ms);
+        let result = match x.exchanger.answer(flight.step, resp, elapsed, &flight.subject) {
+            Ok(Next::Done(ex)) => Ok(ex),
+            Ok(Next::Then(call)) => match send(host, &call, x.exchanger.config().timeout_ms) {
+                Ok(id) => {
+                    flight.token = Some(id);
+                    flight.step = call.step;
+                    flight.owner = host.origin_id();
+                    flight.started_ms = now;
+                    self.flights.start(key, flight);
+                    return;
+                }
+                Err(f) => Err(f),
+            },
+            Err(f) => Err(f),
+        };
         let outcome = match &result {
             Ok(_) => "ok".to_string(),
             Err(f) => f.outcome(),
@@ -375,6 +394,7 @@ impl Filter {
         match f {
             Failure::InvalidGrant => challenges.invalid_token("token exchange refused"),
             Failure::InsufficientScope => challenges.insufficient_scope(),
+            Failure::ClaimsChallenge(claims) => challenges.insufficient_claims(claims.as_deref()),
             Failure::BadGateway(_) => challenge::bad_gateway(),
             Failure::Unavailable(_) => challenges.unavailable("token exchange unavailable"),
             Failure::Timeout => challenge::gateway_timeout(),
@@ -390,15 +410,15 @@ impl Filter {
         let now = host.now_ms();
         for key in self.flights.orphans() {
             let restarted = match (self.flights.get(&key), self.exchanges.get(key.0)) {
-                (Some(f), Some(x)) => dispatch(host, &x.exchanger, &f.subject),
-                _ => None,
+                (Some(f), Some(x)) => start(host, &x.exchanger, &f.subject),
+                _ => Err(Failure::Unavailable("no such exchange".into())),
             };
             match restarted {
-                Some(id) => {
+                Ok(id) => {
                     log::debug!("restarted an exchange whose owner went away");
                     self.flights.restarted(&key, id, host.origin_id(), now);
                 }
-                None => log::warn!("could not restart an orphaned exchange"),
+                Err(f) => log::warn!("could not restart an orphaned exchange: {}", f.outcome()),
             }
         }
         let exchanges = &self.exchanges;
@@ -603,15 +623,31 @@ pub fn shared_prefix(config: &Config, plugin_name: &str) -> String {
     format!("tef:{plugin_name}:{fp}:")
 }
 
-fn dispatch(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Option<u32> {
-    let (headers, body) = exchanger.request(subject);
-    let c = exchanger.config();
-    host.dispatch(&c.token, &headers, Some(&body), c.timeout_ms)
+/// Starts an exchange's first callout.
+fn start(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Result<u32, Failure> {
+    let mut jti = [0u8; 16];
+    if exchanger.signs() && !host.random(&mut jti) {
+        return Err(Failure::Unavailable("no random source for the client assertion".into()));
+    }
+    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+    let call = exchanger.request(subject, host.now_ms(), &jti)?;
+    send(host, &call, exchanger.config().timeout_ms)
+}
+
+fn send(host: &mut dyn Host, call: &Call, timeout_ms: u64) -> Result<u32, Failure> {
+    host.dispatch(call.endpoint, &call.header_pairs(), Some(&call.body), timeout_ms)
+        .ok_or_else(|| {
+            Failure::Unavailable(format!(
+                "callout refused: is cluster {:?} defined?",
+                call.endpoint.cluster
+            ))
+        })
 }
 
 /// Until when (ms) an exchanged token may be served from the cache: the
-/// sooner of the exchanged token's own expiry (`expires_in`, else its JWT
-/// `exp`) less `skew_ms`, and the end of the caller's token's validity
+/// sooner of the exchanged token's own expiry (`expires_in`, else an
+/// absolute expiry such as Google's `expireTime`, else its JWT `exp`) less
+/// `skew_ms`, and the end of the caller's token's validity
 /// (`exp` plus the clock skew that validation allows).
 ///
 /// The skew applies to the exchanged token, which is what the upstream will
@@ -621,22 +657,27 @@ fn dispatch(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Option
 /// cache key is its hash, so a cached entry is never reached once it fails.
 fn cache_until(ex: &Exchanged, subject: &Principal, clock_skew_s: u64, skew_ms: u64, now_ms: u64) -> u64 {
     let subject_ms = subject.exp.saturating_add(clock_skew_s).saturating_mul(1000);
-    let issued_ms = match (ex.expires_in, ex.jwt_exp) {
+    let issued_ms = match (ex.expires_in, ex.expires_at.or(ex.jwt_exp)) {
         (Some(s), _) => Some(now_ms.saturating_add(s.saturating_mul(1000))),
-        (None, Some(exp)) => Some(exp.saturating_mul(1000)),
+        (None, Some(at)) => Some(at.saturating_mul(1000)),
         (None, None) => None,
     };
     issued_ms.map_or(subject_ms, |i| i.saturating_sub(skew_ms).min(subject_ms))
 }
 
-/// The audit line's fixed part: who, through which client, for which audience.
+/// The audit line's fixed part: who, through which client, for which
+/// target (the audiences, else the resources, else the scopes: Entra names
+/// its target by scope).
 fn audit(exchanger: &Exchanger, p: &Principal) -> String {
     let c = exchanger.config();
+    let target = [&c.audiences, &c.resources, &c.scopes]
+        .into_iter()
+        .find(|l| !l.is_empty())
+        .map_or_else(|| "-".to_string(), |l| l.join(","));
     format!(
-        "exchange sub={} client={} audience={}",
+        "exchange sub={} client={} audience={target}",
         p.sub.as_deref().unwrap_or("-"),
         p.client.as_deref().unwrap_or("-"),
-        c.audience.as_deref().or(c.resource.as_deref()).unwrap_or("-")
     )
 }
 

@@ -42,6 +42,8 @@ pub trait Host {
     fn origin_id(&self) -> u32;
     /// Wall-clock time, milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+    /// Fills `buf` from the host's random source; false if it has none.
+    fn random(&mut self, buf: &mut [u8]) -> bool;
 
     /// A request header of the current stream (pseudo-headers included). A
     /// header sent several times comes back as one comma-joined value, as

@@ -10,12 +10,18 @@
 //! A callout dies with the context that made it (Envoy cancels it when the
 //! stream ends), so the cache remembers which context owns the fetch: if that
 //! client goes away, the fetch is forgotten and the next tick starts another.
+//!
+//! Without `oidc.jwksUrl`, the worker that fetches first reads the JWKS URL
+//! from the issuer's metadata (`discovery`), with callouts made under the
+//! same lease, and keeps it for the VM's life. To the filter, those callouts
+//! are part of the fetch: it stays pending until keys come or it fails.
 
+use crate::discovery::{Discovery, Outcome};
 use crate::host::{CalloutResponse, Host};
 use crate::jwks::{self, KeySet};
-use plugin_config::Endpoint;
+use plugin_config::{Endpoint, KeySource, Oidc};
 
-/// How long a JWKS callout may take.
+/// How long a JWKS (or issuer metadata) callout may take.
 pub const FETCH_TIMEOUT_MS: u64 = 5_000;
 /// A token with an unknown `kid` triggers a refetch at most this often.
 pub const KID_REFETCH_INTERVAL_MS: u64 = 5_000;
@@ -31,6 +37,13 @@ struct InFlight {
     token: u32,
     owner: u32,
     started_ms: u64,
+}
+
+/// Where the JWKS is.
+enum Source {
+    Known(Endpoint),
+    /// Not known yet: the issuer's metadata will say.
+    Discovering(Discovery),
 }
 
 /// The result of asking for a fetch.
@@ -54,7 +67,7 @@ pub struct Tick {
 }
 
 pub struct JwksCache {
-    endpoint: Endpoint,
+    source: Source,
     refresh_ms: u64,
     data_key: String,
     lease_key: String,
@@ -68,10 +81,14 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(endpoint: Endpoint, refresh_seconds: u64, prefix: &str) -> JwksCache {
+    pub fn new(oidc: &Oidc, prefix: &str) -> JwksCache {
+        let source = match &oidc.keys {
+            KeySource::Jwks(e) => Source::Known(e.clone()),
+            KeySource::Discovery(d) => Source::Discovering(Discovery::new(d.clone(), oidc.issuer.clone())),
+        };
         JwksCache {
-            endpoint,
-            refresh_ms: refresh_seconds.saturating_mul(1000),
+            source,
+            refresh_ms: oidc.jwks_refresh_seconds.saturating_mul(1000),
             data_key: format!("{prefix}jwks"),
             lease_key: format!("{prefix}jwks.lease"),
             keys: None,
@@ -139,18 +156,22 @@ impl JwksCache {
         self.start(host, now)
     }
 
-    /// Takes the lease and starts a callout, having just synced.
+    /// Takes the lease and starts a callout (for the JWKS, or for the
+    /// metadata that names it), having just synced.
     fn start(&mut self, host: &mut dyn Host, now: u64) -> Fetch {
         if !self.take_lease(host, now) {
             return Fetch::Pending;
         }
-        let e = &self.endpoint;
+        let (e, what, accept) = match &self.source {
+            Source::Known(e) => (e, "JWKS", "application/json, application/jwk-set+json"),
+            Source::Discovering(d) => (d.endpoint(), "oidc discovery", "application/json"),
+        };
         let headers = [
             (":method", "GET"),
             (":path", e.path.as_str()),
             (":authority", e.authority.as_str()),
             (":scheme", e.scheme.as_str()),
-            ("accept", "application/json, application/jwk-set+json"),
+            ("accept", accept),
         ];
         match host.dispatch(e, &headers, None, FETCH_TIMEOUT_MS) {
             Some(token) => {
@@ -163,7 +184,7 @@ impl JwksCache {
             }
             None => {
                 log::warn!(
-                    "JWKS fetch from {} could not start: is cluster {:?} defined?",
+                    "{what} fetch from {} could not start: is cluster {:?} defined?",
                     e.url,
                     e.cluster
                 );
@@ -174,8 +195,9 @@ impl JwksCache {
         }
     }
 
-    /// Handles a callout answer. `None` if the callout was not ours; else
-    /// whether usable keys came back.
+    /// Handles a callout answer. `None` if the callout was not ours, or was
+    /// a discovery step after which the fetch goes on; else whether usable
+    /// keys came back.
     pub fn on_response(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) -> Option<bool> {
         if self.in_flight.as_ref().map(|f| f.token) != Some(token) {
             return None;
@@ -183,10 +205,29 @@ impl JwksCache {
         self.in_flight = None;
         self.release_lease(host);
         let now = host.now_ms();
+        let url = match &mut self.source {
+            Source::Known(e) => e.url.clone(),
+            Source::Discovering(d) => {
+                match d.on_response(resp) {
+                    Outcome::Found(e) => self.source = Source::Known(e),
+                    Outcome::Fallback => {}
+                    Outcome::Failed => {
+                        self.failed(now);
+                        return Some(false);
+                    }
+                }
+                // The next callout at once, under a fresh lease.
+                return match self.start(host, now) {
+                    Fetch::Pending => None,
+                    Fetch::Adopted => Some(true),
+                    Fetch::Failed => Some(false),
+                };
+            }
+        };
         match self.accept(resp, now) {
             Ok((keys, skipped, refresh_at, body)) => {
                 if skipped > 0 {
-                    log::info!("JWKS from {}: skipped {skipped} unusable key(s)", self.endpoint.url);
+                    log::info!("JWKS from {url}: skipped {skipped} unusable key(s)");
                 }
                 let mut value = Vec::with_capacity(16 + body.len());
                 value.extend_from_slice(&now.to_le_bytes());
@@ -199,7 +240,7 @@ impl JwksCache {
                 Some(true)
             }
             Err(why) => {
-                log::warn!("JWKS fetch from {} failed: {why}", self.endpoint.url);
+                log::warn!("JWKS fetch from {url} failed: {why}");
                 self.failed(now);
                 Some(false)
             }

@@ -4,7 +4,8 @@
 //! The logic is host-agnostic (`host::Host`), so everything but the thin
 //! proxy-wasm glue in `proxy` runs and is tested natively. Modules, in the
 //! order a request meets them: `bearer` finds the token, `verified` remembers
-//! tokens already checked, `jwks_cache` keeps the issuer's keys (`jwks`),
+//! tokens already checked, `jwks_cache` keeps the issuer's keys (`jwks`,
+//! found through `discovery` when no JWKS URL is configured),
 //! `verify` checks a token, `challenge` words the refusal, `exchange` asks
 //! the IdP for the backend's token, `cache` and `singleflight` keep that to
 //! one call per user, and `filter` ties them together. Per-worker maps are
@@ -14,6 +15,7 @@ pub mod bearer;
 pub mod bounded;
 pub mod cache;
 pub mod challenge;
+pub mod discovery;
 pub mod exchange;
 pub mod filter;
 pub mod header_map;

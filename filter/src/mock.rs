@@ -58,6 +58,7 @@ pub struct Mock {
     pub callouts: Vec<Callout>,
     pub shared: Shared,
     next_token: u32,
+    random_counter: u8,
     pub refuse_dispatch: bool,
 }
 
@@ -75,6 +76,7 @@ impl Mock {
             callouts: Vec::new(),
             shared,
             next_token: 100,
+            random_counter: 0,
             refuse_dispatch: false,
         }
     }
@@ -122,6 +124,15 @@ impl Host for Mock {
 
     fn now_ms(&self) -> u64 {
         self.now_ms
+    }
+
+    /// Distinct bytes on every call, so tests can see ids differ.
+    fn random(&mut self, buf: &mut [u8]) -> bool {
+        for b in buf.iter_mut() {
+            self.random_counter = self.random_counter.wrapping_add(1);
+            *b = self.random_counter;
+        }
+        true
     }
 
     fn request_header(&self, name: &str) -> Option<String> {

@@ -85,7 +85,13 @@ impl RootContext for Root {
             return false;
         }
         match self.filter.try_borrow_mut() {
-            Ok(mut slot) => *slot = Some(Filter::new(&config, &name)),
+            Ok(mut slot) => match Filter::new(&config, &name) {
+                Ok(f) => *slot = Some(f),
+                Err(e) => {
+                    log::error!("token-exchange-filter: invalid configuration: {e}");
+                    return false;
+                }
+            },
             Err(_) => return false,
         }
         // Format debug lines only if the proxy would print them.
@@ -99,10 +105,9 @@ impl RootContext for Root {
             });
         }
         log::info!(
-            "token-exchange-filter configured: issuer {}, JWKS from {} via cluster {}",
+            "token-exchange-filter configured: issuer {}, {}",
             config.oidc.issuer,
-            config.oidc.jwks.url,
-            config.oidc.jwks.cluster
+            config.oidc.keys
         );
         let rule_targets = config.rules.iter().filter_map(|r| match &r.action {
             plugin_config::RuleAction::Apply {
@@ -225,6 +230,11 @@ impl Host for WasmHost {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn random(&mut self, buf: &mut [u8]) -> bool {
+        // WASI's random_get, which proxy-wasm hosts provide.
+        getrandom::fill(buf).is_ok()
     }
 
     fn request_header(&self, name: &str) -> Option<String> {

@@ -7,6 +7,7 @@
 //! orphaned but kept while others wait, and the next tick starts it again
 //! from the root context.
 
+use crate::exchange::Step;
 use crate::verified::TokenHash;
 use crate::verify::Principal;
 use std::collections::HashMap;
@@ -18,8 +19,13 @@ pub type Key = (usize, TokenHash);
 pub struct Flight {
     /// The callout's token; `None` while orphaned.
     pub token: Option<u32>,
+    /// Which callout of the exchange is out (Google's takes two).
+    pub step: Step,
     pub owner: u32,
+    /// When the current callout started, for its timeout.
     pub started_ms: u64,
+    /// When the exchange started, for the log.
+    pub begun_ms: u64,
     /// The caller's token, to send again if the flight is restarted. Kept in
     /// memory only, never logged.
     pub subject: String,
@@ -93,10 +99,12 @@ impl Flights {
         self.by_key.get(key)
     }
 
-    /// Records a restarted callout for an orphaned flight.
+    /// Records a restarted callout for an orphaned flight: the exchange
+    /// starts over from its first step.
     pub fn restarted(&mut self, key: &Key, token: u32, owner: u32, now_ms: u64) {
         if let Some(f) = self.by_key.get_mut(key) {
             f.token = Some(token);
+            f.step = Step::Token;
             f.owner = owner;
             f.started_ms = now_ms;
             self.by_token.insert(token, *key);

@@ -1,12 +1,14 @@
 //! The `tokenExchange` and `cache` sections: where and how the caller's token
-//! is exchanged (RFC 8693), and how long results are kept.
+//! is exchanged (RFC 8693 and the dialects in `provider`), how the filter
+//! authenticates there, and how long results are kept.
 
 use crate::endpoint::{self, Endpoint};
-use crate::raw::{RawCache, RawTokenExchange};
+use crate::provider::{self, Provider};
+use crate::raw::{OneOrMany, RawCache, RawTokenExchange};
 use crate::{non_empty, scope_list, ConfigError};
 use std::fmt;
 
-const TOKEN_TYPE_PREFIX: &str = "urn:ietf:params:oauth:token-type:";
+pub(crate) const TOKEN_TYPE_PREFIX: &str = "urn:ietf:params:oauth:token-type:";
 const TOKEN_TYPES: [&str; 6] = ["access_token", "refresh_token", "id_token", "saml1", "saml2", "jwt"];
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -40,25 +42,69 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2, OIDC Core §9).
+    PrivateKeyJwt,
     /// A public client: `client_id` in the body, if any, and no secret.
     None,
 }
 
+/// The key and header of `private_key_jwt` client assertions. The PEM is
+/// only checked for shape here; the filter parses it at configure time
+/// and refuses the config if it does not fit `alg`.
+#[derive(Debug, Clone)]
+pub struct ClientAssertion {
+    pub key_pem: Secret,
+    /// The environment variable the key came from, for error messages.
+    pub key_env: String,
+    pub alg: AssertionAlg,
+    pub kid: Option<String>,
+    /// `aud` of the assertion: the token URL unless configured.
+    pub audience: String,
+    /// `x5t`: base64url SHA-1 of the certificate's DER (Entra certificate credentials).
+    pub x5t: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAlg {
+    RS256,
+    PS256,
+    ES256,
+}
+
+/// google-sts's optional second step: a service account's token from IAM
+/// Credentials' generateAccessToken, asked for with the federated token.
+#[derive(Debug, Clone)]
+pub struct Impersonation {
+    pub endpoint: Endpoint,
+    pub scopes: Vec<String>,
+    pub lifetime_seconds: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct TokenExchange {
+    pub provider: Provider,
+    /// Where this section is in the config (`tokenExchange`, `rules[1].tokenExchange`).
+    pub at: String,
     pub token: Endpoint,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
     /// The secret was written into the config rather than taken from the environment.
     pub secret_inline: bool,
     pub auth_method: ClientAuthMethod,
-    pub audience: Option<String>,
+    /// With `PrivateKeyJwt`.
+    pub assertion: Option<ClientAssertion>,
+    /// Sent as repeated `audience` parameters (RFC 8693 §2.1).
+    pub audiences: Vec<String>,
     pub scopes: Vec<String>,
-    /// Full URN.
+    /// Full URN. Not sent by entra-obo.
     pub subject_token_type: String,
-    /// Full URN, when one is requested.
+    /// Full URN; `None` only for entra-obo, which has no such parameter.
     pub requested_token_type: Option<String>,
-    pub resource: Option<String>,
+    /// Sent as repeated `resource` parameters (RFC 8707).
+    pub resources: Vec<String>,
+    /// google-sts `options`, compact JSON.
+    pub options: Option<String>,
+    pub impersonation: Option<Impersonation>,
     /// Lower-case header that gets `Bearer <exchanged>`; `None` replaces Authorization.
     pub external_token_header: Option<String>,
     pub timeout_ms: u64,
@@ -80,15 +126,25 @@ impl Default for Cache {
 }
 
 /// Validates a `tokenExchange` section found at `at` (`tokenExchange`, or
-/// `rules[2].tokenExchange`), so every error names its real path.
+/// `rules[2].tokenExchange`), so every error names its real path. The
+/// provider's preset fills its defaults first, and checks what it requires last.
 pub fn token_exchange(
-    raw: RawTokenExchange,
+    mut raw: RawTokenExchange,
     at: &str,
     allow_http: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<TokenExchange, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
-    let url = endpoint::parse_url(&field("tokenUrl"), &raw.token_url, allow_http)?;
+    let provider = Provider::parse(&field("provider"), raw.provider.as_deref())?;
+    provider.defaults(&mut raw, &field)?;
+
+    let Some(token_url) = raw.token_url.as_deref() else {
+        return Err(ConfigError::new(
+            field("tokenUrl"),
+            "is required: the token endpoint's URL",
+        ));
+    };
+    let url = endpoint::parse_url(&field("tokenUrl"), token_url, allow_http)?;
     if let Some(c) = &raw.token_cluster {
         non_empty(&field("tokenCluster"), c)?;
     }
@@ -96,47 +152,43 @@ pub fn token_exchange(
         non_empty(&field("clientId"), id)?;
     }
 
-    let (client_secret, secret_inline) = match (raw.client_secret_env, raw.client_secret) {
+    let (client_secret, secret_inline) = match (&raw.client_secret_env, &raw.client_secret) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
                 field("clientSecret"),
                 "set either clientSecretEnv or clientSecret, not both; prefer clientSecretEnv",
             ))
         }
-        (Some(var), None) => {
-            non_empty(&field("clientSecretEnv"), &var)?;
-            match env(&var) {
-                Some(v) if !v.is_empty() => (Some(Secret(v)), false),
-                _ => {
-                    return Err(ConfigError::new(
-                        field("clientSecretEnv"),
-                        format!(
-                            "environment variable {var} is not set or empty; set it in \
-                             vm_config.environment_variables (Envoy) or vmConfig.env (Istio)"
-                        ),
-                    ))
-                }
-            }
-        }
+        (Some(var), None) => (Some(Secret(from_env(&field("clientSecretEnv"), var, env)?)), false),
         (None, Some(s)) => {
-            non_empty(&field("clientSecret"), &s)?;
-            (Some(Secret(s)), true)
+            non_empty(&field("clientSecret"), s)?;
+            (Some(Secret(s.clone())), true)
         }
         (None, None) => (None, false),
     };
 
     let auth_method = match raw.client_auth_method.as_deref() {
-        None if client_secret.is_some() => ClientAuthMethod::ClientSecretBasic,
+        None if raw.client_assertion_key_env.is_some() => ClientAuthMethod::PrivateKeyJwt,
+        None if client_secret.is_some() => provider.default_secret_method(),
         None | Some("none") => ClientAuthMethod::None,
         Some("client_secret_basic") => ClientAuthMethod::ClientSecretBasic,
         Some("client_secret_post") => ClientAuthMethod::ClientSecretPost,
+        Some("private_key_jwt") => ClientAuthMethod::PrivateKeyJwt,
         Some(other) => {
             return Err(ConfigError::new(
                 field("clientAuthMethod"),
-                format!("{other:?} is not supported; use client_secret_basic, client_secret_post or none"),
+                format!(
+                    "{other:?} is not supported; use client_secret_basic, client_secret_post, private_key_jwt or none"
+                ),
             ))
         }
     };
+    let assertion_keys = [
+        ("clientAssertionKid", raw.client_assertion_kid.is_some()),
+        ("clientAssertionAlg", raw.client_assertion_alg.is_some()),
+        ("clientAssertionAudience", raw.client_assertion_audience.is_some()),
+        ("clientAssertionCertEnv", raw.client_assertion_cert_env.is_some()),
+    ];
     match auth_method {
         ClientAuthMethod::None if client_secret.is_some() => {
             return Err(ConfigError::new(
@@ -144,39 +196,66 @@ pub fn token_exchange(
                 "is none, so the client secret would never be sent; remove the secret or use client_secret_basic",
             ))
         }
-        ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost => {
-            if raw.client_id.is_none() {
+        ClientAuthMethod::ClientSecretBasic | ClientAuthMethod::ClientSecretPost if client_secret.is_none() => {
+            return Err(ConfigError::new(
+                field("clientSecretEnv"),
+                "is required by this clientAuthMethod; name the environment variable holding the secret",
+            ))
+        }
+        ClientAuthMethod::PrivateKeyJwt if client_secret.is_some() => {
+            return Err(ConfigError::new(
+                field("clientAuthMethod"),
+                "is private_key_jwt, so the client secret would never be sent; remove clientSecretEnv",
+            ))
+        }
+        ClientAuthMethod::PrivateKeyJwt if raw.client_assertion_key_env.is_none() => {
+            return Err(ConfigError::new(
+                field("clientAssertionKeyEnv"),
+                "is required by private_key_jwt; name the environment variable holding the PEM private key",
+            ))
+        }
+        ClientAuthMethod::PrivateKeyJwt => {}
+        _ => {
+            let mut set = assertion_keys.iter().filter(|(_, set)| *set).map(|(k, _)| *k);
+            let key_env = raw.client_assertion_key_env.as_ref().map(|_| "clientAssertionKeyEnv");
+            if let Some(k) = key_env.or_else(|| set.next()) {
                 return Err(ConfigError::new(
-                    field("clientId"),
-                    "is required to authenticate with a client secret",
-                ));
-            }
-            if client_secret.is_none() {
-                return Err(ConfigError::new(
-                    field("clientSecretEnv"),
-                    "is required by this clientAuthMethod; name the environment variable holding the secret",
+                    field(k),
+                    "is only used with clientAuthMethod private_key_jwt; remove it or set that method",
                 ));
             }
         }
-        ClientAuthMethod::None => {}
     }
+    if auth_method != ClientAuthMethod::None && raw.client_id.is_none() {
+        return Err(ConfigError::new(
+            field("clientId"),
+            "is required to authenticate the client",
+        ));
+    }
+    let assertion = match auth_method {
+        ClientAuthMethod::PrivateKeyJwt => Some(client_assertion(&raw, &field, token_url, env)?),
+        _ => None,
+    };
 
-    if let Some(a) = &raw.audience {
-        non_empty(&field("audience"), a)?;
+    let audiences = raw.audience.take().map(OneOrMany::into_vec).unwrap_or_default();
+    for (i, a) in audiences.iter().enumerate() {
+        non_empty(&list_item(&field("audience"), i, audiences.len()), a)?;
     }
     scope_list(&field("scopes"), &raw.scopes)?;
-    let subject_token_type = match raw.subject_token_type {
+    let subject_token_type = match raw.subject_token_type.as_deref() {
         None => format!("{TOKEN_TYPE_PREFIX}access_token"),
-        Some(t) => token_type(&field("subjectTokenType"), &t)?,
+        Some(t) => token_type(&field("subjectTokenType"), t)?,
     };
-    let requested_token_type = raw
-        .requested_token_type
-        .map(|t| token_type(&field("requestedTokenType"), &t))
-        .transpose()?;
-    if let Some(r) = &raw.resource {
+    let requested_token_type = match raw.requested_token_type.as_deref() {
+        None if provider == Provider::EntraObo => None,
+        None => Some(format!("{TOKEN_TYPE_PREFIX}access_token")),
+        Some(t) => Some(token_type(&field("requestedTokenType"), t)?),
+    };
+    let resources = raw.resource.take().map(OneOrMany::into_vec).unwrap_or_default();
+    for (i, r) in resources.iter().enumerate() {
         let bad = || {
             ConfigError::new(
-                field("resource"),
+                list_item(&field("resource"), i, resources.len()),
                 format!("must be an absolute URI without a fragment, got {r:?}"),
             )
         };
@@ -196,21 +275,153 @@ pub fn token_exchange(
             format!("must be between 1 and {MAX_TIMEOUT_MS}, got {timeout_ms}"),
         ));
     }
+    let options = match raw.options.take() {
+        None => None,
+        Some(v) => Some(options(&field("options"), v)?),
+    };
+    let impersonation = match raw.service_account_impersonation.take() {
+        None => None,
+        Some(i) => Some(provider::google_sts::impersonation(
+            &field("serviceAccountImpersonation"),
+            i,
+            allow_http,
+        )?),
+    };
 
-    Ok(TokenExchange {
-        token: endpoint::endpoint(&url, raw.token_cluster),
-        client_id: raw.client_id,
+    let te = TokenExchange {
+        provider,
+        at: at.to_string(),
+        token: endpoint::endpoint(&url, raw.token_cluster.take()),
+        client_id: raw.client_id.take(),
         client_secret,
         secret_inline,
         auth_method,
-        audience: raw.audience,
+        assertion,
+        audiences,
         scopes: raw.scopes,
         subject_token_type,
         requested_token_type,
-        resource: raw.resource,
+        resources,
+        options,
+        impersonation,
         external_token_header,
         timeout_ms,
+    };
+    provider.check(&te, &field)?;
+    Ok(te)
+}
+
+/// `audience` for one value, `audience[2]` for an item of a list.
+fn list_item(path: &str, i: usize, len: usize) -> String {
+    if len == 1 {
+        path.to_string()
+    } else {
+        format!("{path}[{i}]")
+    }
+}
+
+/// A secret's value from the environment, or an error naming the variable.
+fn from_env(path: &str, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    non_empty(path, var)?;
+    match env(var) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ConfigError::new(
+            path,
+            format!(
+                "environment variable {var} is not set or empty; set it in \
+                 vm_config.environment_variables (Envoy) or vmConfig.env (Istio)"
+            ),
+        )),
+    }
+}
+
+fn client_assertion(
+    raw: &RawTokenExchange,
+    field: &dyn Fn(&str) -> String,
+    token_url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ClientAssertion, ConfigError> {
+    let key_env = raw.client_assertion_key_env.clone().unwrap_or_default();
+    let key_pem = from_env(&field("clientAssertionKeyEnv"), &key_env, env)?;
+    if !key_pem.contains("-----BEGIN") || !key_pem.contains("PRIVATE KEY-----") {
+        return Err(ConfigError::new(
+            field("clientAssertionKeyEnv"),
+            format!("environment variable {key_env} does not hold a PEM private key (-----BEGIN ... PRIVATE KEY-----)"),
+        ));
+    }
+    let alg = match raw.client_assertion_alg.as_deref() {
+        None | Some("RS256") => AssertionAlg::RS256,
+        Some("PS256") => AssertionAlg::PS256,
+        Some("ES256") => AssertionAlg::ES256,
+        Some(other) => {
+            return Err(ConfigError::new(
+                field("clientAssertionAlg"),
+                format!("{other:?} is not supported; use RS256, PS256 or ES256"),
+            ))
+        }
+    };
+    if let Some(k) = &raw.client_assertion_kid {
+        non_empty(&field("clientAssertionKid"), k)?;
+    }
+    let audience = match &raw.client_assertion_audience {
+        Some(a) => {
+            non_empty(&field("clientAssertionAudience"), a)?;
+            a.clone()
+        }
+        None => token_url.to_string(),
+    };
+    let x5t = match &raw.client_assertion_cert_env {
+        None => None,
+        Some(var) => {
+            let path = field("clientAssertionCertEnv");
+            let pem = from_env(&path, var, env)?;
+            Some(thumbprint(&pem).ok_or_else(|| {
+                ConfigError::new(
+                    path,
+                    format!("environment variable {var} does not hold a PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                )
+            })?)
+        }
+    };
+    Ok(ClientAssertion {
+        key_pem: Secret(key_pem),
+        key_env,
+        alg,
+        kid: raw.client_assertion_kid.clone(),
+        audience,
+        x5t,
     })
+}
+
+/// `x5t`: base64url (no padding) of the SHA-1 of the first certificate's DER.
+fn thumbprint(pem: &str) -> Option<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    let body = pem.split("-----BEGIN CERTIFICATE-----").nth(1)?;
+    let body = body.split("-----END CERTIFICATE-----").next()?;
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let der = STANDARD.decode(b64).ok()?;
+    // A DER certificate is a SEQUENCE.
+    if der.first() != Some(&0x30) {
+        return None;
+    }
+    Some(URL_SAFE_NO_PAD.encode(Sha1::digest(&der)))
+}
+
+/// google-sts `options`: a JSON object, or a string holding one; sent compact.
+fn options(path: &str, v: serde_json::Value) -> Result<String, ConfigError> {
+    let parsed = match v {
+        serde_json::Value::String(s) => serde_json::from_str::<serde_json::Value>(&s).ok(),
+        other => Some(other),
+    };
+    match parsed {
+        Some(o @ serde_json::Value::Object(_)) => Ok(o.to_string()),
+        _ => Err(ConfigError::new(
+            path,
+            "must be a JSON object (or a string holding one), e.g. {\"userProject\": \"my-project\"}",
+        )),
+    }
 }
 
 pub fn cache(raw: Option<RawCache>) -> Result<Cache, ConfigError> {

@@ -4,13 +4,17 @@
 //! Every error names the JSON path of the field at fault and says how to fix it,
 //! because the only place a user sees it is one line of an Envoy log.
 
-mod endpoint;
+pub mod endpoint;
 mod exchange;
+mod keys;
+pub mod provider;
 mod raw;
 mod rules;
 
 pub use endpoint::Endpoint;
-pub use exchange::{Cache, ClientAuthMethod, Secret, TokenExchange};
+pub use exchange::{AssertionAlg, Cache, ClientAssertion, ClientAuthMethod, Impersonation, Secret, TokenExchange};
+pub use keys::{Discovery, KeySource};
+pub use provider::Provider;
 pub use rules::{Action as RuleAction, Exchange as RuleExchange, Match, Rule};
 
 use raw::RawConfig;
@@ -64,7 +68,8 @@ pub struct Oidc {
     pub issuer: String,
     /// A token passes if its `aud` contains any of these.
     pub audiences: Vec<String>,
-    pub jwks: Endpoint,
+    /// Where the signing keys come from.
+    pub keys: KeySource,
     pub required_scopes: Vec<String>,
     pub clock_skew_seconds: u64,
     pub resource: Option<Resource>,
@@ -139,7 +144,7 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
     let allow_http = o.insecure_allow_http;
 
     non_empty("oidc.issuer", &o.issuer)?;
-    endpoint::parse_url("oidc.issuer", &o.issuer, allow_http)?;
+    let issuer_url = endpoint::parse_url("oidc.issuer", &o.issuer, allow_http)?;
 
     let audiences = o.audience.into_vec();
     if audiences.is_empty() {
@@ -149,11 +154,16 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
         non_empty(&format!("oidc.audience[{i}]"), a)?;
     }
 
-    let jwks_url = endpoint::parse_url("oidc.jwksUrl", &o.jwks_url, allow_http)?;
     if let Some(c) = &o.jwks_cluster {
         non_empty("oidc.jwksCluster", c)?;
     }
-    let jwks = endpoint::endpoint(&jwks_url, o.jwks_cluster);
+    let keys = match o.jwks_url.as_deref() {
+        Some(u) => {
+            let url = endpoint::parse_url("oidc.jwksUrl", u, allow_http)?;
+            KeySource::Jwks(endpoint::endpoint(&url, o.jwks_cluster))
+        }
+        None => KeySource::Discovery(Discovery::new(&issuer_url, o.jwks_cluster, allow_http)?),
+    };
 
     scope_list("oidc.requiredScopes", &o.required_scopes)?;
 
@@ -218,7 +228,7 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
         oidc: Oidc {
             issuer: o.issuer,
             audiences,
-            jwks,
+            keys,
             required_scopes: o.required_scopes,
             clock_skew_seconds,
             resource,

@@ -22,21 +22,44 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawTokenExchange {
-    pub token_url: String,
+    pub provider: Option<String>,
+    /// Required, except where the provider has a default (google-sts, entra-obo with tenantId).
+    pub token_url: Option<String>,
     pub token_cluster: Option<String>,
+    pub tenant_id: Option<String>,
     pub client_id: Option<String>,
     pub client_secret_env: Option<String>,
     pub client_secret: Option<String>,
     pub client_auth_method: Option<String>,
-    pub audience: Option<String>,
+    pub client_assertion_key_env: Option<String>,
+    pub client_assertion_kid: Option<String>,
+    pub client_assertion_alg: Option<String>,
+    pub client_assertion_audience: Option<String>,
+    pub client_assertion_cert_env: Option<String>,
+    pub audience: Option<OneOrMany>,
     #[serde(default)]
     pub scopes: Vec<String>,
     pub subject_token_type: Option<String>,
     pub requested_token_type: Option<String>,
-    pub resource: Option<String>,
+    pub resource: Option<OneOrMany>,
+    /// google-sts: a JSON object, or a string holding one.
+    pub options: Option<serde_json::Value>,
+    pub service_account_impersonation: Option<RawImpersonation>,
     pub external_token_header_name: Option<String>,
     #[serde(default, deserialize_with = "number::opt_u64")]
     pub timeout_ms: Option<u64>,
+}
+
+/// google-sts: the second step, IAM Credentials' generateAccessToken.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawImpersonation {
+    pub url: String,
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default, deserialize_with = "number::opt_u64")]
+    pub lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,7 +76,7 @@ pub struct RawCache {
 pub struct RawOidc {
     pub issuer: String,
     pub audience: OneOrMany,
-    pub jwks_url: String,
+    pub jwks_url: Option<String>,
     pub jwks_cluster: Option<String>,
     #[serde(default)]
     pub required_scopes: Vec<String>,
@@ -97,7 +120,7 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// `audience` may be one string or a list of them.
+/// `audience` (and `resource`) may be one string or a list of them.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {

@@ -33,7 +33,10 @@ fn full_example_parses_with_defaults() {
     assert_eq!(c.oidc.audiences, vec!["mcpserver"]);
     assert_eq!(c.oidc.clock_skew_seconds, 60);
     assert_eq!(c.oidc.jwks_refresh_seconds, 600);
-    assert_eq!(c.oidc.jwks.cluster, "outbound|443||idp.example.com");
+    match &c.oidc.keys {
+        KeySource::Jwks(e) => assert_eq!(e.cluster, "outbound|443||idp.example.com"),
+        other => panic!("{other:?}"),
+    }
     let r = c.oidc.resource.unwrap();
     assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource/mcp");
     assert_eq!(
@@ -112,6 +115,65 @@ fn jwks_url_error_matches_contract() {
         e.to_string(),
         r#"oidc.jwksUrl: must be an absolute http(s) URL, got "keys""#
     );
+}
+
+#[test]
+fn without_jwks_url_keys_are_discovered_from_the_issuer() {
+    let mut v = base();
+    v["oidc"].as_object_mut().unwrap().remove("jwksUrl");
+    let c = parse_value(&v).unwrap();
+    let KeySource::Discovery(d) = &c.oidc.keys else {
+        panic!("{:?}", c.oidc.keys)
+    };
+    assert_eq!(
+        d.openid.url,
+        "https://idp.example.com/oauth2/mcp/.well-known/openid-configuration"
+    );
+    assert_eq!(
+        d.oauth.url,
+        "https://idp.example.com/.well-known/oauth-authorization-server/oauth2/mcp"
+    );
+    assert_eq!(d.openid.cluster, "outbound|443||idp.example.com");
+    assert_eq!(d.jwks_cluster, None);
+    assert!(!d.allow_http);
+    // null means the same as left out.
+    v["oidc"]["jwksUrl"] = serde_json::Value::Null;
+    assert_eq!(parse_value(&v).unwrap().oidc.keys, c.oidc.keys);
+}
+
+#[test]
+fn jwks_cluster_without_jwks_url_serves_discovery_and_keys() {
+    let mut v = base();
+    v["oidc"].as_object_mut().unwrap().remove("jwksUrl");
+    v["oidc"]["jwksCluster"] = "idp".into();
+    v["oidc"]["insecureAllowHttp"] = true.into();
+    let KeySource::Discovery(d) = parse_value(&v).unwrap().oidc.keys else {
+        panic!("discovery expected")
+    };
+    assert_eq!((d.openid.cluster.as_str(), d.oauth.cluster.as_str()), ("idp", "idp"));
+    assert_eq!(d.jwks_cluster.as_deref(), Some("idp"));
+    assert!(d.allow_http);
+    assert_eq!(d.jwks("http://keys.internal/k").unwrap().cluster, "idp");
+    // The cluster is still checked when it only serves discovery.
+    v["oidc"]["jwksCluster"] = " ".into();
+    assert_eq!(parse_value(&v).unwrap_err().path, "oidc.jwksCluster");
+}
+
+#[test]
+fn discovery_needs_an_issuer_without_query() {
+    let mut v = base();
+    v["oidc"].as_object_mut().unwrap().remove("jwksUrl");
+    v["oidc"]["issuer"] = "https://idp.example.com/?tenant=1".into();
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "oidc.issuer");
+    assert!(e.message.contains("set oidc.jwksUrl"), "{e}");
+    // With a jwksUrl, nothing is discovered and the issuer is only compared.
+    v["oidc"]["jwksUrl"] = "https://idp.example.com/keys".into();
+    assert!(parse_value(&v).is_ok());
+    // An http issuer off loopback is refused before anything is discovered.
+    v["oidc"].as_object_mut().unwrap().remove("jwksUrl");
+    v["oidc"]["issuer"] = "http://idp.example.com".into();
+    assert!(parse_value(&v).unwrap_err().message.contains("insecureAllowHttp"));
 }
 
 #[test]
@@ -309,7 +371,7 @@ fn exchange_field_errors() {
         ),
         (
             serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "private_key_jwt"}),
-            "tokenExchange.clientAuthMethod",
+            "tokenExchange.clientAssertionKeyEnv",
         ),
         (
             serde_json::json!({"tokenUrl": "https://i/t", "clientAuthMethod": "client_secret_basic", "clientId": "c"}),
@@ -355,7 +417,7 @@ fn exchange_field_errors() {
             serde_json::json!({"tokenUrl": "https://i/t", "clientSecretEnvv": "X"}),
             "tokenExchange.clientSecretEnvv",
         ),
-        (serde_json::json!({}), "tokenExchange"),
+        (serde_json::json!({}), "tokenExchange.tokenUrl"),
     ];
     for (te, path) in cases {
         let e = parse_env(&with_exchange(te.clone())).unwrap_err();
@@ -455,7 +517,7 @@ fn rules_parse_in_order_with_their_actions() {
             required_scopes: None,
             exchange: RuleExchange::Replace(t),
         } => {
-            assert_eq!(t.audience.as_deref(), Some("github"));
+            assert_eq!(t.audiences, vec!["github"]);
             assert_eq!(t.token.cluster, "outbound|443||gh.example.com");
         }
         other => panic!("{other:?}"),
@@ -538,4 +600,369 @@ fn rule_errors_name_their_path() {
         assert_eq!(e.path, path, "{e}");
         assert!(e.message.contains(words), "{e}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Providers and client authentication (issue 9).
+
+const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+/// A self-signed certificate's PEM (the bytes need only be DER-shaped here).
+const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+const WIP: &str = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/pool/providers/okta";
+
+fn provider_env(name: &str) -> Option<String> {
+    match name {
+        "TE_SECRET" => Some("s3cr=t&x".into()),
+        "TE_KEY" => Some(KEY_PEM.into()),
+        "TE_CERT" => Some(CERT_PEM.into()),
+        "NOT_PEM" => Some("hello".into()),
+        _ => None,
+    }
+}
+
+fn exchange(te: serde_json::Value) -> Result<TokenExchange, ConfigError> {
+    let v = with_exchange(te);
+    parse_with_env(v.to_string().as_bytes(), &provider_env).map(|c| c.token_exchange.unwrap())
+}
+
+fn exchange_err(te: serde_json::Value) -> ConfigError {
+    exchange(te).unwrap_err()
+}
+
+#[test]
+fn requested_token_type_defaults_to_access_token_and_lists_are_accepted() {
+    let t = exchange(serde_json::json!({"tokenUrl": "https://i/t",
+        "audience": ["a", "b"], "resource": ["https://r1/", "https://r2/"]}))
+    .unwrap();
+    assert_eq!(t.provider, Provider::Rfc8693);
+    assert_eq!(
+        t.requested_token_type.as_deref(),
+        Some("urn:ietf:params:oauth:token-type:access_token")
+    );
+    assert_eq!(t.audiences, vec!["a", "b"]);
+    assert_eq!(t.resources, vec!["https://r1/", "https://r2/"]);
+    let e = exchange_err(serde_json::json!({"tokenUrl": "https://i/t", "audience": ["a", ""]}));
+    assert_eq!(e.path, "tokenExchange.audience[1]");
+    let e = exchange_err(serde_json::json!({"tokenUrl": "https://i/t", "resource": ["https://r/", "nope"]}));
+    assert_eq!(e.path, "tokenExchange.resource[1]");
+}
+
+#[test]
+fn private_key_jwt_reads_the_key_and_certificate_from_the_environment() {
+    let t = exchange(serde_json::json!({"tokenUrl": "https://idp/t", "clientId": "gw",
+        "clientAssertionKeyEnv": "TE_KEY", "clientAssertionKid": "k1", "clientAssertionAlg": "ES256",
+        "clientAssertionCertEnv": "TE_CERT"}))
+    .unwrap();
+    assert_eq!(t.auth_method, ClientAuthMethod::PrivateKeyJwt, "implied by the key");
+    let a = t.assertion.as_ref().unwrap();
+    assert_eq!(
+        (a.alg, a.kid.as_deref(), a.audience.as_str()),
+        (AssertionAlg::ES256, Some("k1"), "https://idp/t")
+    );
+    // base64url(SHA-1(30 03 02 01 00)).
+    assert_eq!(a.x5t.as_deref(), Some("jEEBpEwaL5kOHqKf7OPF-Gb-Vhs"));
+    assert!(!format!("{t:?}").contains("MC4CAQAw"), "Debug never shows the key");
+
+    for (te, path, words) in [
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientAssertionKeyEnv": "NOPE"}),
+            "tokenExchange.clientAssertionKeyEnv",
+            "NOPE is not set",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientAssertionKeyEnv": "NOT_PEM"}),
+            "tokenExchange.clientAssertionKeyEnv",
+            "PEM private key",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientAssertionKeyEnv": "TE_KEY",
+          "clientAssertionAlg": "HS256"}),
+            "tokenExchange.clientAssertionAlg",
+            "RS256, PS256 or ES256",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientAssertionKeyEnv": "TE_KEY",
+          "clientAssertionCertEnv": "NOT_PEM"}),
+            "tokenExchange.clientAssertionCertEnv",
+            "PEM certificate",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientAssertionKeyEnv": "TE_KEY"}),
+            "tokenExchange.clientId",
+            "required",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientSecretEnv": "TE_SECRET",
+          "clientAssertionKid": "k"}),
+            "tokenExchange.clientAssertionKid",
+            "only used with clientAuthMethod private_key_jwt",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "clientId": "c", "clientSecretEnv": "TE_SECRET",
+          "clientAuthMethod": "private_key_jwt", "clientAssertionKeyEnv": "TE_KEY"}),
+            "tokenExchange.clientAuthMethod",
+            "remove clientSecretEnv",
+        ),
+    ] {
+        let e = exchange_err(te.clone());
+        assert_eq!(e.path, path, "{te} -> {e}");
+        assert!(e.message.contains(words), "{e}");
+    }
+}
+
+#[test]
+fn okta_requires_client_auth_audience_and_scopes() {
+    let ok = serde_json::json!({"provider": "okta", "tokenUrl": "https://o/oauth2/aus1/v1/token", "clientId": "c",
+        "clientSecretEnv": "TE_SECRET", "audience": "api://backend", "scopes": ["api:read"]});
+    let t = exchange(ok.clone()).unwrap();
+    assert_eq!(
+        (t.provider, t.auth_method),
+        (Provider::Okta, ClientAuthMethod::ClientSecretBasic)
+    );
+    let without = |k: &str| {
+        let mut v = ok.clone();
+        v.as_object_mut().unwrap().remove(k);
+        if k == "clientSecretEnv" {
+            v.as_object_mut().unwrap().remove("clientId");
+        }
+        exchange_err(v)
+    };
+    let e = without("clientSecretEnv");
+    assert_eq!(
+        e.to_string(),
+        "tokenExchange.clientId: okta requires client authentication: set clientId and \
+        clientSecretEnv (client_secret_basic), or private_key_jwt"
+    );
+    assert_eq!(without("audience").path, "tokenExchange.audience");
+    assert!(without("audience").message.starts_with("okta requires"));
+    assert_eq!(without("scopes").path, "tokenExchange.scopes");
+    let mut v = ok.clone();
+    v["subjectTokenType"] = "id_token".into();
+    assert_eq!(exchange_err(v).path, "tokenExchange.subjectTokenType");
+}
+
+#[test]
+fn google_sts_fills_its_defaults_and_checks_the_provider_audience() {
+    let t = exchange(serde_json::json!({"provider": "google-sts", "audience": WIP,
+        "subjectTokenType": "id_token", "options": "{\"userProject\": \"p1\"}"}))
+    .unwrap();
+    assert_eq!(t.token.url, "https://sts.googleapis.com/v1/token");
+    assert_eq!(t.token.cluster, "outbound|443||sts.googleapis.com");
+    assert_eq!(t.auth_method, ClientAuthMethod::None);
+    assert_eq!(t.scopes, vec!["https://www.googleapis.com/auth/cloud-platform"]);
+    assert_eq!(t.subject_token_type, "urn:ietf:params:oauth:token-type:id_token");
+    assert_eq!(t.options.as_deref(), Some(r#"{"userProject":"p1"}"#));
+    let t = exchange(serde_json::json!({"provider": "google-sts",
+        "audience": "//iam.googleapis.com/locations/global/workforcePools/wf/providers/okta",
+        "options": {"userProject": "p2"},
+        "serviceAccountImpersonation": {"url":
+            "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/bq@p.iam.gserviceaccount.com:generateAccessToken",
+            "scopes": ["https://www.googleapis.com/auth/bigquery"], "lifetimeSeconds": 1800.0}}))
+    .unwrap();
+    assert_eq!(
+        t.subject_token_type, "urn:ietf:params:oauth:token-type:jwt",
+        "the default"
+    );
+    let i = t.impersonation.unwrap();
+    assert_eq!(
+        (i.endpoint.cluster.as_str(), i.lifetime_seconds),
+        ("outbound|443||iamcredentials.googleapis.com", 1800)
+    );
+    assert_eq!(
+        i.endpoint.path,
+        "/v1/projects/-/serviceAccounts/bq@p.iam.gserviceaccount.com:generateAccessToken"
+    );
+
+    let e = exchange_err(serde_json::json!({"provider": "google-sts", "audience": "bigquery"}));
+    assert_eq!(
+        e.to_string(),
+        "tokenExchange.audience: google-sts requires the workload identity provider, \
+        //iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>"
+    );
+    for (te, path) in [
+        (
+            serde_json::json!({"provider": "google-sts", "audience": WIP, "clientId": "c", "clientSecretEnv": "TE_SECRET"}),
+            "tokenExchange.clientId",
+        ),
+        (
+            serde_json::json!({"provider": "google-sts", "audience": WIP, "subjectTokenType": "access_token"}),
+            "tokenExchange.subjectTokenType",
+        ),
+        (
+            serde_json::json!({"provider": "google-sts", "audience": WIP, "requestedTokenType": "id_token"}),
+            "tokenExchange.requestedTokenType",
+        ),
+        (
+            serde_json::json!({"provider": "google-sts", "audience": [WIP, WIP]}),
+            "tokenExchange.audience",
+        ),
+        (
+            serde_json::json!({"provider": "google-sts", "audience": WIP, "options": "[1]"}),
+            "tokenExchange.options",
+        ),
+        (
+            serde_json::json!({"provider": "google-sts", "audience": WIP, "resource": "https://r/"}),
+            "tokenExchange.resource",
+        ),
+        (
+            serde_json::json!({"provider": "google-sts", "audience": WIP, "serviceAccountImpersonation": {
+            "url": "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/x"}}),
+            "tokenExchange.serviceAccountImpersonation.url",
+        ),
+        (
+            serde_json::json!({"provider": "google-sts", "audience": WIP, "serviceAccountImpersonation": {
+            "url": "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/x:generateAccessToken",
+            "lifetimeSeconds": 0}}),
+            "tokenExchange.serviceAccountImpersonation.lifetimeSeconds",
+        ),
+        (
+            serde_json::json!({"tokenUrl": "https://i/t", "options": {"a": 1}}),
+            "tokenExchange.options",
+        ),
+    ] {
+        let e = exchange_err(te.clone());
+        assert_eq!(e.path, path, "{te} -> {e}");
+    }
+}
+
+#[test]
+fn entra_obo_builds_its_url_and_refuses_rfc8693_parameters() {
+    let t = exchange(
+        serde_json::json!({"provider": "entra-obo", "tenantId": "contoso.onmicrosoft.com",
+        "clientId": "c", "clientSecretEnv": "TE_SECRET", "scopes": ["api://backend/.default"]}),
+    )
+    .unwrap();
+    assert_eq!(
+        t.token.url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(
+        t.auth_method,
+        ClientAuthMethod::ClientSecretPost,
+        "Entra takes the secret in the body"
+    );
+    assert_eq!(t.requested_token_type, None);
+    let base = serde_json::json!({"provider": "entra-obo", "tenantId": "t1", "clientId": "c",
+        "clientSecretEnv": "TE_SECRET", "scopes": ["api://backend/.default"]});
+    for (k, v, path, words) in [
+        (
+            "audience",
+            serde_json::json!("x"),
+            "tokenExchange.audience",
+            "entra-obo does not take audience",
+        ),
+        (
+            "resource",
+            serde_json::json!("https://r/"),
+            "tokenExchange.resource",
+            "does not take resource",
+        ),
+        (
+            "subjectTokenType",
+            serde_json::json!("jwt"),
+            "tokenExchange.subjectTokenType",
+            "does not take",
+        ),
+        (
+            "requestedTokenType",
+            serde_json::json!("access_token"),
+            "tokenExchange.requestedTokenType",
+            "does not take",
+        ),
+        (
+            "tokenUrl",
+            serde_json::json!("https://login.microsoftonline.com/t/oauth2/v2.0/token"),
+            "tokenExchange.tenantId",
+            "not both",
+        ),
+        (
+            "tenantId",
+            serde_json::json!("a/b"),
+            "tokenExchange.tenantId",
+            "tenant id",
+        ),
+        (
+            "clientAuthMethod",
+            serde_json::json!("client_secret_basic"),
+            "tokenExchange.clientAuthMethod",
+            "client_secret_post",
+        ),
+        (
+            "scopes",
+            serde_json::json!([]),
+            "tokenExchange.scopes",
+            "api://backend/.default",
+        ),
+    ] {
+        let mut te = base.clone();
+        te[k] = v;
+        let e = exchange_err(te.clone());
+        assert_eq!(e.path, path, "{te} -> {e}");
+        assert!(e.message.contains(words), "{e}");
+    }
+    let mut te = base.clone();
+    te.as_object_mut().unwrap().remove("tenantId");
+    assert!(exchange_err(te).message.contains("requires tenantId"));
+    // A certificate credential needs its x5t.
+    let cert = |with_cert: bool| {
+        let mut te = serde_json::json!({"provider": "entra-obo", "tenantId": "t1", "clientId": "c",
+            "clientAssertionKeyEnv": "TE_KEY", "scopes": ["api://backend/.default"]});
+        if with_cert {
+            te["clientAssertionCertEnv"] = "TE_CERT".into();
+        }
+        exchange(te)
+    };
+    assert_eq!(cert(false).unwrap_err().path, "tokenExchange.clientAssertionCertEnv");
+    assert!(cert(true).unwrap().assertion.unwrap().x5t.is_some());
+}
+
+#[test]
+fn keycloak_requires_a_confidential_client_and_no_resource() {
+    let ok = serde_json::json!({"provider": "keycloak", "tokenUrl": "https://kc/realms/r/protocol/openid-connect/token",
+        "clientId": "gw", "clientSecretEnv": "TE_SECRET", "audience": ["backend", "reports"]});
+    let t = exchange(ok.clone()).unwrap();
+    assert_eq!(t.audiences, vec!["backend", "reports"]);
+    for (k, v, path) in [
+        ("clientSecretEnv", serde_json::Value::Null, "tokenExchange.clientId"),
+        ("resource", serde_json::json!("https://r/"), "tokenExchange.resource"),
+        (
+            "subjectTokenType",
+            serde_json::json!("id_token"),
+            "tokenExchange.subjectTokenType",
+        ),
+        (
+            "requestedTokenType",
+            serde_json::json!("jwt"),
+            "tokenExchange.requestedTokenType",
+        ),
+    ] {
+        let mut te = ok.clone();
+        if v.is_null() {
+            te.as_object_mut().unwrap().remove(k);
+            te.as_object_mut().unwrap().remove("clientId");
+        } else {
+            te[k] = v;
+        }
+        let e = exchange_err(te.clone());
+        assert_eq!(e.path, path, "{te} -> {e}");
+        assert!(e.message.starts_with("keycloak "), "{e}");
+    }
+    let mut te = ok;
+    te["requestedTokenType"] = "refresh_token".into();
+    assert!(exchange(te).is_ok());
+}
+
+#[test]
+fn provider_names_and_provider_only_keys() {
+    let e = exchange_err(serde_json::json!({"provider": "auth0", "tokenUrl": "https://i/t"}));
+    assert_eq!(e.path, "tokenExchange.provider");
+    assert!(e.message.contains("rfc8693, okta, google-sts, entra-obo or keycloak"));
+    assert_eq!(
+        exchange_err(serde_json::json!({"tokenUrl": "https://i/t", "tenantId": "t"})).path,
+        "tokenExchange.tenantId"
+    );
+    assert_eq!(
+        exchange_err(serde_json::json!({"provider": "okta"})).path,
+        "tokenExchange.tokenUrl"
+    );
 }

@@ -3,6 +3,7 @@ use crate::host::CalloutResponse;
 use crate::jwks_cache::KID_REFETCH_INTERVAL_MS;
 use crate::mock::{ok, Mock, Shared, ROOT};
 use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1, RSA2};
+use base64::Engine;
 use jwt_simple::prelude::*;
 use serde_json::json;
 
@@ -22,7 +23,7 @@ fn config() -> Config {
 }
 
 fn filter() -> Filter {
-    Filter::new(&config(), "tef")
+    Filter::new(&config(), "tef").unwrap()
 }
 
 fn token(pem: &str, kid: &str, scope: &str) -> String {
@@ -301,9 +302,9 @@ fn config_change_uses_other_shared_keys() {
     assert_ne!(shared_prefix(&a, "tef"), shared_prefix(&a, "other-plugin"));
     // Keys published under the old config are not read under the new one.
     let shared = Shared::default();
-    let (mut f1, mut m1) = (Filter::new(&a, "tef"), Mock::with_shared(shared.clone()));
+    let (mut f1, mut m1) = (Filter::new(&a, "tef").unwrap(), Mock::with_shared(shared.clone()));
     warm(&mut f1, &mut m1);
-    let (mut f2, mut m2) = (Filter::new(&b, "tef"), Mock::with_shared(shared));
+    let (mut f2, mut m2) = (Filter::new(&b, "tef").unwrap(), Mock::with_shared(shared));
     m2.enter(ROOT);
     f2.on_tick(&mut m2);
     assert_eq!(m2.callouts.len(), 1, "the new config fetches its own keys");
@@ -377,6 +378,7 @@ fn exchange_filter(extra: serde_json::Value) -> Filter {
         &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
         "tef",
     )
+    .unwrap()
 }
 
 fn exchanged(expires_in: u64) -> CalloutResponse {
@@ -567,6 +569,7 @@ fn cache_until_rules() {
         scopes: vec![],
     };
     let ex = |expires_in, jwt_exp| Exchanged {
+        expires_at: None,
         access_token: String::new(),
         expires_in,
         jwt_exp,
@@ -699,6 +702,7 @@ fn rules_filter(rules: serde_json::Value) -> Filter {
         &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
         "tef",
     )
+    .unwrap()
 }
 
 fn request_at(f: &mut Filter, m: &mut Mock, id: u32, authority: &str, path: &str, token: Option<&str>) -> Action {
@@ -865,4 +869,170 @@ fn concurrent_misses_for_two_targets_make_two_flights() {
     assert_eq!(authorization(&m, 3), Some("Bearer gh-token".into()));
     assert_eq!(authorization(&m, 4), Some("Bearer gh-token".into()));
     assert!(!m.stream(2).resumed, "the default target's flight is still out");
+}
+
+/// A filter exchanging at Google STS, then impersonating a service account.
+fn google_filter() -> Filter {
+    let mut v = config_json();
+    v["tokenExchange"] = json!({
+        "provider": "google-sts", "timeoutMs": 1000,
+        "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/okta",
+        "serviceAccountImpersonation": {"url":
+            "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/bq@p.iam.gserviceaccount.com:generateAccessToken"}
+    });
+    Filter::new(&plugin_config::parse(v.to_string().as_bytes()).unwrap(), "tef").unwrap()
+}
+
+fn sts_ok() -> CalloutResponse {
+    ok(
+        &json!({"access_token": "ya29.federated", "token_type": "Bearer", "expires_in": 3599,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"})
+        .to_string(),
+    )
+}
+
+#[test]
+fn google_two_steps_in_one_pause_and_only_the_final_token_is_cached() {
+    let (mut f, mut m) = (google_filter(), Mock::new());
+    warm(&mut f, &mut m);
+    let t = good();
+    request(&mut f, &mut m, 2, Some(&t));
+    request(&mut f, &mut m, 3, Some(&t));
+    let sts = m.callouts.last().unwrap().clone();
+    assert_eq!(sts.cluster, "outbound|443||sts.googleapis.com");
+    m.enter(2);
+    f.on_callout(&mut m, sts.token, &sts_ok());
+    assert!(
+        !m.stream(2).resumed && !m.stream(3).resumed,
+        "still paused for the second step"
+    );
+    let iam = m.callouts.last().unwrap().clone();
+    assert_eq!(iam.cluster, "outbound|443||iamcredentials.googleapis.com");
+    assert_eq!(iam.header("authorization"), Some("Bearer ya29.federated"));
+    assert_eq!(iam.owner, 2);
+    // 40 minutes from now, in Google's format.
+    let expire = m.now_ms / 1000 + 2400;
+    let (days, secs) = (expire / 86_400, expire % 86_400);
+    let expire_time = format!(
+        "{}T{:02}:{:02}:{:02}.123Z",
+        civil(days),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    f.on_callout(
+        &mut m,
+        iam.token,
+        &ok(&json!({"accessToken": "ya29.sa", "expireTime": expire_time}).to_string()),
+    );
+    for id in [2, 3] {
+        assert!(m.stream(id).resumed);
+        assert_eq!(authorization(&m, id), Some("Bearer ya29.sa".into()));
+    }
+    // Cached: the next request costs no callout.
+    let n = m.callouts.len();
+    request(&mut f, &mut m, 4, Some(&t));
+    assert_eq!(
+        (m.callouts.len(), authorization(&m, 4)),
+        (n, Some("Bearer ya29.sa".into()))
+    );
+    assert!(
+        !m.shared
+            .borrow()
+            .values()
+            .any(|(v, _)| String::from_utf8_lossy(v).contains("federated")),
+        "the federated token is never cached"
+    );
+}
+
+/// `YYYY-MM-DD` of a day count since 1970 (test helper).
+fn civil(days: u64) -> String {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}")
+}
+
+#[test]
+fn google_second_step_failures_map_and_release_every_waiter() {
+    for (answer, status) in [
+        (
+            ok_status(
+                403,
+                r#"{"error":{"code":403,"status":"PERMISSION_DENIED","message":"denied"}}"#,
+            ),
+            403,
+        ),
+        (ok_status(404, r#"{"error":{"code":404,"status":"NOT_FOUND"}}"#), 502),
+        (CalloutResponse::default(), 503),
+    ] {
+        let (mut f, mut m) = (google_filter(), Mock::new());
+        warm(&mut f, &mut m);
+        request(&mut f, &mut m, 2, Some(&good()));
+        let sts = m.callouts.last().unwrap().clone();
+        m.enter(2);
+        f.on_callout(&mut m, sts.token, &sts_ok());
+        let iam = m.callouts.last().unwrap().clone();
+        f.on_callout(&mut m, iam.token, &answer);
+        assert_eq!(m.sent(2).unwrap().status, status);
+    }
+    // A second step that never answers times out like the first.
+    let (mut f, mut m) = (google_filter(), Mock::new());
+    warm(&mut f, &mut m);
+    request(&mut f, &mut m, 2, Some(&good()));
+    let sts = m.callouts.last().unwrap().clone();
+    m.enter(2);
+    f.on_callout(&mut m, sts.token, &sts_ok());
+    m.now_ms += 3_500;
+    m.enter(ROOT);
+    f.on_tick(&mut m);
+    assert_eq!(m.sent(2).unwrap().status, 504);
+}
+
+fn ok_status(status: u16, body: &str) -> CalloutResponse {
+    CalloutResponse {
+        headers: vec![(":status".into(), status.to_string())],
+        body: body.as_bytes().to_vec(),
+        truncated: false,
+    }
+}
+
+#[test]
+fn entra_claims_challenge_reaches_the_client() {
+    let mut v = config_json();
+    v["tokenExchange"] = json!({"provider": "entra-obo", "tenantId": "contoso", "clientId": "app",
+        "clientSecretEnv": "TE_SECRET", "scopes": ["api://backend/.default"]});
+    let env = |n: &str| (n == "TE_SECRET").then(|| "secret".to_string());
+    let mut f = Filter::new(
+        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
+        "tef",
+    )
+    .unwrap();
+    let mut m = Mock::new();
+    warm(&mut f, &mut m);
+    request(&mut f, &mut m, 2, Some(&good()));
+    let c = m.callouts.last().unwrap().clone();
+    let claims = r#"{"access_token":{"polids":{"essential":true,"values":["p1"]}}}"#;
+    let body = json!({"error": "interaction_required", "error_description": "AADSTS50079", "claims": claims});
+    m.enter(2);
+    f.on_callout(&mut m, c.token, &ok_status(400, &body.to_string()));
+    let s = m.sent(2).unwrap();
+    assert_eq!(s.status, 401);
+    let challenge = s.header("www-authenticate").unwrap();
+    assert!(
+        challenge.starts_with(r#"Bearer error="insufficient_claims""#),
+        "{challenge}"
+    );
+    let encoded = format!(
+        r#"claims="{}""#,
+        base64::engine::general_purpose::STANDARD.encode(claims)
+    );
+    assert!(challenge.contains(&encoded), "{challenge}");
+    assert!(challenge.contains("resource_metadata="), "{challenge}");
 }
