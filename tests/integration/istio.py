@@ -197,17 +197,17 @@ def istio_clusters(path, front_port, ca):
 
 
 class CA:
-    """A CA and a server certificate for `host`, made with openssl."""
+    """A CA and one server certificate for all of `hosts`, made with openssl."""
 
-    def __init__(self, host):
+    def __init__(self, *hosts):
         self.dir = WORK / f"ca-{os.getpid()}-{free_port()}"
         self.dir.mkdir(parents=True)
         self.ca, self.cert, self.key = self.dir / "ca.crt", self.dir / "server.crt", self.dir / "server.key"
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=self.dir)  # noqa: E731
         run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=token-exchange test CA")
-        run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={host}")
-        (self.dir / "san.ext").write_text(f"subjectAltName=DNS:{host}\n")
+        run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={hosts[0]}")
+        (self.dir / "san.ext").write_text("subjectAltName=" + ",".join(f"DNS:{h}" for h in hosts) + "\n")
         run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
 
@@ -250,18 +250,22 @@ class EnvoyProc(EnvoyProcess):
 
 
 class IdpFront:
-    """TLS for `host` in front of plain-HTTP IdPs: each `(path, port,
-    upstream_path)` maps one URL path to one IdP endpoint. Only requests with
-    the right SNI and :authority get through."""
+    """TLS in front of plain-HTTP IdPs. `hosts` maps each host name to its
+    routes, `(path, port, upstream_path)`: one URL path to one IdP endpoint.
+    Only requests with one of those SNIs and the matching :authority get through."""
 
-    def __init__(self, cleanup, ca, host, routes):
+    def __init__(self, cleanup, ca, hosts):
         self.port, admin = free_port(), free_port()
-        clusters, vroutes = [], []
-        for i, (path, port, upstream_path) in enumerate(routes):
-            clusters.append(static_cluster(f"idp{i}", port))
-            vroutes.append({"match": {"path": path}, "route": {"cluster": f"idp{i}", "prefix_rewrite": upstream_path}})
+        clusters, vhosts = [], []
+        for host, routes in hosts.items():
+            vroutes = []
+            for path, port, upstream_path in routes:
+                name = f"idp{len(clusters)}"
+                clusters.append(static_cluster(name, port))
+                vroutes.append({"match": {"path": path}, "route": {"cluster": name, "prefix_rewrite": upstream_path}})
+            vhosts.append({"name": host, "domains": [host, f"{host}:443"], "routes": vroutes})
         tls = {
-            "filter_chain_match": {"server_names": [host]},
+            "filter_chain_match": {"server_names": list(hosts)},
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
                 "common_tls_context": {"tls_certificates": [{
@@ -269,12 +273,11 @@ class IdpFront:
                     "private_key": {"filename": str(ca.key)}}]},
             }},
         }
-        listener = hcm_listener("idp-front", self.port, [], vroutes, tls=tls)
-        # Reads the SNI, so the filter chain above only takes `host`.
+        listener = hcm_listener("idp-front", self.port, [], [], tls=tls)
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"] = vhosts
+        # Reads the SNI, so the filter chain above only takes these hosts.
         listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
-        listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["domains"] = [
-            host, f"{host}:443"]
         self.envoy = EnvoyProcess(cleanup, "idp-front", envoy_bootstrap(admin, [listener], clusters), admin,
                                   concurrency=1).wait_ready([self.port])
 

@@ -95,7 +95,7 @@ def idps(module_cleanup):
                                 "IDP_TRUST_JWKS": f"http://127.0.0.1:{mcp_as.port}/jwks"}).start()
     routes = {url_path(pc["oidc"]["jwksUrl"]): (mcp_as.port, "/jwks") for _, pc in plugin_configs()}
     routes.update({url_path(te["tokenUrl"]): (backend_as.port, "/token") for te, _ in plugin_configs() if te})
-    front = IdpFront(module_cleanup, ca, host, [(p, port, up) for p, (port, up) in routes.items()])
+    front = IdpFront(module_cleanup, ca, {host: [(p, port, up) for p, (port, up) in routes.items()]})
     backend = Backend(module_cleanup, verify_with=backend_as,
                       audience=",".join(r["audience"] for r in BACKEND_RESOURCES.values()))
     clusters = [static_cluster("backend", backend.port)]
