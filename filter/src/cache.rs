@@ -39,6 +39,15 @@ pub const LOCAL_BYTES: usize = 16 << 20;
 /// A shared-data entry's key: SHA-256(parameters digest ‖ subject hash).
 type Key = [u8; 32];
 
+/// What `put` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Stored,
+    /// Stored over another user's live entry: the table is too small for the load.
+    Evicted,
+    NotStored,
+}
+
 pub struct TokenCache {
     prefix: String,
     /// SHA-256 of everything but the subject token that shapes an exchange.
@@ -121,9 +130,9 @@ impl TokenCache {
         self.local.insert(*subject, (value, exp), size, |(_, e)| now_ms < *e);
     }
 
-    /// Stores `value` for the subject until `expires_at_ms`. False if it was not
-    /// stored in shared data (too large, already expired, or lost a race with
-    /// another worker).
+    /// Stores `value` for the subject until `expires_at_ms`: in shared data
+    /// unless it is too large, already expired, or another worker wrote the
+    /// slot first.
     pub fn put(
         &mut self,
         host: &mut dyn Host,
@@ -131,9 +140,9 @@ impl TokenCache {
         value: &Rc<str>,
         expires_at_ms: u64,
         now_ms: u64,
-    ) -> bool {
+    ) -> Put {
         if value.len() > MAX_TOKEN_BYTES || expires_at_ms <= now_ms {
-            return false;
+            return Put::NotStored;
         }
         self.remember(subject, Rc::clone(value), expires_at_ms, now_ms);
         let key = self.shared_key(subject);
@@ -158,11 +167,16 @@ impl TokenCache {
         };
         let [a, b] = slots;
         let target = if rank(&b) < rank(&a) { b } else { a };
+        let evicts = rank(&target).0 == 2;
         let mut raw = Vec::with_capacity(40 + value.len());
         raw.extend_from_slice(&key);
         raw.extend_from_slice(&expires_at_ms.to_le_bytes());
         raw.extend_from_slice(value.as_bytes());
-        host.shared_set(&target.name, &raw, target.cas)
+        match (host.shared_set(&target.name, &raw, target.cas), evicts) {
+            (false, _) => Put::NotStored,
+            (true, false) => Put::Stored,
+            (true, true) => Put::Evicted,
+        }
     }
 }
 
@@ -181,6 +195,12 @@ fn decode(value: &[u8]) -> Option<(Key, u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl TokenCache {
+        fn stored(&mut self, host: &mut dyn Host, subject: &TokenHash, value: &Rc<str>, exp: u64, now: u64) -> bool {
+            self.put(host, subject, value, exp, now) != Put::NotStored
+        }
+    }
     use crate::mock::Mock;
 
     fn key(i: u32) -> TokenHash {
@@ -200,7 +220,7 @@ mod tests {
     fn stores_and_finds_until_expiry() {
         let mut m = Mock::new();
         let mut c = fresh("p:", 100);
-        assert!(c.put(&mut m, &key(1), &v("tok1"), 2_000, 1_000));
+        assert!(c.stored(&mut m, &key(1), &v("tok1"), 2_000, 1_000));
         assert_eq!(c.get(&m, &key(1), 1_500).as_deref(), Some("tok1"));
         assert_eq!(c.get(&m, &key(1), 2_000), None, "a hit past its lifetime is a miss");
         assert_eq!(c.get(&m, &key(2), 1_500), None);
@@ -228,12 +248,12 @@ mod tests {
         // With 2 slots, any two keys can live side by side.
         let mut m = Mock::new();
         let mut c = fresh("p:", 2);
-        assert!(c.put(&mut m, &key(1), &v("a"), 10_000, 0));
-        assert!(c.put(&mut m, &key(2), &v("b"), 10_000, 0));
+        assert!(c.stored(&mut m, &key(1), &v("a"), 10_000, 0));
+        assert!(c.stored(&mut m, &key(2), &v("b"), 10_000, 0));
         assert_eq!(c.get(&m, &key(1), 1).as_deref(), Some("a"));
         assert_eq!(c.get(&m, &key(2), 1).as_deref(), Some("b"));
         // A third evicts the one that expires first.
-        assert!(c.put(&mut m, &key(3), &v("c"), 20_000, 0));
+        assert_eq!(c.put(&mut m, &key(3), &v("c"), 20_000, 0), Put::Evicted);
         let mut other = fresh("p:", 2);
         assert_eq!(other.get(&m, &key(3), 1).as_deref(), Some("c"));
         assert_eq!(
@@ -260,8 +280,8 @@ mod tests {
     fn refuses_oversize_and_expired() {
         let mut m = Mock::new();
         let mut c = fresh("p:", 10);
-        assert!(!c.put(&mut m, &key(1), &v(&"x".repeat(MAX_TOKEN_BYTES + 1)), 10_000, 0));
-        assert!(!c.put(&mut m, &key(1), &v("x"), 5, 5));
+        assert!(!c.stored(&mut m, &key(1), &v(&"x".repeat(MAX_TOKEN_BYTES + 1)), 10_000, 0));
+        assert!(!c.stored(&mut m, &key(1), &v("x"), 5, 5));
         assert!(m.shared.borrow().is_empty());
     }
 

@@ -6,6 +6,10 @@ use base64::Engine;
 use plugin_config::{Config, Resource};
 use serde_json::json;
 
+pub const MISSING_TOKEN: &str = "missing bearer token";
+/// The IdP refused to exchange the caller's token.
+pub const EXCHANGE_REFUSED: &str = "token exchange refused";
+
 /// A local response that stops the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -76,7 +80,7 @@ impl Challenges {
             www_authenticate: Some(self.header(None, true)),
             retry_after: None,
             error: "invalid_token",
-            description: "missing bearer token",
+            description: MISSING_TOKEN,
         }
     }
 
@@ -156,6 +160,17 @@ pub fn bad_gateway() -> Denial {
         retry_after: None,
         error: "bad_gateway",
         description: "token exchange failed",
+    }
+}
+
+/// A body the filter must read (a tool call) is larger than `mcp.maxBodyBytes`.
+pub fn payload_too_large() -> Denial {
+    Denial {
+        status: 413,
+        www_authenticate: None,
+        retry_after: None,
+        error: "invalid_request",
+        description: "request body too large",
     }
 }
 

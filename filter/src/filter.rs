@@ -8,20 +8,30 @@
 //! callout they wait for ends, each is made current with `Host::switch_to`
 //! and resumed or answered. A paused request whose client leaves is simply
 //! forgotten (`on_done`).
+//!
+//! Every request ends in one decision, `allow` or `refuse` (or a skip), which
+//! is where claims become headers, CORS headers go on refusals, a tool's
+//! scopes are checked once its body is read (`mcp::tools`), and metrics and
+//! the audit line are recorded.
 
+use crate::audit;
 use crate::bearer::{self, Bearer};
-use crate::cache::TokenCache;
+use crate::cache::{Put, TokenCache};
 use crate::challenge::{self, metadata_document, Challenges, Denial};
+use crate::claims;
 use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step as ExchangeStep};
 use crate::host::{CalloutResponse, Host};
 use crate::jwks_cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
+use crate::mcp::cors;
+use crate::mcp::tools::{BodyError, Tools};
+use crate::metrics::{Metric, Metrics};
 use crate::routes::{Route, Routes};
 use crate::singleflight::{Flight, Flights, Key as FlightKey};
 use crate::verified::{Verified, VerifiedCache};
 use crate::verify::{Principal, Reject, Verifier};
-use plugin_config::{Config, ConfigError, RuleAction, RuleExchange, TokenExchange};
+use plugin_config::{ClaimHeader, Config, ConfigError, Cors, RuleAction, RuleExchange, TokenExchange};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 /// What the proxy should do with the current request.
@@ -61,10 +71,29 @@ struct Metadata {
 
 /// What happens next to a request that passed validation.
 enum Step {
-    Continue,
+    Continue(Passed),
     /// Waiting on an exchange.
     Wait,
     Deny(Denial),
+}
+
+/// A request that may go on: who it is, and how its token was found.
+struct Passed {
+    principal: Rc<Principal>,
+    policy: usize,
+    target: Option<usize>,
+    /// `hit` or `miss`, when an exchange was involved.
+    cache: Option<&'static str>,
+    latency_ms: Option<u64>,
+}
+
+/// A request whose body must be read before it may go on (a `tools/call`
+/// whose tool has scopes): what the body needs, once read, and the request's
+/// own verdict, once reached. It goes on when both are known and agree.
+#[derive(Default)]
+struct Gate {
+    needed: Option<Vec<String>>,
+    passed: Option<Passed>,
 }
 
 /// One exchange target: the request builder and its cache.
@@ -95,6 +124,13 @@ pub struct Filter {
     verified: VerifiedCache,
     waiting: BTreeMap<u32, Waiter>,
     signature_checks: u64,
+    issuer: String,
+    cors: Option<Cors>,
+    audit: bool,
+    claim_headers: Vec<ClaimHeader>,
+    tools: Option<Tools>,
+    gates: HashMap<u32, Gate>,
+    metrics: Metrics,
 }
 
 impl Filter {
@@ -167,6 +203,13 @@ impl Filter {
             verified: VerifiedCache::new(VERIFIED_CAPACITY, VERIFIED_BYTES),
             waiting: BTreeMap::new(),
             signature_checks: 0,
+            issuer: o.issuer.clone(),
+            cors: config.cors.clone(),
+            audit: config.audit,
+            claim_headers: config.claim_to_headers.clone(),
+            tools: config.mcp.as_ref().and_then(Tools::new),
+            gates: HashMap::new(),
+            metrics: Metrics::default(),
         })
     }
 
@@ -175,10 +218,11 @@ impl Filter {
         self.signature_checks
     }
 
-    pub fn on_request_headers(&mut self, host: &mut dyn Host) -> Action {
+    /// A request's headers; `body_follows` unless they end the request.
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, body_follows: bool) -> Action {
         // Each header read is a call into the proxy: read `:path` once, and
-        // only when the metadata or a rule needs it.
-        let path = if self.metadata.is_some() || self.routes.by_path() {
+        // only when the metadata, a rule or the tool scopes need it.
+        let path = if self.metadata.is_some() || self.routes.by_path() || self.tools.is_some() {
             host.request_header(":path")
         } else {
             None
@@ -193,30 +237,49 @@ impl Filter {
         };
         let policy = match self.routes.select(authority.as_deref(), path.as_deref()) {
             Ok(Route::Policy(p)) => p,
-            Ok(Route::Skip) => return Action::Continue,
+            Ok(Route::Skip) => return self.skip(host),
             Err(_) => {
                 log::info!("rejected: path not in normal form");
                 let d = self.policies[0].challenges.invalid_request("path not in normal form");
-                return deny(host, &d);
+                return self.refuse(host, &d, None);
             }
         };
-        let challenges = &self.policies[policy].challenges;
         let authorization = host.request_header("authorization");
         let token = match bearer::extract(authorization.as_deref()) {
             Bearer::Token(t) => t,
+            Bearer::Missing if cors::is_preflight(host) => {
+                // Preflights never carry credentials: whatever answers CORS
+                // answers them.
+                return Action::Continue;
+            }
             Bearer::Missing => {
                 log::debug!("rejected: no bearer token");
-                return deny(host, &challenges.missing_token());
+                let d = self.policies[policy].challenges.missing_token();
+                return self.refuse(host, &d, None);
             }
             Bearer::Multiple => {
                 log::info!("rejected: multiple authorization headers");
-                return deny(host, &challenges.invalid_request("multiple authorization headers"));
+                let d = self.policies[policy]
+                    .challenges
+                    .invalid_request("multiple authorization headers");
+                return self.refuse(host, &d, None);
             }
             Bearer::Malformed => {
                 log::info!("rejected: malformed authorization header");
-                return deny(host, &challenges.invalid_request("malformed authorization header"));
+                let d = self.policies[policy]
+                    .challenges
+                    .invalid_request("malformed authorization header");
+                return self.refuse(host, &d, None);
             }
         };
+        if body_follows
+            && self
+                .tools
+                .as_ref()
+                .is_some_and(|t| t.applies(host.request_header(":method").as_deref(), path.as_deref()))
+        {
+            self.gates.insert(host.context_id(), Gate::default());
+        }
         let now_ms = host.now_ms();
         let verdict = match self.judge(token, now_ms, true) {
             Verdict::NeedKeys => match self.jwks.fetch(host) {
@@ -241,11 +304,63 @@ impl Filter {
         };
         match self.settle(verdict, false, policy) {
             Ok(verified) => match self.pass(host, token, verified, now_ms, policy) {
-                Step::Continue => Action::Continue,
+                Step::Continue(p) => self.allow(host, p, false),
                 Step::Wait => Action::Pause,
-                Step::Deny(d) => deny(host, &d),
+                Step::Deny(d) => self.refuse(host, &d, None),
             },
-            Err(d) => deny(host, &d),
+            Err(d) => self.refuse(host, &d, None),
+        }
+    }
+
+    /// Body data of the current request; only gated requests (a tool with
+    /// scopes may be called) are held for it, so the hot path reads nothing.
+    pub fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Action {
+        let ctx = host.context_id();
+        let Some(tools) = self.tools.as_ref() else {
+            return Action::Continue;
+        };
+        if !self.gates.contains_key(&ctx) {
+            return Action::Continue;
+        }
+        let needed = if size > tools.max_body_bytes {
+            Err(BodyError::TooLarge)
+        } else if !end_of_stream {
+            // Envoy buffers it until the end.
+            return Action::Pause;
+        } else {
+            let encoded = host
+                .request_header("content-encoding")
+                .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+            match host.request_body(size) {
+                Some(body) if !encoded => tools.required(&body),
+                _ => Err(BodyError::Unreadable),
+            }
+        };
+        let needed = match needed {
+            Ok(n) => n,
+            Err(e) => {
+                self.gates.remove(&ctx);
+                let d = match e {
+                    BodyError::TooLarge => challenge::payload_too_large(),
+                    BodyError::Unreadable => self.policies[0]
+                        .challenges
+                        .invalid_request("request body is not readable JSON"),
+                };
+                log::info!("rejected: {}", d.description);
+                return self.refuse(host, &d, None);
+            }
+        };
+        let passed = match self.gates.get_mut(&ctx) {
+            Some(gate) => {
+                gate.needed = Some(needed);
+                gate.passed.take()
+            }
+            None => None,
+        };
+        match passed {
+            // The request was already judged: decide now.
+            Some(p) => self.allow(host, p, false),
+            None => Action::Pause,
         }
     }
 
@@ -253,10 +368,16 @@ impl Filter {
     pub fn on_callout(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) {
         match self.jwks.on_response(host, token, resp) {
             Some(true) => {
+                self.metrics.inc(host, Metric::JwksFetchOk);
+                let keys = self.jwks.keys().map_or(0, |k| k.len());
+                self.metrics.record(host, Metric::JwksKeys, keys as u64);
                 self.prune_verified();
                 self.wake(host, false);
             }
-            Some(false) => self.wake(host, true),
+            Some(false) => {
+                self.metrics.inc(host, Metric::JwksFetchFailed);
+                self.wake(host, true);
+            }
             None => {
                 let flight = self.flights.finish(token);
                 match flight {
@@ -271,7 +392,13 @@ impl Filter {
     /// join or start the exchange for this token and the policy's target.
     fn pass(&mut self, host: &mut dyn Host, token: &str, verified: Verified, now: u64, policy: usize) -> Step {
         let Some(target) = self.policies[policy].exchange else {
-            return Step::Continue;
+            return Step::Continue(Passed {
+                principal: verified.principal,
+                policy,
+                target: None,
+                cache: None,
+                latency_ms: None,
+            });
         };
         let Some(x) = self.exchanges.get_mut(target) else {
             // Cannot happen (targets are built with the policies), but never
@@ -285,9 +412,17 @@ impl Filter {
         let Verified { principal, hash } = verified;
         if let Some(value) = x.cache.get(host, &hash, now) {
             host.set_request_header(x.exchanger.forward_header(), &value);
-            log::debug!("{} cache=hit", audit(&x.exchanger, &principal));
-            return Step::Continue;
+            log::debug!("{} cache=hit", exchange_line(&x.exchanger, &principal));
+            self.metrics.inc(host, Metric::CacheHit);
+            return Step::Continue(Passed {
+                principal,
+                policy,
+                target: Some(target),
+                cache: Some("hit"),
+                latency_ms: None,
+            });
         }
+        self.metrics.inc(host, Metric::CacheMiss);
         let key = (target, hash);
         let ctx = host.context_id();
         if self.flights.join(&key, ctx) {
@@ -305,13 +440,19 @@ impl Filter {
                         begun_ms: now,
                         subject: token.to_string(),
                         principal,
+                        policy,
                         waiters: vec![ctx],
                     },
                 );
                 Step::Wait
             }
             Err(f) => {
-                log::warn!("{} outcome={} cache=miss", audit(&x.exchanger, &principal), f.outcome());
+                log::warn!(
+                    "{} outcome={} cache=miss",
+                    exchange_line(&x.exchanger, &principal),
+                    f.outcome()
+                );
+                self.metrics.inc(host, Metric::ExchangesFailed);
                 Step::Deny(self.exchange_denial(&f))
             }
         }
@@ -356,16 +497,27 @@ impl Filter {
         };
         log::info!(
             "{} outcome={outcome} cache=miss latency_ms={latency} waiters={}",
-            audit(&x.exchanger, &flight.principal),
+            exchange_line(&x.exchanger, &flight.principal),
             flight.waiters.len()
         );
         let header = x.exchanger.forward_header().to_string();
         let value = result
             .as_ref()
             .map(|ex| Rc::<str>::from(format!("Bearer {}", ex.access_token)));
+        let mut evicted = false;
         if let (Ok(ex), Ok(v), true) = (&result, &value, answered) {
             let until = cache_until(ex, &flight.principal, self.verifier.skew(), self.skew_ms, now);
-            x.cache.put(host, &hash, v, until, now);
+            evicted = x.cache.put(host, &hash, v, until, now) == Put::Evicted;
+        }
+        let metric = if result.is_ok() {
+            Metric::ExchangesOk
+        } else {
+            Metric::ExchangesFailed
+        };
+        self.metrics.inc(host, metric);
+        self.metrics.record(host, Metric::ExchangeLatency, latency);
+        if evicted {
+            self.metrics.inc(host, Metric::CacheOverwrite);
         }
         // What every waiter gets: the value to forward, or the denial.
         let release = value.map_err(|f| self.exchange_denial(f));
@@ -377,10 +529,17 @@ impl Filter {
             match &release {
                 Ok(v) => {
                     host.set_request_header(&header, v);
-                    host.resume_request();
+                    let passed = Passed {
+                        principal: Rc::clone(&flight.principal),
+                        policy: flight.policy,
+                        target: Some(target),
+                        cache: Some("miss"),
+                        latency_ms: Some(latency),
+                    };
+                    self.allow(host, passed, true);
                 }
                 Err(d) => {
-                    deny(host, d);
+                    self.refuse(host, d, Some((&flight.principal, target)));
                 }
             }
         }
@@ -392,7 +551,7 @@ impl Filter {
     fn exchange_denial(&self, f: &Failure) -> Denial {
         let challenges = &self.policies[0].challenges;
         match f {
-            Failure::InvalidGrant => challenges.invalid_token("token exchange refused"),
+            Failure::InvalidGrant => challenges.invalid_token(challenge::EXCHANGE_REFUSED),
             Failure::InsufficientScope => challenges.insufficient_scope(),
             Failure::ClaimsChallenge(claims) => challenges.insufficient_claims(claims.as_deref()),
             Failure::BadGateway(_) => challenge::bad_gateway(),
@@ -458,10 +617,122 @@ impl Filter {
     /// key fetch, that fetch was cancelled with it and the next tick restarts it.
     pub fn on_done(&mut self, host: &mut dyn Host, id: u32) {
         self.waiting.remove(&id);
+        self.gates.remove(&id);
         self.flights.leave(id);
         if self.jwks.forget_owner(host, id) {
             log::debug!("JWKS fetch owner {id} went away; the next tick fetches again");
         }
+    }
+
+    /// Lets the current request go on (`resume`: it was paused): unless its
+    /// body must still be read, or needs a scope it lacks. Sets the claim
+    /// headers, and records the decision.
+    fn allow(&mut self, host: &mut dyn Host, passed: Passed, resume: bool) -> Action {
+        let ctx = host.context_id();
+        if let Some(gate) = self.gates.get_mut(&ctx) {
+            let Some(needed) = &gate.needed else {
+                // The body is still coming; it decides when it has.
+                gate.passed = Some(passed);
+                return Action::Pause;
+            };
+            if !passed.principal.has_scopes(needed) {
+                let mut scopes = self.policies[passed.policy].required_scopes.clone();
+                scopes.extend(
+                    needed
+                        .iter()
+                        .filter(|n| !scopes.contains(n))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+                let d = self.policies[passed.policy]
+                    .challenges
+                    .with_scopes(&scopes)
+                    .insufficient_scope();
+                log::info!(
+                    "rejected: the tool needs scopes {}; sub={}",
+                    needed.join(" "),
+                    passed.principal.sub.as_deref().unwrap_or("-")
+                );
+                self.gates.remove(&ctx);
+                let target = passed.target;
+                return self.refuse(host, &d, target.map(|t| (&passed.principal, t)));
+            }
+            self.gates.remove(&ctx);
+        }
+        for h in &self.claim_headers {
+            match passed.principal.claim_headers.iter().find(|(k, _)| *k == h.header) {
+                Some((k, v)) => host.set_request_header(k, v),
+                None => host.remove_request_header(&h.header),
+            }
+        }
+        self.metrics.inc(host, Metric::Allowed);
+        if self.audit {
+            let target = passed
+                .target
+                .and_then(|t| self.exchanges.get(t))
+                .map(|x| target_of(&x.exchanger));
+            let p = &passed.principal;
+            log::info!(
+                "audit {}",
+                audit::Entry {
+                    now_ms: host.now_ms(),
+                    sub: p.sub.as_deref(),
+                    client: p.client.as_deref(),
+                    issuer: &self.issuer,
+                    decision: "allow",
+                    reason: "ok",
+                    status: None,
+                    target: target.as_deref(),
+                    cache: passed.cache,
+                    latency_ms: passed.latency_ms,
+                }
+                .line()
+            );
+        }
+        if resume {
+            host.resume_request();
+        }
+        Action::Continue
+    }
+
+    /// Answers the current request with `d`, and records the decision;
+    /// `known` is who it was and the exchange target, when known.
+    fn refuse(&mut self, host: &mut dyn Host, d: &Denial, known: Option<(&Rc<Principal>, usize)>) -> Action {
+        self.gates.remove(&host.context_id());
+        self.metrics.inc(host, Metric::for_denial(d));
+        if self.audit {
+            let p = known.map(|(p, _)| p);
+            let target = known
+                .and_then(|(_, t)| self.exchanges.get(t))
+                .map(|x| target_of(&x.exchanger));
+            log::info!(
+                "audit {}",
+                audit::Entry {
+                    now_ms: host.now_ms(),
+                    sub: p.and_then(|p| p.sub.as_deref()),
+                    client: p.and_then(|p| p.client.as_deref()),
+                    issuer: &self.issuer,
+                    decision: "deny",
+                    reason: d.description,
+                    status: Some(d.status),
+                    target: target.as_deref(),
+                    cache: None,
+                    latency_ms: None,
+                }
+                .line()
+            );
+        }
+        deny(host, d, self.cors.as_ref())
+    }
+
+    /// A route the config skips: untouched, except that no client may
+    /// supply the claim headers.
+    fn skip(&mut self, host: &mut dyn Host) -> Action {
+        for h in &self.claim_headers {
+            host.remove_request_header(&h.header);
+        }
+        self.metrics.inc(host, Metric::Skipped);
+        Action::Continue
     }
 
     fn judge(&mut self, token: &str, now_ms: u64, may_refetch: bool) -> Verdict {
@@ -474,8 +745,9 @@ impl Filter {
             return Verdict::NeedKeys;
         };
         match self.verifier.verify(keys, token, now, &mut self.signature_checks) {
-            Ok(p) => {
+            Ok(mut p) => {
                 log::debug!("accepted token for sub={}", p.sub.as_deref().unwrap_or("-"));
+                p.claim_headers = claims::extract(&self.claim_headers, token);
                 let v = Verified {
                     principal: Rc::new(p),
                     hash: Sha256::digest(token.as_bytes()).into(),
@@ -544,10 +816,12 @@ impl Filter {
                 Err(d) => Step::Deny(d),
             };
             match step {
-                Step::Continue => host.resume_request(),
+                Step::Continue(p) => {
+                    self.allow(host, p, true);
+                }
                 Step::Wait => {}
                 Step::Deny(d) => {
-                    deny(host, &d);
+                    self.refuse(host, &d, None);
                 }
             }
         }
@@ -571,7 +845,7 @@ impl Filter {
             self.waiting.remove(&id);
             if host.switch_to(id) {
                 log::warn!("rejected: waited too long for signing keys");
-                deny(host, &unavailable);
+                self.refuse(host, &unavailable, None);
             }
         }
         host.switch_to(origin);
@@ -665,23 +939,28 @@ fn cache_until(ex: &Exchanged, subject: &Principal, clock_skew_s: u64, skew_ms: 
     issued_ms.map_or(subject_ms, |i| i.saturating_sub(skew_ms).min(subject_ms))
 }
 
-/// The audit line's fixed part: who, through which client, for which
-/// target (the audiences, else the resources, else the scopes: Entra names
-/// its target by scope).
-fn audit(exchanger: &Exchanger, p: &Principal) -> String {
+/// What an exchange is for: the audiences, else the resources, else the
+/// scopes (Entra names its target by scope).
+fn target_of(exchanger: &Exchanger) -> String {
     let c = exchanger.config();
-    let target = [&c.audiences, &c.resources, &c.scopes]
+    [&c.audiences, &c.resources, &c.scopes]
         .into_iter()
         .find(|l| !l.is_empty())
-        .map_or_else(|| "-".to_string(), |l| l.join(","));
+        .map_or_else(|| "-".to_string(), |l| l.join(","))
+}
+
+/// The exchange log line's fixed part: who, through which client, for which target.
+fn exchange_line(exchanger: &Exchanger, p: &Principal) -> String {
     format!(
-        "exchange sub={} client={} audience={target}",
+        "exchange sub={} client={} audience={}",
         p.sub.as_deref().unwrap_or("-"),
         p.client.as_deref().unwrap_or("-"),
+        target_of(exchanger)
     )
 }
 
-fn deny(host: &mut dyn Host, d: &Denial) -> Action {
+/// Answers the current request with `d`, readable by an allowed origin.
+fn deny(host: &mut dyn Host, d: &Denial, cors: Option<&Cors>) -> Action {
     let retry;
     let mut headers = vec![("content-type", "application/json")];
     if let Some(w) = &d.www_authenticate {
@@ -690,6 +969,10 @@ fn deny(host: &mut dyn Host, d: &Denial) -> Action {
     if let Some(r) = d.retry_after {
         retry = r.to_string();
         headers.push(("retry-after", retry.as_str()));
+    }
+    let cors_headers = cors.and_then(|c| cors::reply_headers(c, host));
+    if let Some(ch) = &cors_headers {
+        headers.extend(ch.iter().map(|(k, v)| (*k, v.as_str())));
     }
     host.send_response(d.status, &headers, d.body().as_bytes());
     Action::Pause

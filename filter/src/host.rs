@@ -55,6 +55,10 @@ pub trait Host {
     fn resume_request(&mut self);
     /// Sets (replaces) a request header of the current stream.
     fn set_request_header(&mut self, name: &str, value: &str);
+    /// Removes a request header of the current stream, every copy of it.
+    fn remove_request_header(&mut self, name: &str);
+    /// The request body buffered so far on the current stream (`size` bytes).
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Makes `context_id` current. False if it no longer exists (client gone).
     fn switch_to(&mut self, context_id: u32) -> bool;
 
@@ -74,4 +78,19 @@ pub trait Host {
     /// Writes shared data; with `cas`, only if nobody wrote since. False on a
     /// CAS mismatch or any other failure.
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+
+    /// Defines a metric (a counter, a gauge or a histogram) visible in the
+    /// proxy's stats; `None` if the proxy refused it.
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
+    /// Adds to a counter or gauge.
+    fn add_metric(&mut self, id: u32, delta: i64);
+    /// Sets a gauge, or records a histogram value.
+    fn record_metric(&mut self, id: u32, value: u64);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
 }

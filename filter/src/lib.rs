@@ -11,10 +11,12 @@
 //! one call per user, and `filter` ties them together. Per-worker maps are
 //! `bounded` in entries and bytes; `header_map` and `proxy` are the ABI side.
 
+pub mod audit;
 pub mod bearer;
 pub mod bounded;
 pub mod cache;
 pub mod challenge;
+pub mod claims;
 pub mod discovery;
 pub mod exchange;
 pub mod filter;
@@ -22,6 +24,8 @@ pub mod header_map;
 pub mod host;
 pub mod jwks;
 pub mod jwks_cache;
+pub mod mcp;
+pub mod metrics;
 pub mod routes;
 pub mod rsa;
 pub mod singleflight;

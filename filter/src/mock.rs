@@ -1,6 +1,6 @@
 //! A proxy in memory, for unit tests: streams, callouts, shared data, a clock.
 
-use crate::host::{CalloutResponse, Host};
+use crate::host::{CalloutResponse, Host, MetricKind};
 use plugin_config::Endpoint;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,6 +26,9 @@ pub struct Stream {
     pub headers: Vec<(String, String)>,
     /// Headers set by the filter, in order.
     pub set_headers: Vec<(String, String)>,
+    pub removed_headers: Vec<String>,
+    /// The request body the proxy has buffered.
+    pub body: Vec<u8>,
     pub sent: Option<Sent>,
     pub resumed: bool,
 }
@@ -59,10 +62,17 @@ pub struct Mock {
     pub shared: Shared,
     next_token: u32,
     random_counter: u8,
+    /// Metrics by name: (kind, value). Histograms keep their last value and count.
+    pub metrics: Vec<(String, MetricKind, i64, u64)>,
     pub refuse_dispatch: bool,
 }
 
 impl Mock {
+    /// A metric's value by name (0 if never defined or touched).
+    pub fn metric(&self, name: &str) -> i64 {
+        self.metrics.iter().find(|(n, ..)| n == name).map_or(0, |m| m.2)
+    }
+
     pub fn new() -> Mock {
         Mock::with_shared(Shared::default())
     }
@@ -77,6 +87,7 @@ impl Mock {
             shared,
             next_token: 100,
             random_counter: 0,
+            metrics: Vec::new(),
             refuse_dispatch: false,
         }
     }
@@ -168,6 +179,17 @@ impl Host for Mock {
         s.set_headers.push((name.to_string(), value.to_string()));
     }
 
+    fn remove_request_header(&mut self, name: &str) {
+        let s = self.cur();
+        s.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        s.removed_headers.push(name.to_string());
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        let body = &self.streams[&self.current].body;
+        Some(body[..size.min(body.len())].to_vec())
+    }
+
     fn switch_to(&mut self, context_id: u32) -> bool {
         if context_id == ROOT || self.streams.contains_key(&context_id) {
             self.current = context_id;
@@ -217,6 +239,27 @@ impl Host for Mock {
         let next = current.unwrap_or(0) + 1;
         map.insert(key.to_string(), (value.to_vec(), next));
         true
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        if let Some(i) = self.metrics.iter().position(|(n, ..)| n == name) {
+            return Some(i as u32);
+        }
+        self.metrics.push((name.to_string(), kind, 0, 0));
+        Some(self.metrics.len() as u32 - 1)
+    }
+
+    fn add_metric(&mut self, id: u32, delta: i64) {
+        if let Some(m) = self.metrics.get_mut(id as usize) {
+            m.2 += delta;
+        }
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        if let Some(m) = self.metrics.get_mut(id as usize) {
+            m.2 = value as i64;
+            m.3 += 1;
+        }
     }
 }
 

@@ -10,11 +10,11 @@
 
 use crate::filter::{Action as FilterAction, Filter};
 use crate::header_map;
-use crate::host::{CalloutResponse, Host};
+use crate::host::{CalloutResponse, Host, MetricKind};
 use plugin_config::Endpoint;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -65,10 +65,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(b)) => b,
-            _ => Vec::new(),
-        };
+        let bytes = abi::buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default();
         let config = match plugin_config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -165,18 +162,30 @@ impl Context for Stream {
 }
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let mut action = FilterAction::Pause;
         let mut configured = false;
         with_filter(&self.filter, self.id, |f, h| {
             configured = true;
-            action = f.on_request_headers(h);
+            action = f.on_request_headers(h, !end_of_stream);
         });
         if !configured {
             // Never wave a request through unchecked.
             let _ = abi::send_local_response(500, &[], b"token-exchange-filter not configured");
             return Action::Pause;
         }
+        match action {
+            FilterAction::Continue => Action::Continue,
+            FilterAction::Pause => Action::Pause,
+        }
+    }
+
+    /// Held only for a tool call whose scopes depend on the body.
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        let mut action = FilterAction::Continue;
+        with_filter(&self.filter, self.id, |f, h| {
+            action = f.on_request_body(h, size, end_of_stream)
+        });
         match action {
             FilterAction::Continue => Action::Continue,
             FilterAction::Pause => Action::Pause,
@@ -197,10 +206,7 @@ fn read_callout_response(num_headers: usize, body_size: usize) -> CalloutRespons
     let body = if truncated || body_size == 0 {
         Vec::new()
     } else {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        abi::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default()
     };
     CalloutResponse {
         headers,
@@ -267,6 +273,19 @@ impl Host for WasmHost {
         }
     }
 
+    fn remove_request_header(&mut self, name: &str) {
+        if let Err(code) = abi::remove_request_header(name) {
+            log::warn!(
+                "could not remove header {name} on context {} (status {code})",
+                self.current
+            );
+        }
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        abi::buffer(BufferType::HttpRequestBody, size).ok()
+    }
+
     fn switch_to(&mut self, context_id: u32) -> bool {
         if hostcalls::set_effective_context(context_id).is_ok() {
             self.current = context_id;
@@ -304,12 +323,30 @@ impl Host for WasmHost {
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         hostcalls::set_shared_data(key, Some(value), cas).is_ok()
     }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        abi::define_metric(kind as u32, name).ok()
+    }
+
+    fn add_metric(&mut self, id: u32, delta: i64) {
+        // A metric that cannot be updated is not worth a log line per request.
+        let _ = abi::increment_metric(id, delta);
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        let _ = abi::record_metric(id, value);
+    }
 }
 
 /// The ABI calls whose SDK wrappers panic on an unexpected status or on
-/// invalid UTF-8.
+/// invalid UTF-8 (metrics included).
 mod abi {
-    use proxy_wasm::types::{MapType, Status, StreamType};
+    use proxy_wasm::types::{BufferType, MapType, Status, StreamType};
 
     const OK: u32 = Status::Ok as u32;
     const NOT_FOUND: u32 = Status::NotFound as u32;
@@ -327,6 +364,17 @@ mod abi {
             value_size: usize,
         ) -> u32;
         fn proxy_continue_stream(stream_type: u32) -> u32;
+        fn proxy_get_buffer_bytes(
+            buffer_type: u32,
+            start: usize,
+            max_size: usize,
+            return_data: *mut *mut u8,
+            return_size: *mut usize,
+        ) -> u32;
+        fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+        fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+        fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
         fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
         fn proxy_get_header_map_value(
             map_type: u32,
@@ -408,6 +456,41 @@ mod abi {
         // proxy_on_memory_allocate (a boxed slice of exactly `size`) and hands
         // them to us, as the SDK's own readers assume.
         unsafe { Vec::from_raw_parts(data, size, size) }
+    }
+
+    /// Up to `max` bytes of a buffer from its start; empty if there is none.
+    pub fn buffer(kind: BufferType, max: usize) -> Result<Vec<u8>, u32> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer and a length into our two locals.
+        let status = unsafe { proxy_get_buffer_bytes(kind as u32, 0, max, &mut data, &mut size) };
+        if status == NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        check(status)?;
+        Ok(take(data, size))
+    }
+
+    pub fn define_metric(kind: u32, name: &str) -> Result<u32, u32> {
+        let mut id: u32 = 0;
+        // SAFETY: the name's pointer and length describe a live buffer; the host writes one u32.
+        check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+        Ok(id)
+    }
+
+    pub fn increment_metric(id: u32, delta: i64) -> Result<(), u32> {
+        // SAFETY: no pointers.
+        check(unsafe { proxy_increment_metric(id, delta) })
+    }
+
+    pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
+        // SAFETY: no pointers.
+        check(unsafe { proxy_record_metric(id, value) })
+    }
+
+    pub fn remove_request_header(name: &str) -> Result<(), u32> {
+        // SAFETY: the name's pointer and length describe a live buffer for the call.
+        check(unsafe { proxy_remove_header_map_value(MapType::HttpRequestHeaders as u32, name.as_ptr(), name.len()) })
     }
 
     pub fn continue_request() -> Result<(), u32> {

@@ -30,6 +30,8 @@ pub struct Flight {
     /// memory only, never logged.
     pub subject: String,
     pub principal: Rc<Principal>,
+    /// The policy of the request that started it (its waiters share the target).
+    pub policy: usize,
     /// Paused requests, by context id.
     pub waiters: Vec<u32>,
 }

@@ -78,6 +78,7 @@ mod tests {
                 exp,
                 key_id,
                 scopes: vec![],
+                claim_headers: vec![],
             }),
             hash: [0; 32],
         }

@@ -65,6 +65,8 @@ pub struct Principal {
     pub key_id: u64,
     /// Granted scopes, from `scope` or `scp`.
     pub scopes: Vec<String>,
+    /// `claimToHeaders` values, taken once at verification.
+    pub claim_headers: Vec<(String, String)>,
 }
 
 impl Principal {
@@ -174,6 +176,7 @@ impl Verifier {
         }
         Ok(Principal {
             scopes: scopes(&claims.custom),
+            claim_headers: Vec::new(),
             client: claims.custom.azp.or(claims.custom.client_id),
             sub,
             exp,

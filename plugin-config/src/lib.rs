@@ -4,6 +4,7 @@
 //! Every error names the JSON path of the field at fault and says how to fix it,
 //! because the only place a user sees it is one line of an Envoy log.
 
+mod edge;
 pub mod endpoint;
 mod exchange;
 mod keys;
@@ -11,6 +12,7 @@ pub mod provider;
 mod raw;
 mod rules;
 
+pub use edge::{ClaimHeader, Cors, Mcp};
 pub use endpoint::Endpoint;
 pub use exchange::{AssertionAlg, Cache, ClientAssertion, ClientAuthMethod, Impersonation, Secret, TokenExchange};
 pub use keys::{Discovery, KeySource};
@@ -58,6 +60,12 @@ pub struct Config {
     pub cache: Cache,
     /// Per-route policy, first match wins; no match means the sections above.
     pub rules: Vec<Rule>,
+    /// Origins that may read the filter's own replies.
+    pub cors: Option<Cors>,
+    /// One JSON line per decision.
+    pub audit: bool,
+    pub claim_to_headers: Vec<ClaimHeader>,
+    pub mcp: Option<Mcp>,
     /// Hex SHA-256 of the canonical JSON: any change to the config changes it,
     /// so state keyed by it (shared data) never outlives the config that made it.
     pub fingerprint: String,
@@ -220,11 +228,18 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
         .transpose()?;
     let cache = exchange::cache(raw.cache)?;
     let rules = rules::rules(raw.rules, allow_http, env)?;
+    let cors = edge::cors(raw.cors)?;
+    let claim_to_headers = edge::claim_headers(raw.claim_to_headers)?;
+    let mcp = edge::mcp(raw.mcp, resource.as_ref())?;
 
     Ok(Config {
         token_exchange,
         cache,
         rules,
+        cors,
+        audit: raw.audit.unwrap_or(true),
+        claim_to_headers,
+        mcp,
         oidc: Oidc {
             issuer: o.issuer,
             audiences,

@@ -17,6 +17,37 @@ pub struct RawConfig {
     pub cache: Option<RawCache>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    pub cors: Option<RawCors>,
+    /// One JSON line per decision; on unless false.
+    pub audit: Option<bool>,
+    #[serde(default)]
+    pub claim_to_headers: Vec<RawClaimHeader>,
+    pub mcp: Option<RawMcp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCors {
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClaimHeader {
+    pub claim: String,
+    pub header: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMcp {
+    /// Tool name -> scopes a `tools/call` of it needs.
+    #[serde(default)]
+    pub tool_scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Default: the path of oidc.resourceUrl.
+    pub path: Option<String>,
+    #[serde(default, deserialize_with = "number::opt_u64")]
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

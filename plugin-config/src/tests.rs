@@ -966,3 +966,92 @@ fn provider_names_and_provider_only_keys() {
         "tokenExchange.tokenUrl"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Edge features (issue 10): cors, audit, claimToHeaders, mcp.
+
+#[test]
+fn edge_sections_parse_with_defaults() {
+    let c = parse_value(&base()).unwrap();
+    assert!(c.cors.is_none() && c.mcp.is_none() && c.claim_to_headers.is_empty());
+    assert!(c.audit, "audit is on unless turned off");
+    let mut v = base();
+    v["cors"] = serde_json::json!({"allowedOrigins": ["https://app.example", "http://localhost:6274"]});
+    v["audit"] = false.into();
+    v["claimToHeaders"] = serde_json::json!([{"claim": "sub", "header": "X-User-Sub"},
+        {"claim": "realm_access.roles", "header": "x-user-roles"}]);
+    v["mcp"] = serde_json::json!({"toolScopes": {"delete_repo": ["repo:admin"]}});
+    let c = parse_value(&v).unwrap();
+    let cors = c.cors.unwrap();
+    assert!(cors.allows("https://app.example") && !cors.allows("https://evil.example"));
+    assert!(!c.audit);
+    assert_eq!(c.claim_to_headers[0].header, "x-user-sub");
+    assert_eq!(c.claim_to_headers[1].claim, vec!["realm_access", "roles"]);
+    let mcp = c.mcp.unwrap();
+    assert_eq!(mcp.path, "/mcp", "the resource's path");
+    assert_eq!(
+        mcp.tool_scopes,
+        vec![("delete_repo".to_string(), vec!["repo:admin".to_string()])]
+    );
+    assert_eq!(mcp.max_body_bytes, 1 << 20);
+}
+
+#[test]
+fn edge_errors_name_their_path() {
+    for (key, value, path) in [
+        ("cors", serde_json::json!({"allowedOrigins": []}), "cors.allowedOrigins"),
+        (
+            "cors",
+            serde_json::json!({"allowedOrigins": ["https://a.example/"]}),
+            "cors.allowedOrigins[0]",
+        ),
+        (
+            "cors",
+            serde_json::json!({"allowedOrigins": ["app.example"]}),
+            "cors.allowedOrigins[0]",
+        ),
+        (
+            "claimToHeaders",
+            serde_json::json!([{"claim": "", "header": "x"}]),
+            "claimToHeaders[0].claim",
+        ),
+        (
+            "claimToHeaders",
+            serde_json::json!([{"claim": "a..b", "header": "x"}]),
+            "claimToHeaders[0].claim",
+        ),
+        (
+            "claimToHeaders",
+            serde_json::json!([{"claim": "sub", "header": "x y"}]),
+            "claimToHeaders[0].header",
+        ),
+        (
+            "claimToHeaders",
+            serde_json::json!([{"claim": "sub", "header": "Authorization"}]),
+            "claimToHeaders[0].header",
+        ),
+        (
+            "claimToHeaders",
+            serde_json::json!([{"claim": "sub", "header": "x"}, {"claim": "email", "header": "X"}]),
+            "claimToHeaders[1].header",
+        ),
+        ("mcp", serde_json::json!({"toolScopes": {"t": []}}), "mcp.toolScopes.t"),
+        (
+            "mcp",
+            serde_json::json!({"toolScopes": {"t": ["a b"]}}),
+            "mcp.toolScopes.t[0]",
+        ),
+        ("mcp", serde_json::json!({"path": "mcp"}), "mcp.path"),
+        ("mcp", serde_json::json!({"maxBodyBytes": 0}), "mcp.maxBodyBytes"),
+        ("audit", serde_json::json!("no"), "audit"),
+    ] {
+        let mut v = base();
+        v[key] = value.clone();
+        let e = parse_value(&v).unwrap_err();
+        assert_eq!(e.path, path, "{key}: {value} -> {e}");
+    }
+    let mut v = base();
+    v["oidc"].as_object_mut().unwrap().remove("resourceUrl");
+    v["mcp"] = serde_json::json!({"toolScopes": {"t": ["a"]}});
+    assert_eq!(parse_value(&v).unwrap_err().path, "mcp.path");
+}

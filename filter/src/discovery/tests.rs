@@ -47,7 +47,7 @@ fn status(code: u16) -> CalloutResponse {
 fn request(f: &mut Filter, m: &mut Mock, id: u32) -> Action {
     let auth = format!("Bearer {}", good());
     m.open(id, &[(":method", "GET"), (":path", "/mcp"), ("authorization", &auth)]);
-    f.on_request_headers(m)
+    f.on_request_headers(m, false)
 }
 
 /// Answers the last callout, delivered to context `id`.

@@ -52,7 +52,7 @@ fn request(f: &mut Filter, m: &mut Mock, id: u32, token: Option<&str>) -> Action
         headers.push(("authorization", a.as_str()));
     }
     m.open(id, &headers);
-    f.on_request_headers(m)
+    f.on_request_headers(m, false)
 }
 
 /// Loads k1 into the filter through its first fetch.
@@ -89,7 +89,7 @@ fn two_authorization_headers_get_a_400() {
             ("authorization", "Bearer b"),
         ],
     );
-    f.on_request_headers(&mut m);
+    f.on_request_headers(&mut m, false);
     assert_eq!(m.sent(2).unwrap().status, 400);
 }
 
@@ -320,7 +320,7 @@ fn metadata_endpoint_is_served_without_auth() {
             (":path", "/.well-known/oauth-protected-resource/mcp?x=1"),
         ],
     );
-    assert_eq!(f.on_request_headers(&mut m), Action::Pause);
+    assert_eq!(f.on_request_headers(&mut m, false), Action::Pause);
     let s = m.sent(2).unwrap();
     assert_eq!(s.status, 200);
     assert_eq!(s.header("access-control-allow-origin"), Some("*"));
@@ -334,7 +334,7 @@ fn metadata_endpoint_is_served_without_auth() {
             (":path", "/.well-known/oauth-protected-resource/mcp"),
         ],
     );
-    f.on_request_headers(&mut m);
+    f.on_request_headers(&mut m, false);
     assert_eq!(m.sent(3).unwrap().status, 204);
     m.open(
         4,
@@ -343,7 +343,7 @@ fn metadata_endpoint_is_served_without_auth() {
             (":path", "/.well-known/oauth-protected-resource/mcp"),
         ],
     );
-    f.on_request_headers(&mut m);
+    f.on_request_headers(&mut m, false);
     assert_eq!(m.sent(4).unwrap().status, 405);
     // Other well-known paths are not ours.
     m.open(
@@ -353,7 +353,7 @@ fn metadata_endpoint_is_served_without_auth() {
             (":path", "/.well-known/oauth-protected-resource/other"),
         ],
     );
-    f.on_request_headers(&mut m);
+    f.on_request_headers(&mut m, false);
     assert_eq!(m.sent(5).unwrap().status, 401);
 }
 
@@ -567,6 +567,7 @@ fn cache_until_rules() {
         exp: 1_000,
         key_id: 0,
         scopes: vec![],
+        claim_headers: vec![],
     };
     let ex = |expires_in, jwt_exp| Exchanged {
         expires_at: None,
@@ -712,7 +713,7 @@ fn request_at(f: &mut Filter, m: &mut Mock, id: u32, authority: &str, path: &str
         headers.push(("authorization", a.as_str()));
     }
     m.open(id, &headers);
-    f.on_request_headers(m)
+    f.on_request_headers(m, false)
 }
 
 fn sent_form(m: &Mock) -> String {
@@ -1035,4 +1036,282 @@ fn entra_claims_challenge_reaches_the_client() {
     );
     assert!(challenge.contains(&encoded), "{challenge}");
     assert!(challenge.contains("resource_metadata="), "{challenge}");
+}
+
+// ---------------------------------------------------------------------------
+// The edge (issue 10): CORS, claim headers, metrics, per-tool scopes.
+
+fn edge_filter(extra: serde_json::Value, exchange: bool) -> Filter {
+    let mut v = config_json();
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    if exchange {
+        v["tokenExchange"] =
+            json!({"tokenUrl": "http://127.0.0.1:9002/token", "audience": "backend", "timeoutMs": 1000});
+    }
+    Filter::new(&plugin_config::parse(v.to_string().as_bytes()).unwrap(), "tef").unwrap()
+}
+
+fn open_with(f: &mut Filter, m: &mut Mock, id: u32, headers: &[(&str, &str)], body_follows: bool) -> Action {
+    m.open(id, headers);
+    f.on_request_headers(m, body_follows)
+}
+
+#[test]
+fn preflights_pass_unauthenticated_and_other_options_do_not() {
+    let (mut f, mut m) = (edge_filter(json!({}), false), Mock::new());
+    let preflight = [
+        (":method", "OPTIONS"),
+        (":path", "/mcp"),
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    assert_eq!(open_with(&mut f, &mut m, 2, &preflight, false), Action::Continue);
+    assert!(m.sent(2).is_none() && m.callouts.is_empty());
+    let plain_options = [
+        (":method", "OPTIONS"),
+        (":path", "/mcp"),
+        ("origin", "https://app.example"),
+    ];
+    open_with(&mut f, &mut m, 3, &plain_options, false);
+    assert_eq!(m.sent(3).unwrap().status, 401);
+}
+
+#[test]
+fn refusals_carry_cors_headers_for_allowed_origins_only() {
+    let (mut f, mut m) = (
+        edge_filter(json!({"cors": {"allowedOrigins": ["https://app.example"]}}), false),
+        Mock::new(),
+    );
+    open_with(
+        &mut f,
+        &mut m,
+        2,
+        &[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            ("origin", "https://app.example"),
+        ],
+        false,
+    );
+    let s = m.sent(2).unwrap();
+    assert_eq!(s.status, 401);
+    assert_eq!(s.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(s.header("access-control-expose-headers"), Some("WWW-Authenticate"));
+    assert_eq!(s.header("vary"), Some("Origin"));
+    open_with(
+        &mut f,
+        &mut m,
+        3,
+        &[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            ("origin", "https://evil.example"),
+        ],
+        false,
+    );
+    assert_eq!(m.sent(3).unwrap().header("access-control-allow-origin"), None);
+    // Without cors, nothing is added.
+    let (mut f, mut m) = (edge_filter(json!({}), false), Mock::new());
+    open_with(
+        &mut f,
+        &mut m,
+        2,
+        &[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            ("origin", "https://app.example"),
+        ],
+        false,
+    );
+    assert_eq!(m.sent(2).unwrap().header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn claim_headers_are_set_from_the_token_and_never_from_the_client() {
+    let config = json!({"claimToHeaders": [{"claim": "sub", "header": "x-user-sub"},
+        {"claim": "client_id", "header": "x-client"}],
+        "rules": [{"match": {"pathPrefix": "/healthz"}, "skip": true}]});
+    let (mut f, mut m) = (edge_filter(config, false), Mock::new());
+    warm(&mut f, &mut m);
+    let auth = format!("Bearer {}", good());
+    let spoofed = [
+        (":method", "POST"),
+        (":path", "/mcp"),
+        ("authorization", auth.as_str()),
+        ("x-user-sub", "admin"),
+        ("x-client", "spoof"),
+    ];
+    assert_eq!(open_with(&mut f, &mut m, 2, &spoofed, false), Action::Continue);
+    let h = |m: &Mock, id: u32, k: &str| {
+        m.stream(id)
+            .headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(h(&m, 2, "x-user-sub").as_deref(), Some("alice"), "from the token");
+    assert_eq!(
+        h(&m, 2, "x-client"),
+        None,
+        "the token has no client_id: the client's copy is gone"
+    );
+    // A remembered token sets them the same way.
+    open_with(&mut f, &mut m, 3, &spoofed, false);
+    assert_eq!(h(&m, 3, "x-user-sub").as_deref(), Some("alice"));
+    // Skipped routes still lose the client's copies.
+    open_with(
+        &mut f,
+        &mut m,
+        4,
+        &[(":path", "/healthz"), ("x-user-sub", "admin")],
+        false,
+    );
+    assert_eq!(h(&m, 4, "x-user-sub"), None);
+}
+
+#[test]
+fn metrics_count_outcomes_exchanges_and_the_cache() {
+    let (mut f, mut m) = (edge_filter(json!({}), true), Mock::new());
+    warm(&mut f, &mut m);
+    assert_eq!(m.metric("token_exchange_filter.jwks.fetch_ok"), 1);
+    assert_eq!(m.metric("token_exchange_filter.jwks.keys"), 1);
+    request(&mut f, &mut m, 2, None);
+    request(&mut f, &mut m, 3, Some("a.b.c"));
+    let t = good();
+    request(&mut f, &mut m, 4, Some(&t));
+    let c = m.callouts.last().unwrap().clone();
+    m.now_ms += 40;
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    request(&mut f, &mut m, 5, Some(&t));
+    for (name, want) in [
+        ("requests.missing_token", 1),
+        ("requests.invalid_token", 1),
+        ("requests.allowed", 2),
+        ("cache.miss", 1),
+        ("cache.hit", 1),
+        ("exchanges.ok", 1),
+        ("exchanges.failed", 0),
+        ("exchange.latency_ms", 40),
+    ] {
+        assert_eq!(m.metric(&format!("token_exchange_filter.{name}")), want, "{name}");
+    }
+}
+
+fn tools_filter(exchange: bool) -> Filter {
+    edge_filter(
+        json!({"mcp": {"toolScopes": {"delete_repo": ["repo:admin"]}, "maxBodyBytes": 200}}),
+        exchange,
+    )
+}
+
+fn tool_call(name: &str) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}})
+        .to_string()
+        .into_bytes()
+}
+
+/// Opens a POST to /mcp with a body to come.
+fn post(f: &mut Filter, m: &mut Mock, id: u32, token: &str, body: Vec<u8>) -> Action {
+    let auth = format!("Bearer {token}");
+    let a = open_with(
+        f,
+        m,
+        id,
+        &[(":method", "POST"), (":path", "/mcp"), ("authorization", &auth)],
+        true,
+    );
+    m.streams.get_mut(&id).unwrap().body = body;
+    a
+}
+
+#[test]
+fn a_tool_needs_its_scopes_once_the_body_is_read() {
+    let (mut f, mut m) = (tools_filter(false), Mock::new());
+    warm(&mut f, &mut m);
+    let admin = token(RSA1, "k1", "mcp:tools:call repo:admin");
+    // Granted: held until the body, then on.
+    assert_eq!(post(&mut f, &mut m, 2, &admin, tool_call("delete_repo")), Action::Pause);
+    assert_eq!(f.on_request_body(&mut m, 10, false), Action::Pause, "buffering");
+    let n = m.stream(2).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
+    // Not granted: 403 naming the route's and the tool's scopes.
+    let plain = good();
+    post(&mut f, &mut m, 3, &plain, tool_call("delete_repo"));
+    let n = m.stream(3).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Pause);
+    let s = m.sent(3).unwrap();
+    assert_eq!(s.status, 403);
+    assert!(s
+        .header("www-authenticate")
+        .unwrap()
+        .contains(r#"scope="mcp:tools:call repo:admin""#));
+    // Other tools need nothing more.
+    post(&mut f, &mut m, 4, &plain, tool_call("echo"));
+    let n = m.stream(4).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
+    // Too large, or not JSON.
+    post(&mut f, &mut m, 5, &admin, vec![b' '; 300]);
+    assert_eq!(f.on_request_body(&mut m, 300, false), Action::Pause);
+    assert_eq!(m.sent(5).unwrap().status, 413);
+    post(&mut f, &mut m, 6, &admin, b"{nope".to_vec());
+    f.on_request_body(&mut m, 5, true);
+    assert_eq!(m.sent(6).unwrap().status, 400);
+    // A GET, or a POST without a body, is never held.
+    let auth = format!("Bearer {plain}");
+    assert_eq!(
+        open_with(
+            &mut f,
+            &mut m,
+            7,
+            &[(":method", "GET"), (":path", "/mcp"), ("authorization", &auth)],
+            true
+        ),
+        Action::Continue
+    );
+    assert_eq!(f.on_request_body(&mut m, 0, true), Action::Continue);
+    assert_eq!(
+        open_with(
+            &mut f,
+            &mut m,
+            8,
+            &[(":method", "POST"), (":path", "/mcp"), ("authorization", &auth)],
+            false
+        ),
+        Action::Continue
+    );
+}
+
+#[test]
+fn body_and_exchange_both_finish_before_the_request_goes_on() {
+    let (mut f, mut m) = (tools_filter(true), Mock::new());
+    warm(&mut f, &mut m);
+    let admin = token(RSA1, "k1", "mcp:tools:call repo:admin");
+    // The body first, then the exchange.
+    post(&mut f, &mut m, 2, &admin, tool_call("delete_repo"));
+    let n = m.stream(2).body.len();
+    assert_eq!(
+        f.on_request_body(&mut m, n, true),
+        Action::Pause,
+        "the exchange is still out"
+    );
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &exchanged(300));
+    assert!(m.stream(2).resumed);
+    assert_eq!(authorization(&m, 2), Some(format!("Bearer {BACKEND_TOKEN}")));
+    // The exchange (a cache hit) first, then the body.
+    assert_eq!(post(&mut f, &mut m, 3, &admin, tool_call("delete_repo")), Action::Pause);
+    assert!(!m.stream(3).resumed);
+    let n = m.stream(3).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
+    // Waiting for keys: the body is read while the request waits.
+    let (mut f, mut m) = (tools_filter(false), Mock::new());
+    let plain = good();
+    post(&mut f, &mut m, 2, &plain, tool_call("delete_repo"));
+    let n = m.stream(2).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Pause);
+    let jwks = m.callouts[0].clone();
+    f.on_callout(&mut m, jwks.token, &ok(&keys_k1()));
+    assert_eq!(m.sent(2).unwrap().status, 403, "judged when the keys came");
 }
