@@ -87,13 +87,15 @@ struct Passed {
     latency_ms: Option<u64>,
 }
 
-/// A request whose body must be read before it may go on (a `tools/call`
-/// whose tool has scopes): what the body needs, once read, and the request's
-/// own verdict, once reached. It goes on when both are known and agree.
+/// A request whose body must be read (a `tools/call` of a tool with
+/// scopes may be in it): who passed, once allowed. Envoy delivers a body to
+/// a proxy-wasm filter only after its headers went on, so the headers (with
+/// the exchanged token) reach the upstream first; the body, which is the
+/// call, is held until it is judged, and a refusal resets the upstream
+/// request before any of it is sent.
 #[derive(Default)]
 struct Gate {
-    needed: Option<Vec<String>>,
-    passed: Option<Passed>,
+    passed: Option<(Rc<Principal>, usize)>,
 }
 
 /// One exchange target: the request builder and its cache.
@@ -350,17 +352,35 @@ impl Filter {
                 return self.refuse(host, &d, None);
             }
         };
-        let passed = match self.gates.get_mut(&ctx) {
-            Some(gate) => {
-                gate.needed = Some(needed);
-                gate.passed.take()
-            }
-            None => None,
-        };
+        let passed = self.gates.remove(&ctx).and_then(|g| g.passed);
         match passed {
-            // The request was already judged: decide now.
-            Some(p) => self.allow(host, p, false),
-            None => Action::Pause,
+            Some((principal, _)) if principal.has_scopes(&needed) => Action::Continue,
+            Some((principal, policy)) => {
+                let mut scopes = self.policies[policy].required_scopes.clone();
+                scopes.extend(
+                    needed
+                        .iter()
+                        .filter(|n| !scopes.contains(n))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+                let d = self.policies[policy]
+                    .challenges
+                    .with_scopes(&scopes)
+                    .insufficient_scope();
+                log::info!(
+                    "rejected: the tool needs scopes {}; sub={}",
+                    needed.join(" "),
+                    principal.sub.as_deref().unwrap_or("-")
+                );
+                self.refuse(host, &d, None)
+            }
+            // Not allowed through `allow`: cannot happen, but never let a
+            // call through unjudged.
+            None => {
+                let d = self.policies[0].challenges.insufficient_scope();
+                self.refuse(host, &d, None)
+            }
         }
     }
 
@@ -624,40 +644,12 @@ impl Filter {
         }
     }
 
-    /// Lets the current request go on (`resume`: it was paused): unless its
-    /// body must still be read, or needs a scope it lacks. Sets the claim
-    /// headers, and records the decision.
+    /// Lets the current request go on (`resume`: it was paused). Sets the
+    /// claim headers, remembers who passed for a body still to be judged,
+    /// and records the decision.
     fn allow(&mut self, host: &mut dyn Host, passed: Passed, resume: bool) -> Action {
-        let ctx = host.context_id();
-        if let Some(gate) = self.gates.get_mut(&ctx) {
-            let Some(needed) = &gate.needed else {
-                // The body is still coming; it decides when it has.
-                gate.passed = Some(passed);
-                return Action::Pause;
-            };
-            if !passed.principal.has_scopes(needed) {
-                let mut scopes = self.policies[passed.policy].required_scopes.clone();
-                scopes.extend(
-                    needed
-                        .iter()
-                        .filter(|n| !scopes.contains(n))
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                );
-                let d = self.policies[passed.policy]
-                    .challenges
-                    .with_scopes(&scopes)
-                    .insufficient_scope();
-                log::info!(
-                    "rejected: the tool needs scopes {}; sub={}",
-                    needed.join(" "),
-                    passed.principal.sub.as_deref().unwrap_or("-")
-                );
-                self.gates.remove(&ctx);
-                let target = passed.target;
-                return self.refuse(host, &d, target.map(|t| (&passed.principal, t)));
-            }
-            self.gates.remove(&ctx);
+        if let Some(gate) = self.gates.get_mut(&host.context_id()) {
+            gate.passed = Some((Rc::clone(&passed.principal), passed.policy));
         }
         for h in &self.claim_headers {
             match passed.principal.claim_headers.iter().find(|(k, _)| *k == h.header) {

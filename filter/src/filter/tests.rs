@@ -1231,8 +1231,11 @@ fn a_tool_needs_its_scopes_once_the_body_is_read() {
     let (mut f, mut m) = (tools_filter(false), Mock::new());
     warm(&mut f, &mut m);
     let admin = token(RSA1, "k1", "mcp:tools:call repo:admin");
-    // Granted: held until the body, then on.
-    assert_eq!(post(&mut f, &mut m, 2, &admin, tool_call("delete_repo")), Action::Pause);
+    // Granted: the headers go on, the body is held until read, then on.
+    assert_eq!(
+        post(&mut f, &mut m, 2, &admin, tool_call("delete_repo")),
+        Action::Continue
+    );
     assert_eq!(f.on_request_body(&mut m, 10, false), Action::Pause, "buffering");
     let n = m.stream(2).body.len();
     assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
@@ -1284,34 +1287,32 @@ fn a_tool_needs_its_scopes_once_the_body_is_read() {
 }
 
 #[test]
-fn body_and_exchange_both_finish_before_the_request_goes_on() {
+fn the_body_is_judged_after_a_paused_request_goes_on() {
     let (mut f, mut m) = (tools_filter(true), Mock::new());
     warm(&mut f, &mut m);
-    let admin = token(RSA1, "k1", "mcp:tools:call repo:admin");
-    // The body first, then the exchange.
-    post(&mut f, &mut m, 2, &admin, tool_call("delete_repo"));
-    let n = m.stream(2).body.len();
-    assert_eq!(
-        f.on_request_body(&mut m, n, true),
-        Action::Pause,
-        "the exchange is still out"
-    );
+    // Paused for its exchange: Envoy delivers the body once it resumes.
+    let plain = good();
+    assert_eq!(post(&mut f, &mut m, 2, &plain, tool_call("delete_repo")), Action::Pause);
     let c = m.callouts.last().unwrap().clone();
     f.on_callout(&mut m, c.token, &exchanged(300));
     assert!(m.stream(2).resumed);
     assert_eq!(authorization(&m, 2), Some(format!("Bearer {BACKEND_TOKEN}")));
-    // The exchange (a cache hit) first, then the body.
-    assert_eq!(post(&mut f, &mut m, 3, &admin, tool_call("delete_repo")), Action::Pause);
-    assert!(!m.stream(3).resumed);
-    let n = m.stream(3).body.len();
-    assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
-    // Waiting for keys: the body is read while the request waits.
-    let (mut f, mut m) = (tools_filter(false), Mock::new());
-    let plain = good();
-    post(&mut f, &mut m, 2, &plain, tool_call("delete_repo"));
+    m.enter(2);
     let n = m.stream(2).body.len();
     assert_eq!(f.on_request_body(&mut m, n, true), Action::Pause);
+    assert_eq!(m.sent(2).unwrap().status, 403);
+    // Paused for keys: the same.
+    let (mut f, mut m) = (tools_filter(false), Mock::new());
+    let admin = token(RSA1, "k1", "mcp:tools:call repo:admin");
+    post(&mut f, &mut m, 2, &admin, tool_call("delete_repo"));
     let jwks = m.callouts[0].clone();
     f.on_callout(&mut m, jwks.token, &ok(&keys_k1()));
-    assert_eq!(m.sent(2).unwrap().status, 403, "judged when the keys came");
+    assert!(m.stream(2).resumed);
+    m.enter(2);
+    let n = m.stream(2).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
+    // A client that leaves leaves nothing behind.
+    post(&mut f, &mut m, 3, &admin, tool_call("delete_repo"));
+    f.on_done(&mut m, 3);
+    assert!(f.gates.is_empty());
 }

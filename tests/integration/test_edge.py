@@ -1,0 +1,197 @@
+"""Issue 10, the filter's side on real Envoy: CORS for browser clients, claim
+headers, per-tool scopes (the JSON-RPC body read through Envoy's buffering),
+the metrics in /stats and /stats/prometheus, and the audit log.
+
+One Envoy (2 workers) with a listener per configuration; the MCP AS issues
+the callers' tokens and the backend AS exchanges them, as in
+test_exchange.py. The backend echoes what reached it.
+"""
+
+import json
+import re
+import time
+
+import pytest
+
+from conftest import mcp_resources, plugin_config
+from harness import MCP_SCOPE, Backend, BrokenTokenEndpoint, Envoy, IdP, call, free_port, tamper_signature
+
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ORIGIN = "https://app.example"
+PREFIX = "wasmcustom.token_exchange_filter."
+LISTENERS = ("main", "bad-gateway", "hang", "idp-500", "no-keys")
+
+
+class Edge:
+    def __init__(self, cleanup):
+        self.ports = {name: free_port() for name in LISTENERS}
+        self.resource, resources = mcp_resources(self.ports["main"])
+        resources[self.resource]["scope"] = f"{MCP_SCOPE} mcp:admin"
+        users = ["alice", "bob", "blocked"]
+        self.mcp_as = IdP(cleanup, "mcp-as", resources=resources,
+                          clients=[{"client_id": u, "client_secret": f"{u}-secret"} for u in users]).start()
+        self.backend_as = IdP(
+            cleanup, "backend-as",
+            resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
+            clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [EXCHANGE_GRANT]}],
+            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": "mcpserver",
+                       "IDP_DENY_SUBJECTS": json.dumps(["blocked"])},
+        ).start()
+        self.broken = BrokenTokenEndpoint()
+        cleanup.add(self.broken)
+        self.backend = Backend(cleanup)
+        closed = free_port()
+        exchange = {"tokenUrl": f"{self.backend_as.issuer}/token", "clientId": "gw", "clientSecretEnv": "GW_SECRET",
+                    "audience": "backend", "timeoutMs": 500}
+        broken = f"http://127.0.0.1:{self.broken.port}"
+        configs = {}
+        for name in LISTENERS:
+            cfg = plugin_config(self.mcp_as, self.ports["main"])
+            cfg["tokenExchange"] = dict(exchange)
+            configs[name] = cfg
+        main = configs["main"]
+        main["cors"] = {"allowedOrigins": [ORIGIN]}
+        main["claimToHeaders"] = [{"claim": "sub", "header": "x-user-sub"}]
+        main["mcp"] = {"toolScopes": {"delete_repo": ["mcp:admin"]}, "maxBodyBytes": 512}
+        main["rules"] = [{"match": {"pathPrefix": "/healthz"}, "skip": True}]
+        main["cache"] = {"maxEntries": 1, "expirySkewSeconds": 30}
+        configs["bad-gateway"]["tokenExchange"]["tokenUrl"] = f"{broken}/garbage"
+        configs["hang"]["tokenExchange"]["tokenUrl"] = f"{broken}/hang"
+        configs["idp-500"]["tokenExchange"]["tokenUrl"] = f"{broken}/500"
+        configs["no-keys"]["oidc"]["jwksUrl"] = f"http://127.0.0.1:{closed}/jwks"
+        clusters = {f"outbound|{p}||127.0.0.1": p for p in
+                    (self.mcp_as.port, self.backend_as.port, self.broken.port, closed)}
+        listeners = [(self.ports[n], configs[n]) for n in LISTENERS]
+        self.envoy = Envoy(cleanup, self.backend.port, listeners[0][1], clusters, port=listeners[0][0],
+                           extra_listeners=listeners[1:], env={"GW_SECRET": "gw-secret"}).wait_ready()
+        self.tokens = []
+
+    def token(self, user="alice", scope=MCP_SCOPE):
+        t = self.mcp_as.token(user, f"{user}-secret", self.resource, scope)
+        self.tokens.append(t)
+        return t
+
+    def req(self, listener="main", path="/mcp", token=None, method="GET", headers=None, body=None):
+        h = dict(headers or {})
+        if token:
+            h["authorization"] = f"Bearer {token}"
+        return call(self.ports[listener], path, method=method, headers=h, body=body)
+
+    def stats(self):
+        out = {}
+        for line in call(self.envoy.admin, "/stats?filter=token_exchange_filter")[2].splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(PREFIX) and value.strip().isdigit():
+                out[name[len(PREFIX):]] = int(value)
+        return out
+
+
+@pytest.fixture(scope="module")
+def edge(module_cleanup):
+    return Edge(module_cleanup)
+
+
+def seen(body):
+    return json.loads(body)
+
+
+def test_preflights_reach_the_upstream_and_refusals_are_readable_cross_origin(edge):
+    served = edge.backend.requests()
+    status, _, _ = edge.req(method="OPTIONS", headers={"origin": ORIGIN, "access-control-request-method": "POST",
+                                                       "access-control-request-headers": "authorization"})
+    assert status == 200 and edge.backend.requests() == served + 1, "the upstream answered the preflight"
+    status, headers, _ = edge.req(headers={"origin": ORIGIN})
+    assert status == 401
+    assert headers["access-control-allow-origin"] == ORIGIN
+    assert headers["access-control-expose-headers"] == "WWW-Authenticate"
+    assert headers["vary"] == "Origin"
+    assert "resource_metadata=" in headers["www-authenticate"]
+    status, headers, _ = edge.req(headers={"origin": "https://evil.example"})
+    assert status == 401 and "access-control-allow-origin" not in headers
+
+
+def test_claim_headers_come_from_the_token_only(edge):
+    status, _, body = edge.req(token=edge.token("alice"), headers={"x-user-sub": "root"})
+    assert status == 200, body
+    headers = dict(seen(body)["headers"])
+    assert headers["x-user-sub"] == "alice"
+    status, _, body = edge.req(path="/healthz", headers={"x-user-sub": "root"})
+    assert "x-user-sub" not in dict(seen(body)["headers"]), "skipped routes lose the client's copy too"
+
+
+def rpc(name, pad=0):
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": name, "arguments": {"pad": "x" * pad}}})
+
+
+def test_tool_scopes_are_checked_from_the_body(edge):
+    plain, admin = edge.token("bob"), edge.token("bob", f"{MCP_SCOPE} mcp:admin")
+    ctype = {"content-type": "application/json"}
+    status, headers, _ = edge.req(method="POST", token=plain, headers=ctype, body=rpc("delete_repo"))
+    assert status == 403
+    assert 'scope="mcp:tools:call mcp:admin"' in headers["www-authenticate"]
+    status, _, body = edge.req(method="POST", token=admin, headers=ctype, body=rpc("delete_repo"))
+    assert status == 200, body
+    status, _, body = edge.req(method="POST", token=plain, headers=ctype, body=rpc("echo"))
+    assert status == 200, body
+    status, _, _ = edge.req(method="POST", token=admin, headers=ctype, body=rpc("delete_repo", pad=1000))
+    assert status == 413
+    batch = "[" + rpc("echo") + "," + rpc("delete_repo") + "]"
+    assert edge.req(method="POST", token=plain, headers=ctype, body=batch)[0] == 403, "the strictest member"
+
+
+def test_every_metric_moves(edge):
+    before = edge.stats()
+    alice = edge.token("alice")
+    edge.req()                                                          # missing_token
+    edge.req(token=tamper_signature(alice))                             # invalid_token
+    edge.req(token=edge.token("alice", None))                           # insufficient_scope
+    call(edge.ports["main"], "/mcp", header_list=[("authorization", "Bearer a"), ("authorization", "Bearer b")])
+    edge.req(path="/healthz")                                           # skipped
+    edge.req(token=edge.token("blocked"))                               # exchange_refused
+    edge.req(method="POST", token=alice, headers={"content-type": "application/json"},
+             body=rpc("delete_repo", pad=1000))                         # body_too_large
+    edge.req("bad-gateway", token=alice)
+    edge.req("hang", token=alice)
+    edge.req("idp-500", token=alice)
+    edge.req("no-keys", token=alice)                                    # jwks fetch fails: unavailable
+    bob = edge.token("bob")
+    for t in (alice, alice, bob):                                       # miss, hit, miss + overwrite (1 slot)
+        assert edge.req(token=t)[0] == 200
+    after = edge.stats()
+    moved = {k for k in after if after[k] > before.get(k, 0)}
+    expected = {
+        "requests.allowed", "requests.skipped", "requests.missing_token", "requests.invalid_request",
+        "requests.invalid_token", "requests.insufficient_scope", "requests.body_too_large",
+        "requests.exchange_refused", "requests.exchange_bad_gateway", "requests.exchange_timeout",
+        "requests.unavailable", "exchanges.ok", "exchanges.failed", "cache.hit", "cache.miss",
+        "cache.overwrite", "jwks.fetch_ok", "jwks.fetch_failed",
+    }
+    assert expected <= moved, f"did not move: {sorted(expected - moved)}"
+    assert after["jwks.keys"] >= 1
+    prom = call(edge.envoy.admin, "/stats/prometheus")[2]
+    assert re.search(r"^token_exchange_filter_requests_allowed\{\} [1-9]", prom, re.M), "in Prometheus form too"
+    # Histograms reach the admin API at Envoy's stats flush (every 5 s).
+    deadline = time.monotonic() + 15
+    while not re.search(r"^token_exchange_filter_exchange_latency_ms_count\{\} [1-9]", prom, re.M):
+        assert time.monotonic() < deadline, "the latency histogram never filled"
+        time.sleep(0.5)
+        prom = call(edge.envoy.admin, "/stats/prometheus")[2]
+
+
+def test_audit_lines_hold_decisions_and_never_a_token(edge):
+    token = edge.token("alice")
+    edge.req(token=token)
+    edge.req()
+    lines = [l.split(" audit ", 1)[1] for l in edge.envoy.proc.text().splitlines() if " audit {" in l]
+    entries = [json.loads(l) for l in lines]
+    assert any(e["decision"] == "allow" and e["sub"] == "alice" and e["target"] == "backend"
+               and e["cache"] in ("hit", "miss") and e["iss"] == edge.mcp_as.issuer for e in entries)
+    assert any(e["decision"] == "deny" and e["reason"] == "missing bearer token" and e["status"] == 401
+               for e in entries)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in entries)
+    wasm_lines = [l for l in edge.envoy.proc.text().splitlines() if "wasm log" in l]
+    for t in edge.tokens:
+        for part in t.split("."):
+            assert not any(part in l for l in wasm_lines if len(part) >= 16), "a token in the log"
+    assert not any("gw-secret" in l for l in wasm_lines)
