@@ -388,14 +388,14 @@ impl Filter {
     pub fn on_callout(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) {
         match self.jwks.on_response(host, token, resp) {
             Some(true) => {
-                self.metrics.inc(host, Metric::JwksFetchOk);
+                self.metrics.inc(Metric::JwksFetchOk);
                 let keys = self.jwks.keys().map_or(0, |k| k.len());
                 self.metrics.record(host, Metric::JwksKeys, keys as u64);
                 self.prune_verified();
                 self.wake(host, false);
             }
             Some(false) => {
-                self.metrics.inc(host, Metric::JwksFetchFailed);
+                self.metrics.inc(Metric::JwksFetchFailed);
                 self.wake(host, true);
             }
             None => {
@@ -433,7 +433,7 @@ impl Filter {
         if let Some(value) = x.cache.get(host, &hash, now) {
             host.set_request_header(x.exchanger.forward_header(), &value);
             log::debug!("{} cache=hit", exchange_line(&x.exchanger, &principal));
-            self.metrics.inc(host, Metric::CacheHit);
+            self.metrics.inc(Metric::CacheHit);
             return Step::Continue(Passed {
                 principal,
                 policy,
@@ -442,7 +442,7 @@ impl Filter {
                 latency_ms: None,
             });
         }
-        self.metrics.inc(host, Metric::CacheMiss);
+        self.metrics.inc(Metric::CacheMiss);
         let key = (target, hash);
         let ctx = host.context_id();
         if self.flights.join(&key, ctx) {
@@ -472,7 +472,7 @@ impl Filter {
                     exchange_line(&x.exchanger, &principal),
                     f.outcome()
                 );
-                self.metrics.inc(host, Metric::ExchangesFailed);
+                self.metrics.inc(Metric::ExchangesFailed);
                 Step::Deny(self.exchange_denial(&f))
             }
         }
@@ -534,10 +534,10 @@ impl Filter {
         } else {
             Metric::ExchangesFailed
         };
-        self.metrics.inc(host, metric);
+        self.metrics.inc(metric);
         self.metrics.record(host, Metric::ExchangeLatency, latency);
         if evicted {
-            self.metrics.inc(host, Metric::CacheOverwrite);
+            self.metrics.inc(Metric::CacheOverwrite);
         }
         // What every waiter gets: the value to forward, or the denial.
         let release = value.map_err(|f| self.exchange_denial(f));
@@ -611,6 +611,7 @@ impl Filter {
     }
 
     pub fn on_tick(&mut self, host: &mut dyn Host) {
+        self.metrics.flush(host);
         let tick = self.jwks.on_tick(host);
         if tick.adopted {
             self.prune_verified();
@@ -657,8 +658,8 @@ impl Filter {
                 None => host.remove_request_header(&h.header),
             }
         }
-        self.metrics.inc(host, Metric::Allowed);
-        if self.audit {
+        self.metrics.inc(Metric::Allowed);
+        if self.audit && log::log_enabled!(log::Level::Info) {
             let target = passed
                 .target
                 .and_then(|t| self.exchanges.get(t))
@@ -691,8 +692,8 @@ impl Filter {
     /// `known` is who it was and the exchange target, when known.
     fn refuse(&mut self, host: &mut dyn Host, d: &Denial, known: Option<(&Rc<Principal>, usize)>) -> Action {
         self.gates.remove(&host.context_id());
-        self.metrics.inc(host, Metric::for_denial(d));
-        if self.audit {
+        self.metrics.inc(Metric::for_denial(d));
+        if self.audit && log::log_enabled!(log::Level::Info) {
             let p = known.map(|(p, _)| p);
             let target = known
                 .and_then(|(_, t)| self.exchanges.get(t))
@@ -723,7 +724,7 @@ impl Filter {
         for h in &self.claim_headers {
             host.remove_request_header(&h.header);
         }
-        self.metrics.inc(host, Metric::Skipped);
+        self.metrics.inc(Metric::Skipped);
         Action::Continue
     }
 

@@ -1175,6 +1175,12 @@ fn claim_headers_are_set_from_the_token_and_never_from_the_client() {
 fn metrics_count_outcomes_exchanges_and_the_cache() {
     let (mut f, mut m) = (edge_filter(json!({}), true), Mock::new());
     warm(&mut f, &mut m);
+    assert_eq!(
+        m.metric("token_exchange_filter.jwks.fetch_ok"),
+        0,
+        "counts reach the proxy on a tick"
+    );
+    f.on_tick(&mut m);
     assert_eq!(m.metric("token_exchange_filter.jwks.fetch_ok"), 1);
     assert_eq!(m.metric("token_exchange_filter.jwks.keys"), 1);
     request(&mut f, &mut m, 2, None);
@@ -1185,6 +1191,8 @@ fn metrics_count_outcomes_exchanges_and_the_cache() {
     m.now_ms += 40;
     f.on_callout(&mut m, c.token, &exchanged(300));
     request(&mut f, &mut m, 5, Some(&t));
+    m.enter(ROOT);
+    f.on_tick(&mut m);
     for (name, want) in [
         ("requests.missing_token", 1),
         ("requests.invalid_token", 1),
