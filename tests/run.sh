@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-tests/bootstrap.sh --oci
+tests/bootstrap.sh --oci --browser
 
 # Minimal rustup profiles come without these two.
 for component in clippy rustfmt; do

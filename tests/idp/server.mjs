@@ -23,6 +23,15 @@
 // GET /_stats answers {"token_exchange": <exchange requests so far>}.
 //   IDP_ROTATE     if "1", add a fresh key in front of the file's keys at start:
 //                  new tokens get a new kid, old ones still verify
+//
+// With IDP_INTERACTIVE=1 it also serves what MCP clients use: authorization
+// code with PKCE (S256), open dynamic client registration (RFC 7591; public
+// clients allowed), refresh tokens for clients registered with that grant
+// (no offline_access needed; rotated as the library does), the library's
+// development login and consent pages (any login name and password; the
+// name becomes `sub`), and CORS for browser clients. A request naming no
+// resource gets the single configured one (RFC 8707), so a code flow yields
+// a JWT access token for that resource's audience and scopes.
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
@@ -42,6 +51,7 @@ const issuer = env('IDP_ISSUER', `http://127.0.0.1:${port}`);
 const keysFile = env('IDP_KEYS');
 const resources = JSON.parse(env('IDP_RESOURCES', '{}'));
 const clients = JSON.parse(env('IDP_CLIENTS', '[]'));
+const interactive = process.env.IDP_INTERACTIVE === '1';
 
 function newKey() {
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -73,12 +83,30 @@ const provider = new Provider(issuer, {
     AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL || 300,
     ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || 300,
     Grant: 3600,
+    Interaction: 600,
+    Session: 3600,
+    RefreshToken: 86400,
   },
+  ...(interactive && {
+    findAccount: (ctx, id) => ({ accountId: id, claims: () => ({ sub: id }) }),
+    issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    // Browser clients: any origin may call the token and revocation endpoints.
+    clientBasedCORS: () => true,
+    // Signed cookies; not `secure`, as the issuer is plain http.
+    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+  }),
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: interactive },
+    registration: { enabled: interactive },
+    revocation: { enabled: interactive },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
+      ...(interactive && {
+        defaultResource: (ctx, client, oneOf) => oneOf
+          || (Object.keys(resources).length === 1 ? Object.keys(resources)[0] : undefined),
+        useGrantedResource: () => true,
+      }),
       async getResourceServerInfo(ctx, resourceIndicator) {
         const r = resources[resourceIndicator];
         if (!r) throw new Provider.errors.InvalidTarget();
@@ -167,6 +195,20 @@ provider.use(async (ctx, next) => {
   }
   await next();
 });
+
+// The library answers CORS on its other endpoints, but not on registration.
+if (interactive) {
+  provider.use(async (ctx, next) => {
+    if (ctx.path !== '/reg' || !ctx.get('origin')) return next();
+    ctx.set('access-control-allow-origin', ctx.get('origin'));
+    ctx.vary('origin');
+    if (ctx.method !== 'OPTIONS') return next();
+    ctx.set('access-control-allow-methods', 'POST');
+    ctx.set('access-control-allow-headers', ctx.get('access-control-request-headers') || 'content-type');
+    ctx.status = 204;
+    return undefined;
+  });
+}
 
 const jwksDelay = Number(env('IDP_JWKS_DELAY_MS', '0'));
 if (jwksDelay > 0) {

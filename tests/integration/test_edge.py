@@ -158,8 +158,6 @@ def test_every_metric_moves(edge):
     bob = edge.token("bob")
     for t in (alice, alice, bob):                                       # miss, hit, miss + overwrite (1 slot)
         assert edge.req(token=t)[0] == 200
-    after = edge.stats()
-    moved = {k for k in after if after[k] > before.get(k, 0)}
     expected = {
         "requests.allowed", "requests.skipped", "requests.missing_token", "requests.invalid_request",
         "requests.invalid_token", "requests.insufficient_scope", "requests.body_too_large",
@@ -167,6 +165,14 @@ def test_every_metric_moves(edge):
         "requests.unavailable", "exchanges.ok", "exchanges.failed", "cache.hit", "cache.miss",
         "cache.overwrite", "jwks.fetch_ok", "jwks.fetch_failed",
     }
+    # Workers hand their counts to Envoy on their 500 ms tick.
+    deadline = time.monotonic() + 10
+    while True:
+        after = edge.stats()
+        moved = {k for k in after if after[k] > before.get(k, 0)}
+        if expected <= moved or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert expected <= moved, f"did not move: {sorted(expected - moved)}"
     assert after["jwks.keys"] >= 1
     prom = call(edge.envoy.admin, "/stats/prometheus")[2]

@@ -1,0 +1,423 @@
+"""Issue 10: MCP clients end to end, through Envoy and the filter.
+
+The official TypeScript SDK's MCP server (tests/mcp/server.mjs) sits behind
+Envoy (2 workers) with the filter; its `whoami` tool calls tests/backend.py
+with the Authorization header the MCP request carried, and the backend
+verifies it against the backend authorization server. Two oidc-provider
+servers as in test_exchange.py: the MCP AS, here interactive (authorization
+code + PKCE, dynamic client registration, login and consent pages driven by
+login.py), and the backend AS, which trusts it and exchanges its tokens
+(RFC 8693).
+
+  3. the official Python SDK (PyPI `mcp`) with its OAuth client provider;
+  4. mcp-remote, headless: its "browser" is a script that hands the URL to
+     the test, which logs in and calls mcp-remote's loopback callback;
+  5. two users at once, each seeing only their own identity;
+  6. the Streamable HTTP GET event stream stays open through Envoy past 30 s
+     (Envoy's default route timeout is 15 s) and delivers a notification.
+"""
+
+import http.client
+import json
+import os
+import queue
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+
+from conftest import plugin_config
+from harness import (
+    MCP_AUDIENCE,
+    MCP_SCOPE,
+    ROOT,
+    WASM,
+    Backend,
+    Cleanup,
+    Envoy,
+    IdP,
+    Proc,
+    call,
+    decode_part,
+    free_port,
+    wait_port,
+)
+from login import login
+
+MCP_DIR = ROOT / "tests" / "mcp"
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+GW_SECRET = "gw-secret"
+BACKEND_API = "https://api.example.com/"
+
+
+class McpStack:
+    def __init__(self, cleanup):
+        self.envoy_port = free_port()
+        self.resource = f"http://127.0.0.1:{self.envoy_port}/mcp"
+        # One resource: the IdP gives it to code flows that name none.
+        self.mcp_as = IdP(
+            cleanup, "mcp-as",
+            resources={self.resource: {"audience": MCP_AUDIENCE, "scope": MCP_SCOPE}},
+            clients=[{"client_id": "tester", "client_secret": "tester-secret"}],
+            extra_env={"IDP_INTERACTIVE": "1"},
+        ).start()
+        self.backend_as = IdP(
+            cleanup, "backend-as",
+            resources={BACKEND_API: {"audience": "backend", "scope": "backend:read"}},
+            clients=[{"client_id": "gw", "client_secret": GW_SECRET, "grant_types": [EXCHANGE_GRANT]}],
+            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": MCP_AUDIENCE},
+        ).start()
+        self.backend = Backend(cleanup, verify_with=self.backend_as, audience="backend")
+        self.mcp_port = free_port()
+        self.mcp = cleanup.add(Proc(
+            "mcp-server", ["node", "server.mjs"], cwd=MCP_DIR,
+            env={"MCP_PORT": str(self.mcp_port), "BACKEND_URL": f"http://127.0.0.1:{self.backend.port}"},
+        ))
+        wait_port(self.mcp_port, self.mcp.proc, self.mcp.log)
+        cfg = plugin_config(self.mcp_as, self.envoy_port)
+        cfg["tokenExchange"] = {
+            "tokenUrl": f"{self.backend_as.issuer}/token",
+            "clientId": "gw",
+            "clientSecretEnv": "GW_SECRET",
+            "audience": "backend",
+            "scopes": ["backend:read"],
+        }
+        clusters = {f"outbound|{p}||127.0.0.1": p for p in (self.mcp_as.port, self.backend_as.port)}
+        self.envoy = Envoy(cleanup, self.mcp_port, cfg, clusters, port=self.envoy_port,
+                           env={"GW_SECRET": GW_SECRET}).wait_ready()
+
+    def seen(self):
+        """Authorization values the MCP server received."""
+        return json.loads(call(self.mcp_port, "/_seen")[2])
+
+    def assert_backend_identity(self, text, user):
+        """`text` is whoami's answer: what the backend verified."""
+        claims = json.loads(text)["verified_claims"]
+        assert claims["sub"] == user
+        assert claims["iss"] == self.backend_as.issuer
+        assert claims["aud"] == "backend"
+
+    def assert_never_reached_server(self, token):
+        for value in self.seen():
+            assert value is None or token not in value, "the caller's token reached the MCP server"
+            if value is not None:
+                assert decode_part(value.split(" ", 1)[1], 1)["aud"] == "backend"
+
+
+@pytest.fixture(scope="module")
+def ms():
+    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
+    cleanup = Cleanup()
+    try:
+        yield McpStack(cleanup)
+    finally:
+        cleanup.close()
+
+
+# --- the official Python SDK --------------------------------------------------
+
+
+class MemoryStorage:
+    """The SDK's TokenStorage, in memory."""
+
+    def __init__(self):
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens):
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client_info
+
+    async def set_client_info(self, client_info):
+        self.client_info = client_info
+
+
+class PythonClient:
+    """An MCP session of the Python SDK, logged in as `user` by its OAuth
+    provider: the redirect handler hands the authorization URL to login(),
+    the callback handler returns the code and state from where the IdP sent
+    the user. Nothing listens on the redirect URI: login() stops there."""
+
+    def __init__(self, resource, user):
+        self.resource, self.user = resource, user
+        self.storage = MemoryStorage()
+        self.logins = 0
+        self._redirect = None
+
+    async def _on_redirect(self, authorization_url):
+        self.logins += 1
+        self._redirect = await anyio.to_thread.run_sync(login, authorization_url, self.user)
+
+    async def _on_callback(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self._redirect).query)
+        assert "code" in q, f"no code in {self._redirect}"
+        first = lambda k: q.get(k, [None])[0]  # noqa: E731
+        return AuthorizationCodeResult(code=first("code"), state=first("state"), iss=first("iss"))
+
+    def auth(self):
+        metadata = OAuthClientMetadata(
+            client_name=f"pytest {self.user}",
+            redirect_uris=["http://127.0.0.1:9/callback"],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        )
+        return OAuthClientProvider(self.resource, metadata, self.storage, self._on_redirect, self._on_callback)
+
+    async def session(self, stack):
+        """Enters an initialized ClientSession on `stack` (an AsyncExitStack)."""
+        http = await stack.enter_async_context(httpx2.AsyncClient(auth=self.auth(), timeout=httpx2.Timeout(30, read=300)))
+        read, write = await stack.enter_async_context(streamable_http_client(self.resource, http_client=http))
+        session = await stack.enter_async_context(ClientSession(read, write))
+        await session.initialize()
+        return session
+
+
+async def whoami(session):
+    result = await session.call_tool("whoami", {})
+    assert not result.is_error, result
+    return result.content[0].text
+
+
+def test_python_sdk_authorization_code_flow(ms):
+    client = PythonClient(ms.resource, "alice")
+
+    async def run():
+        async with AsyncExitStack() as stack:
+            session = await client.session(stack)
+            tools = {t.name for t in (await session.list_tools()).tools}
+            assert {"whoami", "ping"} <= tools
+            return await whoami(session)
+
+    text = anyio.run(run)
+    assert client.logins == 1
+    ms.assert_backend_identity(text, "alice")
+    token = client.storage.tokens.access_token
+    claims = decode_part(token, 1)
+    assert claims["aud"] == MCP_AUDIENCE and claims["sub"] == "alice"
+    assert client.storage.client_info.client_id, "registered dynamically"
+    ms.assert_never_reached_server(token)
+
+
+def test_two_users_at_once(ms):
+    users = {"carol": PythonClient(ms.resource, "carol"), "dave": PythonClient(ms.resource, "dave")}
+    answers = {u: [] for u in users}
+
+    async def run():
+        async with AsyncExitStack() as stack:
+            sessions = {u: await c.session(stack) for u, c in users.items()}
+
+            async def calls(user):
+                for _ in range(15):
+                    answers[user].append(await whoami(sessions[user]))
+
+            async with anyio.create_task_group() as tg:
+                for user in users:
+                    for _ in range(4):  # four concurrent callers per user
+                        tg.start_soon(calls, user)
+
+    anyio.run(run)
+    for user, texts in answers.items():
+        assert users[user].logins == 1
+        assert len(texts) == 60
+        for text in texts:
+            ms.assert_backend_identity(text, user)
+        ms.assert_never_reached_server(users[user].storage.tokens.access_token)
+
+
+# --- mcp-remote ---------------------------------------------------------------
+
+
+class McpRemote:
+    """mcp-remote as an MCP host runs it: a child process spoken to over stdio
+    (newline-delimited JSON-RPC). Its home and config dir are `home`; its
+    browser is a script that writes the URL it is given to a file."""
+
+    def __init__(self, cleanup, resource, home, callback_port):
+        home.mkdir(parents=True, exist_ok=True)
+        self.opened = home / "opened-url"
+        browser = home / "browser.sh"
+        browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{self.opened}.tmp" && mv "{self.opened}.tmp" "{self.opened}"\n')
+        browser.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_CURRENT_DESKTOP")}
+        env.update({"HOME": str(home), "MCP_REMOTE_CONFIG_DIR": str(home / "mcp-auth"), "BROWSER": str(browser)})
+        self.stderr_log = home / "stderr.log"
+        self._stderr = open(self.stderr_log, "wb")
+        cmd = ["node", str(MCP_DIR / "node_modules" / "mcp-remote" / "dist" / "proxy.js"),
+               resource, str(callback_port), "--transport", "http-only", "--host", "127.0.0.1"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     env=env, cwd=home)
+        cleanup.add(self)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.next_id = 0
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+    def stderr(self):
+        return self.stderr_log.read_text(errors="replace")
+
+    def send(self, message):
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def request(self, method, params, timeout=60):
+        self.next_id += 1
+        self.send({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            assert msg is not None, f"mcp-remote exited; stderr:\n{self.stderr()}"
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+        raise AssertionError(f"no answer to {method} in {timeout}s; stderr:\n{self.stderr()}")
+
+    def wait_opened(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.opened.exists():
+                return self.opened.read_text()
+            assert self.proc.poll() is None, f"mcp-remote exited; stderr:\n{self.stderr()}"
+            time.sleep(0.1)
+        raise AssertionError(f"mcp-remote opened no browser in {timeout}s; stderr:\n{self.stderr()}")
+
+
+def test_mcp_remote_headless(ms, tmp_path):
+    cleanup = Cleanup()
+    try:
+        callback_port = free_port()
+        remote = McpRemote(cleanup, ms.resource, tmp_path / "home", callback_port)
+        authorization_url = remote.wait_opened()
+        redirect = login(authorization_url, "erin")
+        parts = urllib.parse.urlsplit(redirect)
+        assert (parts.hostname, parts.port) == ("127.0.0.1", callback_port), redirect
+        assert "code=" in parts.query, redirect
+        # The browser following the IdP's redirect to mcp-remote's callback.
+        with urllib.request.urlopen(redirect, timeout=30) as resp:
+            assert resp.status == 200
+        init = remote.request("initialize", {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "pytest", "version": "1"},
+        })
+        assert init["serverInfo"]["name"] == "token-exchange-test"
+        remote.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        result = remote.request("tools/call", {"name": "whoami", "arguments": {}})
+        assert not result.get("isError"), result
+        ms.assert_backend_identity(result["content"][0]["text"], "erin")
+        stored = list(Path(tmp_path / "home" / "mcp-auth").rglob("*_tokens.json"))
+        assert stored, "mcp-remote keeps its tokens in MCP_REMOTE_CONFIG_DIR"
+        token = json.loads(stored[0].read_text())["access_token"]
+        assert decode_part(token, 1)["aud"] == MCP_AUDIENCE
+        ms.assert_never_reached_server(token)
+    finally:
+        cleanup.close()
+
+
+# --- the GET event stream ---------------------------------------------------
+
+
+class EventStream:
+    """The session's GET stream (Accept: text/event-stream), read in a thread:
+    each `data:` line's JSON goes to `events`; `ended` is set when the
+    response ends or breaks."""
+
+    def __init__(self, port, headers):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.conn.request("GET", "/mcp", headers={**headers, "accept": "text/event-stream"})
+        self.resp = self.conn.getresponse()
+        self.events = queue.Queue()
+        self.ended = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        try:
+            for raw in self.resp:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data:"):
+                    self.events.put(json.loads(line[5:]))
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            self.ended.set()
+
+    def close(self):
+        self.conn.sock.shutdown(socket.SHUT_RDWR)  # the reader sees the end
+        self._reader.join(5)
+        self.conn.close()
+
+
+def post(port, headers, message):
+    """One JSON-RPC message POSTed; the answer's JSON-RPC messages (SSE or JSON)."""
+    status, h, body = call(port, "/mcp", method="POST",
+                           headers={**headers, "content-type": "application/json",
+                                    "accept": "application/json, text/event-stream"},
+                           body=json.dumps(message))
+    assert status in (200, 202), (status, body)
+    if h.get("content-type", "").startswith("text/event-stream"):
+        return h, [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+    return h, [json.loads(body)] if body.strip() else []
+
+
+def test_event_stream_stays_open_past_30s(ms):
+    token = ms.mcp_as.token("tester", "tester-secret", ms.resource, MCP_SCOPE)
+    headers = {"authorization": f"Bearer {token}"}
+    h, [init] = post(ms.envoy_port, headers, {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "pytest", "version": "1"}}})
+    headers["mcp-session-id"] = h["mcp-session-id"]
+    headers["mcp-protocol-version"] = init["result"]["protocolVersion"]
+    post(ms.envoy_port, headers, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    stream = EventStream(ms.envoy_port, headers)
+    try:
+        assert stream.resp.status == 200
+        assert stream.resp.getheader("content-type").startswith("text/event-stream")
+        # Past Envoy's default 15 s route timeout, twice over.
+        assert not stream.ended.wait(35), "Envoy closed the event stream"
+        _, answers = post(ms.envoy_port, headers, {
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "ping", "arguments": {"notify": True}}})
+        assert answers[-1]["result"]["content"][0]["text"] == "pong"
+        event = stream.events.get(timeout=10)
+        assert event["method"] == "notifications/message"
+        assert event["params"]["data"] == "notified"
+        assert not stream.ended.is_set()
+    finally:
+        stream.close()
