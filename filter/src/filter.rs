@@ -48,6 +48,8 @@ pub const MAX_WAIT_MS: u64 = FETCH_TIMEOUT_MS + 3_000;
 /// Verified tokens remembered per worker, and the bytes they may hold.
 pub const VERIFIED_CAPACITY: usize = 10_000;
 pub const VERIFIED_BYTES: usize = 16 << 20;
+/// Requests that may wait for keys at once, per worker.
+pub const MAX_WAITERS: usize = 10_000;
 
 struct Waiter {
     token: String,
@@ -58,8 +60,11 @@ struct Waiter {
 enum Verdict {
     Allow(Verified),
     Deny(Reject),
-    /// The token names a key we do not have, and no refetch is allowed now.
+    /// The token names a key we do not have, and keys were just fetched.
     UnknownKey,
+    /// The token names a key we do not have, and no refetch is allowed yet:
+    /// wait for the next one rather than refuse a key that was just rotated in.
+    HoldForKeys,
     /// Keys are missing, or a refetch may find the token's key.
     NeedKeys,
 }
@@ -283,25 +288,16 @@ impl Filter {
             self.gates.insert(host.context_id(), Gate::default());
         }
         let now_ms = host.now_ms();
-        let verdict = match self.judge(token, now_ms, true) {
+        let verdict = match self.judge(host, token, now_ms, true) {
             Verdict::NeedKeys => match self.jwks.fetch(host) {
                 Fetch::Adopted => {
                     self.prune_verified();
-                    self.judge(token, now_ms, false)
+                    self.judge(host, token, now_ms, false)
                 }
                 Fetch::Failed => Verdict::NeedKeys,
-                Fetch::Pending => {
-                    self.waiting.insert(
-                        host.context_id(),
-                        Waiter {
-                            token: token.to_string(),
-                            since_ms: now_ms,
-                            policy,
-                        },
-                    );
-                    return Action::Pause;
-                }
+                Fetch::Pending => return self.hold(host, token, now_ms, policy),
             },
+            Verdict::HoldForKeys => return self.hold(host, token, now_ms, policy),
             v => v,
         };
         match self.settle(verdict, false, policy) {
@@ -618,7 +614,10 @@ impl Filter {
         }
         if tick.adopted || tick.lost {
             self.wake(host, !tick.adopted);
-        } else if !self.waiting.is_empty() && !self.jwks.fetching() {
+        } else if !self.waiting.is_empty()
+            && !self.jwks.fetching()
+            && (self.jwks.keys().is_none() || self.jwks.refetch_allowed(host, host.now_ms()))
+        {
             // Waiters whose fetch was elsewhere (another worker's lease) or
             // went away with its owner.
             match self.jwks.fetch(host) {
@@ -728,7 +727,26 @@ impl Filter {
         Action::Continue
     }
 
-    fn judge(&mut self, token: &str, now_ms: u64, may_refetch: bool) -> Verdict {
+    /// Pauses the current request until keys come (or `MAX_WAIT_MS` passes);
+    /// at most `MAX_WAITERS` wait, so unknown kids cannot grow memory.
+    fn hold(&mut self, host: &mut dyn Host, token: &str, now_ms: u64, policy: usize) -> Action {
+        if self.waiting.len() >= MAX_WAITERS {
+            log::warn!("rejected: too many requests waiting for signing keys");
+            let d = self.policies[policy].challenges.unavailable("signing keys unavailable");
+            return self.refuse(host, &d, None);
+        }
+        self.waiting.insert(
+            host.context_id(),
+            Waiter {
+                token: token.to_string(),
+                since_ms: now_ms,
+                policy,
+            },
+        );
+        Action::Pause
+    }
+
+    fn judge(&mut self, host: &dyn Host, token: &str, now_ms: u64, may_refetch: bool) -> Verdict {
         let now = now_ms / 1000;
         let skew = self.verifier.skew();
         if let Some(v) = self.verified.get(token, now, skew) {
@@ -749,10 +767,12 @@ impl Filter {
                 Verdict::Allow(v)
             }
             Err(f) if f.reject == Reject::UnknownKey => {
-                if may_refetch && self.jwks.refetch_allowed(now_ms) {
+                if !may_refetch {
+                    Verdict::UnknownKey
+                } else if self.jwks.refetch_allowed(host, now_ms) {
                     Verdict::NeedKeys
                 } else {
-                    Verdict::UnknownKey
+                    Verdict::HoldForKeys
                 }
             }
             Err(f) => {
@@ -785,7 +805,7 @@ impl Filter {
                 log::info!("rejected: {}", Reject::UnknownKey.description());
                 Err(p.challenges.invalid_token(Reject::UnknownKey.description()))
             }
-            Verdict::UnknownKey | Verdict::NeedKeys => {
+            Verdict::UnknownKey | Verdict::NeedKeys | Verdict::HoldForKeys => {
                 log::warn!("rejected: signing keys unavailable");
                 Err(p.challenges.unavailable("signing keys unavailable"))
             }
@@ -803,7 +823,7 @@ impl Filter {
             if !host.switch_to(id) {
                 continue;
             }
-            let verdict = self.judge(&w.token, now_ms, false);
+            let verdict = self.judge(host, &w.token, now_ms, false);
             let step = match self.settle(verdict, fetch_failed, w.policy) {
                 Ok(v) => self.pass(host, &w.token, v, now_ms, w.policy),
                 Err(d) => Step::Deny(d),

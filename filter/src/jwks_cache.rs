@@ -71,6 +71,8 @@ pub struct JwksCache {
     refresh_ms: u64,
     data_key: String,
     lease_key: String,
+    /// When any worker last started a fetch (shared, for `refetch_allowed`).
+    attempt_key: String,
     keys: Option<KeySet>,
     /// `fetched_at_ms` of the copy in `keys`.
     version: u64,
@@ -91,6 +93,7 @@ impl JwksCache {
             refresh_ms: oidc.jwks_refresh_seconds.saturating_mul(1000),
             data_key: format!("{prefix}jwks"),
             lease_key: format!("{prefix}jwks.lease"),
+            attempt_key: format!("{prefix}jwks.attempt"),
             keys: None,
             version: 0,
             refresh_at_ms: 0,
@@ -108,9 +111,18 @@ impl JwksCache {
         self.in_flight.is_some()
     }
 
-    /// An unknown `kid` may refetch only if our keys are not brand new.
-    pub fn refetch_allowed(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.version) >= KID_REFETCH_INTERVAL_MS
+    /// An unknown `kid` may refetch only if our keys are not brand new, no
+    /// worker of this proxy started a fetch within the interval, and a
+    /// failing endpoint's back-off is over: whatever the traffic, the IdP
+    /// sees at most one GET per interval from a proxy.
+    pub fn refetch_allowed(&self, host: &dyn Host, now_ms: u64) -> bool {
+        let attempted = host
+            .shared_get(&self.attempt_key)
+            .0
+            .as_deref()
+            .and_then(read_u64)
+            .unwrap_or(0);
+        now_ms >= self.retry_at_ms && now_ms.saturating_sub(self.version.max(attempted)) >= KID_REFETCH_INTERVAL_MS
     }
 
     /// Loads the shared copy if it is newer than ours. True if it was.
@@ -175,6 +187,7 @@ impl JwksCache {
         ];
         match host.dispatch(e, &headers, None, FETCH_TIMEOUT_MS) {
             Some(token) => {
+                host.shared_set(&self.attempt_key, &now.to_le_bytes(), None);
                 self.in_flight = Some(InFlight {
                     token,
                     owner: host.origin_id(),

@@ -3,6 +3,7 @@ use crate::host::CalloutResponse;
 use crate::jwks_cache::KID_REFETCH_INTERVAL_MS;
 use crate::mock::{ok, Mock, Shared, ROOT};
 use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1, RSA2};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::*;
 use serde_json::json;
@@ -177,22 +178,79 @@ fn refused_dispatch_is_a_503_not_a_hang() {
 }
 
 #[test]
-fn unknown_kid_refetches_once_then_passes() {
+fn an_unseen_kid_waits_for_the_next_allowed_refetch() {
     let (mut f, mut m) = (filter(), Mock::new());
     warm(&mut f, &mut m);
     let rotated = token(RSA2, "k2", "mcp:tools:call");
-    // Keys just fetched: no refetch yet, the token is refused.
-    request(&mut f, &mut m, 2, Some(&rotated));
-    assert_eq!(m.sent(2).unwrap().status, 401);
-    assert_eq!(m.callouts.len(), 1);
-    // Later, an unseen kid triggers one refetch; the request waits for it.
-    m.now_ms += KID_REFETCH_INTERVAL_MS;
+    // Keys just fetched: no refetch yet, but no refusal either: the request
+    // waits, so a key rotated in without pre-publication does not cause 401s.
+    assert_eq!(request(&mut f, &mut m, 2, Some(&rotated)), Action::Pause);
     assert_eq!(request(&mut f, &mut m, 3, Some(&rotated)), Action::Pause);
-    assert_eq!(request(&mut f, &mut m, 4, Some(&rotated)), Action::Pause);
-    assert_eq!(m.callouts.len(), 2);
+    m.enter(ROOT);
+    f.on_tick(&mut m);
+    assert_eq!(m.callouts.len(), 1, "not before the interval");
+    m.now_ms += KID_REFETCH_INTERVAL_MS;
+    f.on_tick(&mut m);
+    assert_eq!(m.callouts.len(), 2, "one refetch for both");
     let c = m.callouts[1].clone();
     f.on_callout(&mut m, c.token, &ok(&keys_k2()));
-    assert!(m.stream(3).resumed && m.stream(4).resumed);
+    assert!(m.stream(2).resumed && m.stream(3).resumed);
+}
+
+#[test]
+fn unknown_kids_cost_at_most_one_fetch_per_interval() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    warm(&mut f, &mut m);
+    let mut id = 2;
+    let mut unknown = |f: &mut Filter, m: &mut Mock| {
+        id += 1;
+        // The kid is looked up before the signature: no need to sign.
+        let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"RS256","kid":"kid-{id}"}}"#));
+        request(f, m, id, Some(&format!("{head}.e30.c2ln")));
+    };
+    // 200 random kids in a burst, through ticks, over 12 s.
+    for round in 0..24 {
+        for _ in 0..10 {
+            unknown(&mut f, &mut m);
+        }
+        m.enter(ROOT);
+        f.on_tick(&mut m);
+        if let Some(c) = m.callouts.last().cloned() {
+            if c.token != m.callouts[0].token && round % 2 == 1 {
+                // The IdP is failing.
+                f.on_callout(&mut m, c.token, &CalloutResponse::default());
+            }
+        }
+        m.now_ms += 500;
+    }
+    let fetches = m.callouts.len() - 1;
+    assert!((1..=3).contains(&fetches), "{fetches} fetches in 12 s");
+    // Every request got an answer in the end, none a pass.
+    m.now_ms += MAX_WAIT_MS + 1;
+    m.enter(ROOT);
+    f.on_tick(&mut m);
+    for s in m.streams.values() {
+        assert!(!s.resumed);
+    }
+}
+
+#[test]
+fn a_failing_jwks_endpoint_is_not_hammered_by_unknown_kids() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    warm(&mut f, &mut m);
+    m.now_ms += KID_REFETCH_INTERVAL_MS;
+    let rotated = token(RSA2, "k9", "mcp:tools:call");
+    request(&mut f, &mut m, 2, Some(&rotated));
+    assert_eq!(m.callouts.len(), 2);
+    let c = m.callouts[1].clone();
+    f.on_callout(&mut m, c.token, &ok_status(500, "oops"));
+    assert_eq!(m.sent(2).unwrap().status, 503, "keys could not be refreshed");
+    // 20 more unknown kids right after: no further GET until the interval.
+    for id in 3..23 {
+        let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"RS256","kid":"x{id}"}}"#));
+        request(&mut f, &mut m, id, Some(&format!("{head}.e30.c2ln")));
+    }
+    assert_eq!(m.callouts.len(), 2);
 }
 
 #[test]
@@ -207,7 +265,14 @@ fn dropped_key_stops_cached_tokens() {
     f.on_tick(&mut m);
     let c = m.callouts.last().unwrap().clone();
     f.on_callout(&mut m, c.token, &ok(&keys_k2()));
-    request(&mut f, &mut m, 3, Some(&t));
+    // Not served from memory: its key is gone; it waits for the next
+    // allowed refetch, which does not bring k1 back.
+    assert_eq!(request(&mut f, &mut m, 3, Some(&t)), Action::Pause);
+    m.now_ms += KID_REFETCH_INTERVAL_MS;
+    m.enter(ROOT);
+    f.on_tick(&mut m);
+    let c = m.callouts.last().unwrap().clone();
+    f.on_callout(&mut m, c.token, &ok(&keys_k2()));
     assert_eq!(m.sent(3).unwrap().status, 401);
 }
 
