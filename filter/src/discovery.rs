@@ -9,10 +9,10 @@
 
 use crate::host::CalloutResponse;
 use crate::jwks_cache::MAX_JWKS_BYTES;
+use crate::logsafe::{cut, excerpt, MAX_EXCERPT};
 use plugin_config::{Discovery as Locations, Endpoint};
 
 /// Longest stretch of a document's text that goes into a log line.
-const MAX_EXCERPT: usize = 200;
 /// Longest `jwks_uri` considered.
 const MAX_URI: usize = 2048;
 
@@ -130,30 +130,6 @@ impl Discovery {
             .jwks(jwks_uri)
             .map_err(|e| Miss::Unusable(cut(&e.to_string(), 2 * MAX_EXCERPT).to_string()))
     }
-}
-
-/// Text from a document as it may go into a log line: bounded, with control
-/// characters, quotes, backslashes and anything beyond ASCII escaped, so that
-/// it can neither forge log lines nor hide what it says.
-fn excerpt(s: &str) -> String {
-    let short = cut(s, MAX_EXCERPT);
-    let mut out = String::with_capacity(short.len() + 3);
-    for c in short.chars() {
-        if matches!(c, ' '..='~') && c != '"' && c != '\\' {
-            out.push(c);
-        } else {
-            out.extend(c.escape_default());
-        }
-    }
-    if short.len() < s.len() {
-        out.push_str("...");
-    }
-    out
-}
-
-/// The first `max` characters of `s`.
-fn cut(s: &str, max: usize) -> &str {
-    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::claims;
 use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step as ExchangeStep};
 use crate::host::{CalloutResponse, Host};
 use crate::jwks_cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
+use crate::logsafe::excerpt;
 use crate::mcp::cors;
 use crate::mcp::tools::{BodyError, Tools};
 use crate::metrics::{Metric, Metrics};
@@ -367,7 +368,7 @@ impl Filter {
                 log::info!(
                     "rejected: the tool needs scopes {}; sub={}",
                     needed.join(" "),
-                    principal.sub.as_deref().unwrap_or("-")
+                    excerpt(principal.sub.as_deref().unwrap_or("-"))
                 );
                 self.refuse(host, &d, None)
             }
@@ -757,7 +758,7 @@ impl Filter {
         };
         match self.verifier.verify(keys, token, now, &mut self.signature_checks) {
             Ok(mut p) => {
-                log::debug!("accepted token for sub={}", p.sub.as_deref().unwrap_or("-"));
+                log::debug!("accepted token for sub={}", excerpt(p.sub.as_deref().unwrap_or("-")));
                 p.claim_headers = claims::extract(&self.claim_headers, token);
                 let v = Verified {
                     principal: Rc::new(p),
@@ -779,7 +780,7 @@ impl Filter {
                 log::info!(
                     "rejected: {}; sub={}",
                     f.reject.description(),
-                    f.sub.as_deref().unwrap_or("-")
+                    excerpt(f.sub.as_deref().unwrap_or("-"))
                 );
                 Verdict::Deny(f.reject)
             }
@@ -796,7 +797,7 @@ impl Filter {
             Verdict::Allow(v) => {
                 log::info!(
                     "rejected: insufficient scope; sub={}",
-                    v.principal.sub.as_deref().unwrap_or("-")
+                    excerpt(v.principal.sub.as_deref().unwrap_or("-"))
                 );
                 Err(p.challenges.insufficient_scope())
             }
@@ -966,8 +967,8 @@ fn target_of(exchanger: &Exchanger) -> String {
 fn exchange_line(exchanger: &Exchanger, p: &Principal) -> String {
     format!(
         "exchange sub={} client={} audience={}",
-        p.sub.as_deref().unwrap_or("-"),
-        p.client.as_deref().unwrap_or("-"),
+        excerpt(p.sub.as_deref().unwrap_or("-")),
+        excerpt(p.client.as_deref().unwrap_or("-")),
         target_of(exchanger)
     )
 }

@@ -24,11 +24,13 @@ pub mod header_map;
 pub mod host;
 pub mod jwks;
 pub mod jwks_cache;
+pub mod logsafe;
 pub mod mcp;
 pub mod metrics;
 pub mod routes;
 pub mod rsa;
 pub mod singleflight;
+pub mod strict_json;
 pub mod verified;
 pub mod verify;
 

@@ -16,7 +16,6 @@ use crate::rsa::RsaKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::*;
-use jwt_simple::token::TokenMetadata;
 use jwt_simple::JWTError;
 use plugin_config::Oidc;
 use serde_json::Value;
@@ -35,6 +34,13 @@ pub enum Reject {
     NotYetValid,
     Issuer,
     Audience,
+    /// No `sub`, or an empty one (RFC 9068 §2.2 requires it).
+    NoSubject,
+    /// A `typ` naming another kind of JWT (logout, security event, DPoP
+    /// proof…), or not one of `oidc.allowedTokenTypes`.
+    TokenType,
+    /// `scope` that is not a space-separated string.
+    ScopeClaim,
 }
 
 impl Reject {
@@ -49,6 +55,9 @@ impl Reject {
             Reject::NotYetValid => "token not yet valid",
             Reject::Issuer => "issuer not accepted",
             Reject::Audience => "audience not accepted",
+            Reject::NoSubject => "token has no subject",
+            Reject::TokenType => "token type not accepted",
+            Reject::ScopeClaim => "scope claim is not a string",
         }
     }
 }
@@ -89,6 +98,7 @@ pub struct Verifier {
     issuer: String,
     audiences: HashSet<String>,
     skew: u64,
+    allowed_types: Option<Vec<String>>,
 }
 
 /// What a failed verification knows about the token, for the log line.
@@ -111,6 +121,7 @@ impl Verifier {
             issuer: oidc.issuer.clone(),
             audiences: oidc.audiences.iter().cloned().collect(),
             skew: oidc.clock_skew_seconds,
+            allowed_types: oidc.allowed_token_types.clone(),
         }
     }
 
@@ -121,6 +132,7 @@ impl Verifier {
     /// Verifies `token` at time `now` (seconds). Counts signature checks in
     /// `signatures` so callers (and tests) can see the cache at work.
     pub fn verify(&self, keys: &KeySet, token: &str, now: u64, signatures: &mut u64) -> Result<Principal, Failure> {
+        self.shape(token)?;
         let meta = Token::decode_metadata(token).map_err(|_| Reject::Malformed)?;
         let alg = Alg::from_name(meta.algorithm()).ok_or(Reject::UnsupportedAlg)?;
         let kid = meta.key_id();
@@ -133,7 +145,7 @@ impl Verifier {
         for key in keys.candidates(alg, kid) {
             tried = true;
             *signatures += 1;
-            match signed_claims(key, alg, &meta, token)? {
+            match signed_claims(key, alg, token)? {
                 Some(claims) => return self.check(claims, key.id, now),
                 // Without a kid, another key of the algorithm may fit.
                 None => continue,
@@ -148,6 +160,46 @@ impl Verifier {
             Reject::UnknownKey
         }
         .into())
+    }
+
+    /// What holds before any key is tried: three segments of canonical
+    /// base64url; a header and a payload that are JSON objects without
+    /// duplicate keys; no `crit` (we implement no extension, and RFC 7515
+    /// forbids an empty list); a `typ` that names an access token.
+    fn shape(&self, token: &str) -> Result<(), Reject> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reject::Malformed);
+        };
+        let object = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .ok()
+                .and_then(|b| crate::strict_json::parse(&b))
+                .filter(Value::is_object)
+                .ok_or(Reject::Malformed)
+        };
+        let header = object(header)?;
+        object(payload)?;
+        if header.get("crit").is_some() {
+            return Err(Reject::Malformed);
+        }
+        let typ = match header.get("typ") {
+            None => None,
+            Some(Value::String(t)) => Some(plugin_config::token_type_name(t)),
+            Some(_) => return Err(Reject::Malformed),
+        };
+        let ok = match (&self.allowed_types, typ.as_deref()) {
+            (Some(allowed), Some(t)) => allowed.iter().any(|a| a == t),
+            (Some(_), None) => false,
+            (None, None | Some("jwt" | "at+jwt")) => true,
+            (None, Some(_)) => false,
+        };
+        if !ok {
+            return Err(Reject::TokenType);
+        }
+        Ok(())
     }
 
     /// The registered claims, with skew.
@@ -174,6 +226,12 @@ impl Verifier {
         if !claims.audiences.as_ref().is_some_and(|a| a.contains(&self.audiences)) {
             return Err(fail(Reject::Audience));
         }
+        if sub.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            return Err(fail(Reject::NoSubject));
+        }
+        if claims.custom.scope.as_ref().is_some_and(|s| !s.is_string()) {
+            return Err(fail(Reject::ScopeClaim));
+        }
         Ok(Principal {
             scopes: scopes(&claims.custom),
             claim_headers: Vec::new(),
@@ -186,9 +244,9 @@ impl Verifier {
 }
 
 /// The token's claims if `key` made its signature, `None` if it did not.
-fn signed_claims(key: &Key, alg: Alg, meta: &TokenMetadata, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
+fn signed_claims(key: &Key, alg: Alg, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
     match &key.rsa {
-        Some(rsa) => fast_rsa(rsa, alg, meta, token),
+        Some(rsa) => fast_rsa(rsa, alg, token),
         None => match key.verify::<Extra>(token, signature_only()) {
             Ok(claims) => Ok(Some(claims)),
             Err(e) => match e.downcast_ref::<JWTError>() {
@@ -212,18 +270,9 @@ fn signature_only() -> VerificationOptions {
     }
 }
 
-/// RS256/384/512 through `rsa`, with the header rules jwt-simple applies:
-/// no critical extensions, and a `typ`, if any, of JWT or `…+JWT`.
-fn fast_rsa(rsa: &RsaKey, alg: Alg, meta: &TokenMetadata, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
-    if meta.critical().is_some_and(|c| !c.is_empty()) {
-        return Err(Reject::Malformed);
-    }
-    if let Some(typ) = meta.signature_type() {
-        let typ = typ.to_ascii_uppercase();
-        if typ != "JWT" && !typ.ends_with("+JWT") {
-            return Err(Reject::Malformed);
-        }
-    }
+/// RS256/384/512 through `rsa`. The header rules (no `crit`, an access
+/// token's `typ`) were applied by `Verifier::shape`, for every algorithm.
+fn fast_rsa(rsa: &RsaKey, alg: Alg, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
     let (signed, signature) = token.rsplit_once('.').ok_or(Reject::Malformed)?;
     let (_, payload) = signed.split_once('.').ok_or(Reject::Malformed)?;
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reject::Malformed)?;
@@ -236,8 +285,8 @@ fn fast_rsa(rsa: &RsaKey, alg: Alg, meta: &TokenMetadata, token: &str) -> Result
         .map_err(|_| Reject::Malformed)
 }
 
-/// Scopes from `scope` (space-separated, RFC 8693/9068) or `scp` (Okta and
-/// Entra: a string or a list).
+/// Scopes from `scope` (space-separated, RFC 8693/9068; `check` refuses any
+/// other form) or `scp` (Okta and Entra: a string or a list).
 fn scopes(extra: &Extra) -> Vec<String> {
     let mut out = Vec::new();
     for v in [&extra.scope, &extra.scp].into_iter().flatten() {

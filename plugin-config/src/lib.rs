@@ -83,6 +83,9 @@ pub struct Oidc {
     pub resource: Option<Resource>,
     /// Upper bound on how long fetched keys are used before a refresh.
     pub jwks_refresh_seconds: u64,
+    /// Accepted `typ` values, lower-case without `application/`; `None`:
+    /// none or `JWT` or `at+jwt` (no other kind of JWT).
+    pub allowed_token_types: Option<Vec<String>>,
 }
 
 /// The protected resource, for RFC 9728 metadata and `resource_metadata` challenges.
@@ -182,6 +185,23 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
             format!("must be between 0 and {MAX_CLOCK_SKEW_SECONDS}, got {clock_skew_seconds}"),
         ));
     }
+    let allowed_token_types = match &o.allowed_token_types {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                "oidc.allowedTokenTypes",
+                "is empty, so no token would pass; list types such as at+jwt, or remove it",
+            ))
+        }
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                non_empty(&format!("oidc.allowedTokenTypes[{i}]"), t)?;
+                out.push(token_type_name(t));
+            }
+            Some(out)
+        }
+    };
     let jwks_refresh_seconds = o.jwks_refresh_seconds.unwrap_or(DEFAULT_JWKS_REFRESH_SECONDS);
     if !(MIN_JWKS_REFRESH_SECONDS..=MAX_JWKS_REFRESH_SECONDS).contains(&jwks_refresh_seconds) {
         return Err(ConfigError::new(
@@ -248,6 +268,7 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
             clock_skew_seconds,
             resource,
             jwks_refresh_seconds,
+            allowed_token_types,
         },
         fingerprint,
     })
@@ -268,6 +289,12 @@ fn resource(url: &url::Url, configured: &str, scopes_supported: Vec<String>) -> 
         metadata_path,
         scopes_supported,
     }
+}
+
+/// A `typ` value as compared: lower-case, without `application/` (RFC 7515 §4.1.9).
+pub fn token_type_name(t: &str) -> String {
+    let t = t.trim().to_ascii_lowercase();
+    t.strip_prefix("application/").map(String::from).unwrap_or(t)
 }
 
 pub(crate) fn non_empty(path: &str, v: &str) -> Result<(), ConfigError> {

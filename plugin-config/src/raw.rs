@@ -119,6 +119,7 @@ pub struct RawOidc {
     pub jwks_refresh_seconds: Option<u64>,
     #[serde(default)]
     pub insecure_allow_http: bool,
+    pub allowed_token_types: Option<Vec<String>>,
 }
 
 /// One entry of `rules`: which requests it matches, and what it changes.

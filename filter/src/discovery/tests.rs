@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::filter::{Action, Filter};
+use crate::logsafe::{excerpt, MAX_EXCERPT};
 use crate::mock::{ok, Callout, Mock, Shared, ROOT};
 use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1};
 use jwt_simple::prelude::*;

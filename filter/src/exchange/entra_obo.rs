@@ -40,7 +40,7 @@ pub fn answer(status: u16, body: &[u8], subject_token: &str) -> Result<Exchanged
     bearer_type(ok.token_type.as_deref())?;
     Ok(Exchanged {
         jwt_exp: jwt_exp(&access_token),
-        expires_in: seconds(ok.expires_in),
+        expires_in: seconds(ok.expires_in)?,
         expires_at: None,
         access_token,
     })

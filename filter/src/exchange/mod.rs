@@ -340,11 +340,20 @@ fn bearer_type(token_type: Option<&str>) -> Result<(), Failure> {
 }
 
 /// `expires_in` as a number or a numeric string.
-fn seconds(v: Option<serde_json::Value>) -> Option<u64> {
-    match v? {
-        serde_json::Value::Number(n) => n.as_u64(),
-        serde_json::Value::String(s) => s.parse().ok(),
-        _ => None,
+/// `expires_in`: absent, or a positive whole number of seconds (as a
+/// number or a numeric string). Anything else (0, negative, fractional,
+/// not a number) is a malformed answer: caching it would serve a token the
+/// IdP says is already dead for the caller token's whole lifetime.
+fn seconds(v: Option<serde_json::Value>) -> Result<Option<u64>, Failure> {
+    let n = match v {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        Some(_) => None,
+    };
+    match n {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(Failure::BadGateway("expires_in is not a positive whole number".into())),
     }
 }
 

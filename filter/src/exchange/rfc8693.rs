@@ -61,7 +61,7 @@ pub fn answer(c: &TokenExchange, status: u16, body: &[u8], subject_token: &str) 
     }
     Ok(Exchanged {
         jwt_exp: jwt_exp(&access_token),
-        expires_in: seconds(ok.expires_in),
+        expires_in: seconds(ok.expires_in)?,
         expires_at: None,
         access_token,
     })

@@ -143,7 +143,15 @@ fn accepts_a_good_answer() {
     assert_eq!(basic().parse(&resp(200, b), 10, "s").unwrap().expires_in, Some(60));
     let mut b = good_body();
     b.as_object_mut().unwrap().remove("expires_in");
-    assert_eq!(basic().parse(&resp(200, b), 10, "s").unwrap().expires_in, None);
+    assert_eq!(basic().parse(&resp(200, b.clone()), 10, "s").unwrap().expires_in, None);
+    // Zero, negative, fractional or not a number: a malformed answer, never cached.
+    for bad in [json!(0), json!(-5), json!(1.5), json!("soon"), json!(true), json!("-1")] {
+        b["expires_in"] = bad.clone();
+        assert!(
+            matches!(basic().parse(&resp(200, b.clone()), 10, "s"), Err(Failure::BadGateway(w)) if w.contains("expires_in")),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

@@ -296,7 +296,114 @@ fn header_rules_hold_on_the_fast_rsa_path() {
             &rs_keys(),
             &sign(json!({"alg": "RS256", "kid": "k1", "typ": "JOSE"}))
         ),
-        Err(Reject::Malformed)
+        Err(Reject::TokenType)
+    );
+}
+
+/// `header` and `payload` as raw JSON text, signed with the k1 key.
+fn sign_raw(header: &str, payload: &str) -> String {
+    use ::rsa::pkcs1v15::SigningKey;
+    use ::rsa::pkcs8::DecodePrivateKey;
+    use ::rsa::signature::{SignatureEncoding, Signer};
+    let key = SigningKey::<sha2::Sha256>::new(::rsa::RsaPrivateKey::from_pkcs8_pem(RSA1).unwrap());
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+    let sig = key.sign(input.as_bytes()).to_vec();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+fn payload_with(extra: serde_json::Value) -> String {
+    let mut p = serde_json::to_value(claims(ISS, "mcpserver", "")).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            p.as_object_mut().unwrap().remove(k);
+        } else {
+            p[k] = v.clone();
+        }
+    }
+    p.to_string()
+}
+
+#[test]
+fn validly_signed_but_malformed_or_foreign_tokens_are_refused() {
+    let v = verifier(&[]);
+    let ks = rs_keys();
+    let h = r#"{"alg":"RS256","kid":"k1"}"#;
+    let good = payload_with(json!({}));
+    assert!(check(&v, &ks, &sign_raw(h, &good)).is_ok(), "the control");
+    let cases = [
+        // RFC 7515: the header is an object; crit must not be empty.
+        (sign_raw(r#"["RS256",null,"k1"]"#, &good), Reject::Malformed),
+        (
+            sign_raw(r#"{"alg":"RS256","kid":"k1","crit":[]}"#, &good),
+            Reject::Malformed,
+        ),
+        // Duplicate keys, in both orders.
+        (
+            sign_raw(r#"{"alg":"RS256","kid":"k1","kid":"k1"}"#, &good),
+            Reject::Malformed,
+        ),
+        (
+            sign_raw(h, &good.replacen('{', r#"{"iss":"https://evil.example","#, 1)),
+            Reject::Malformed,
+        ),
+        (
+            sign_raw(h, &good.replacen('}', r#","iss":"https://evil.example"}"#, 1)),
+            Reject::Malformed,
+        ),
+        // Other kinds of JWT.
+        (
+            sign_raw(r#"{"alg":"RS256","kid":"k1","typ":"logout+jwt"}"#, &good),
+            Reject::TokenType,
+        ),
+        (
+            sign_raw(r#"{"alg":"RS256","kid":"k1","typ":"secevent+jwt"}"#, &good),
+            Reject::TokenType,
+        ),
+        (
+            sign_raw(r#"{"alg":"RS256","kid":"k1","typ":"dpop+jwt"}"#, &good),
+            Reject::TokenType,
+        ),
+        // RFC 9068 requires sub; scope is a string.
+        (sign_raw(h, &payload_with(json!({"sub": null}))), Reject::NoSubject),
+        (sign_raw(h, &payload_with(json!({"sub": ""}))), Reject::NoSubject),
+        (
+            sign_raw(h, &payload_with(json!({"scope": ["a", "b"]}))),
+            Reject::ScopeClaim,
+        ),
+    ];
+    for (token, want) in cases {
+        assert_eq!(check(&v, &ks, &token).map(|_| ()), Err(want), "{token}");
+    }
+    // typ JWT, at+jwt and application/at+jwt pass by default.
+    for typ in ["JWT", "at+jwt", "application/at+JWT"] {
+        let t = sign_raw(&format!(r#"{{"alg":"RS256","kid":"k1","typ":"{typ}"}}"#), &good);
+        assert!(check(&v, &ks, &t).is_ok(), "{typ}");
+    }
+}
+
+#[test]
+fn allowed_token_types_are_strict() {
+    let cfg = serde_json::json!({"oidc": {
+        "issuer": ISS, "audience": "mcpserver", "jwksUrl": "https://idp.example.com/keys",
+        "allowedTokenTypes": ["at+jwt"]
+    }});
+    let v = (Verifier::new(&parse(cfg.to_string().as_bytes()).unwrap().oidc), vec![]);
+    let good = payload_with(json!({}));
+    let ks = rs_keys();
+    assert!(check(
+        &v,
+        &ks,
+        &sign_raw(r#"{"alg":"RS256","kid":"k1","typ":"at+jwt"}"#, &good)
+    )
+    .is_ok());
+    assert_eq!(
+        check(&v, &ks, &sign_raw(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#, &good)).map(|_| ()),
+        Err(Reject::TokenType)
+    );
+    assert_eq!(
+        check(&v, &ks, &sign_raw(r#"{"alg":"RS256","kid":"k1"}"#, &good)).map(|_| ()),
+        Err(Reject::TokenType),
+        "a missing typ is not at+jwt"
     );
 }
 
