@@ -45,6 +45,10 @@ def verify(authorization):
 
 _count = 0
 _lock = threading.Lock()
+# With BACKEND_MARKER_HEADER (load tests): every verified request must carry
+# that header equal to its token's sub; /_requests reports the mismatches.
+MARKER = os.environ.get("BACKEND_MARKER_HEADER")
+_mismatches = 0
 
 
 def claims(authorization):
@@ -66,8 +70,9 @@ class Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         status = 200
+        global _mismatches
         if self.path == "/_requests":
-            body = {"requests": _count}
+            body = {"requests": _count, "mismatches": _mismatches}
         elif _jwks is not None:
             with _lock:
                 _count += 1
@@ -80,6 +85,11 @@ class Handler(BaseHTTPRequestHandler):
                 }
                 print(f"backend: rejected: {error}", flush=True)
             else:
+                if MARKER and self.headers.get(MARKER) != claims_.get("sub"):
+                    with _lock:
+                        _mismatches += 1
+                    print(f"backend: MISMATCH marker={self.headers.get(MARKER)!r} sub={claims_.get('sub')!r}",
+                          flush=True)
                 body = {
                     "method": self.command,
                     "path": self.path,

@@ -164,14 +164,15 @@ class Backend:
     receives against that IdP's keys, issuer and `audience` (comma-separated:
     any of them)."""
 
-    def __init__(self, cleanup, verify_with=None, audience=None):
+    def __init__(self, cleanup, verify_with=None, audience=None, marker=None):
         self.port = free_port()
-        env = {}
+        env = {"BACKEND_MARKER_HEADER": marker} if marker else {}
         if verify_with is not None:
             env = {
                 "BACKEND_JWKS_URL": f"http://127.0.0.1:{verify_with.port}/jwks",
                 "BACKEND_ISSUER": verify_with.issuer,
                 "BACKEND_AUDIENCE": audience,
+                **env,
             }
         cmd = [sys.executable, str(ROOT / "tests" / "backend.py"), str(self.port)]
         self.proc = cleanup.add(Proc("backend", cmd, env=env))
@@ -179,6 +180,10 @@ class Backend:
 
     def requests(self):
         return json.loads(call(self.port, "/_requests")[2])["requests"]
+
+    def mismatches(self):
+        """Requests whose token's sub was not the user marker they carried."""
+        return json.loads(call(self.port, "/_requests")[2])["mismatches"]
 
 
 def envoy_config(listeners, admin_port, backend_port, clusters, direct_response=False, env_keys=()):

@@ -1,0 +1,146 @@
+"""Load without leaks: many users, each with their own token from the real
+MCP AS, hit Envoy (2 workers) at once; every request carries a marker naming
+its user, and the backend checks, on every request, that the exchanged token
+it got is that user's. Used by test_load.py (short) and, as a script, for
+long runs:
+
+    .venv/bin/python tests/integration/load.py --users 2000 --seconds 60
+
+prints requests, req/s, mismatches, 5xx, IdP exchange calls, cache figures
+and Envoy's RSS at start and end.
+"""
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+import http.client
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import mcp_resources, plugin_config  # noqa: E402
+from harness import MCP_SCOPE, Backend, Cleanup, Envoy, IdP, call, free_port  # noqa: E402
+
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+MARKER = "x-load-user"
+
+
+class LoadStack:
+    def __init__(self, cleanup, users, max_entries):
+        port = free_port()
+        resource, resources = mcp_resources(port)
+        resources[resource]["ttl"] = 3600
+        self.users = [f"u{i:05d}" for i in range(users)]
+        self.mcp_as = IdP(cleanup, "load-mcp-as", resources=resources,
+                          clients=[{"client_id": u, "client_secret": "s"} for u in self.users]).start()
+        self.backend_as = IdP(
+            cleanup, "load-backend-as",
+            resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read", "ttl": 3600}},
+            clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
+            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"},
+        ).start()
+        self.backend = Backend(cleanup, verify_with=self.backend_as, audience="backend", marker=MARKER)
+        cfg = plugin_config(self.mcp_as, port)
+        cfg["tokenExchange"] = {"tokenUrl": f"{self.backend_as.issuer}/token", "clientId": "gw",
+                                "clientSecretEnv": "GW_SECRET", "audience": "backend"}
+        cfg["cache"] = {"maxEntries": max_entries}
+        clusters = {f"outbound|{p}||127.0.0.1": p for p in (self.mcp_as.port, self.backend_as.port)}
+        self.envoy = Envoy(cleanup, self.backend.port, cfg, clusters, port=port, log_level="warning",
+                           env={"GW_SECRET": "gw-secret"}).wait_ready()
+        with ThreadPoolExecutor(8) as pool:
+            self.tokens = dict(zip(self.users, pool.map(
+                lambda u: self.mcp_as.token(u, "s", resource, MCP_SCOPE), self.users)))
+
+    def rss_mib(self):
+        for line in Path(f"/proc/{self.envoy.proc.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stat(self, name):
+        body = call(self.envoy.admin, f"/stats?filter={name}")[2]
+        return sum(int(v) for _, _, v in (l.partition(": ") for l in body.splitlines()) if v.strip().isdigit())
+
+
+def run(stack, seconds, concurrency=32):
+    """Hammers Envoy with random users' requests for `seconds`."""
+    deadline = time.monotonic() + seconds
+    counts = {"requests": 0, "5xx": 0, "other": 0}
+    lock = threading.Lock()
+
+    def worker(seed):
+        rng = random.Random(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=30)
+        local = {"requests": 0, "5xx": 0, "other": 0}
+        while time.monotonic() < deadline:
+            user = rng.choice(stack.users)
+            try:
+                conn.request("GET", "/mcp", headers={"authorization": f"Bearer {stack.tokens[user]}", MARKER: user})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=30)
+                status = 599
+            local["requests"] += 1
+            if status >= 500:
+                local["5xx"] += 1
+            elif status != 200:
+                local["other"] += 1
+        conn.close()
+        with lock:
+            for k, v in local.items():
+                counts[k] += v
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts
+
+
+def measure(users, seconds, max_entries=10_000, concurrency=32):
+    cleanup = Cleanup()
+    try:
+        stack = LoadStack(cleanup, users, max_entries)
+        rss_start = stack.rss_mib()
+        started = time.monotonic()
+        counts = run(stack, seconds, concurrency)
+        elapsed = time.monotonic() - started
+        time.sleep(1)  # metrics reach Envoy on the filter's tick
+        return {
+            **counts,
+            "users": users,
+            "seconds": round(elapsed, 1),
+            "rps": round(counts["requests"] / elapsed),
+            "mismatches": stack.backend.mismatches(),
+            "idp_exchange_calls": stack.backend_as.exchanges(),
+            "cache_hits": stack.stat("token_exchange_filter.cache.hit"),
+            "cache_misses": stack.stat("token_exchange_filter.cache.miss"),
+            "cache_overwrites": stack.stat("token_exchange_filter.cache.overwrite"),
+            "cache_slots": max_entries,
+            "envoy_rss_mib_start": round(rss_start, 1),
+            "envoy_rss_mib_end": round(stack.rss_mib(), 1),
+        }
+    finally:
+        cleanup.close()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--max-entries", type=int, default=10_000)
+    a = ap.parse_args()
+    r = measure(a.users, a.seconds, a.max_entries, a.concurrency)
+    print("| figure | value |\n|---|---:|")
+    for k, v in r.items():
+        print(f"| {k} | {v} |")
+    sys.exit(1 if r["mismatches"] or r["5xx"] else 0)
