@@ -25,6 +25,11 @@ WORK = ROOT / "tests" / ".work"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "token_exchange_filter.wasm"
 ENVOY = Path(sys.prefix) / "bin" / "envoy"
 MCP_AUDIENCE = "mcpserver"
+# What the filter must never log, gathered as the tests run: every token an
+# IdP issued to a test, and every value passed to an Envoy's environment
+# (where the secrets are). test_zz_no_secrets_in_logs.py scans for them.
+ISSUED_TOKENS = set()
+ENVOY_SECRETS = set()
 MCP_SCOPE = "mcp:tools:call"
 
 
@@ -147,7 +152,9 @@ class IdP:
             body=urllib.parse.urlencode(form),
         )
         assert status == 200, body
-        return json.loads(body)["access_token"]
+        token = json.loads(body)["access_token"]
+        ISSUED_TOKENS.add(token)
+        return token
 
     def jwks(self):
         status, _, body = call(self.port, "/jwks")
@@ -237,7 +244,9 @@ class EnvoyProcess:
         cmd = [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),
                "--disable-hot-restart", "-l", log_level]
         if log_level == "info":
-            cmd += ["--component-log-level", "wasm:debug"]
+            # The filter at its most verbose: what it logs is what is scanned.
+            cmd += ["--component-log-level", "wasm:trace"]
+        ENVOY_SECRETS.update(v for v in (env or {}).values() if len(v) >= 8)
         self.proc = cleanup.add(Proc(name, cmd, env=env))
 
     def wait_ready(self, ports=(), timeout=30.0):
