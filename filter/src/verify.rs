@@ -94,6 +94,9 @@ pub struct Extra {
     client_id: Option<String>,
 }
 
+/// Later than any date a token should name (year 2286).
+const MAX_NUMERIC_DATE: u64 = 9_999_999_999;
+
 pub struct Verifier {
     issuer: String,
     audiences: HashSet<String>,
@@ -164,7 +167,7 @@ impl Verifier {
 
     /// What holds before any key is tried: three segments of canonical
     /// base64url; a header and a payload that are JSON objects without
-    /// duplicate keys; no `crit` (we implement no extension, and RFC 7515
+    /// duplicate keys, whose `exp`, `nbf` and `iat` are whole seconds; no `crit` (we implement no extension, and RFC 7515
     /// forbids an empty list); a `typ` that names an access token.
     fn shape(&self, token: &str) -> Result<(), Reject> {
         let mut parts = token.split('.');
@@ -181,7 +184,17 @@ impl Verifier {
                 .ok_or(Reject::Malformed)
         };
         let header = object(header)?;
-        object(payload)?;
+        let payload = object(payload)?;
+        // NumericDates as whole seconds within reach: a float, or a number
+        // past u64, would be rounded or saturated into "never expires".
+        for claim in ["exp", "nbf", "iat"] {
+            if payload
+                .get(claim)
+                .is_some_and(|v| v.as_u64().is_none_or(|n| n >= MAX_NUMERIC_DATE))
+            {
+                return Err(Reject::Malformed);
+            }
+        }
         if header.get("crit").is_some() {
             return Err(Reject::Malformed);
         }

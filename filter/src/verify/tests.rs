@@ -370,6 +370,16 @@ fn validly_signed_but_malformed_or_foreign_tokens_are_refused() {
             sign_raw(h, &payload_with(json!({"scope": ["a", "b"]}))),
             Reject::ScopeClaim,
         ),
+        // NumericDates must be whole seconds a u64 holds.
+        (
+            sign_raw(h, &payload_with(json!({"exp": 4_000_000_000.5_f64}))),
+            Reject::Malformed,
+        ),
+        (
+            sign_raw(h, &good.replacen('}', r#","nbf":18446744073709551616}"#, 1)),
+            Reject::Malformed,
+        ),
+        (sign_raw(h, &payload_with(json!({"iat": -1}))), Reject::Malformed),
     ];
     for (token, want) in cases {
         assert_eq!(check(&v, &ks, &token).map(|_| ()), Err(want), "{token}");
