@@ -293,7 +293,11 @@ impl Filter {
             Verdict::NeedKeys => match self.jwks.fetch(host) {
                 Fetch::Adopted => {
                     self.prune_verified();
-                    self.judge(host, token, now_ms, false)
+                    // Another worker's copy: its kid may still be too new for it.
+                    match self.judge(host, token, now_ms, true) {
+                        Verdict::NeedKeys | Verdict::HoldForKeys => return self.hold(host, token, now_ms, policy),
+                        v => v,
+                    }
                 }
                 Fetch::Failed => Verdict::NeedKeys,
                 Fetch::Pending => return self.hold(host, token, now_ms, policy),
@@ -825,6 +829,13 @@ impl Filter {
                 continue;
             }
             let verdict = self.judge(host, &w.token, now_ms, false);
+            if matches!(verdict, Verdict::UnknownKey) && !fetch_failed && self.jwks.fetched_at() < w.since_ms {
+                // Keys older than the request (another worker's earlier
+                // copy) cannot say its kid is unknown: wait for a fetch
+                // that started after it came.
+                self.waiting.insert(id, w);
+                continue;
+            }
             let step = match self.settle(verdict, fetch_failed, w.policy) {
                 Ok(v) => self.pass(host, &w.token, v, now_ms, w.policy),
                 Err(d) => Step::Deny(d),

@@ -107,6 +107,11 @@ impl JwksCache {
         self.keys.as_ref()
     }
 
+    /// When the keys we hold were fetched (0: none yet), ms.
+    pub fn fetched_at(&self) -> u64 {
+        self.version
+    }
+
     pub fn fetching(&self) -> bool {
         self.in_flight.is_some()
     }

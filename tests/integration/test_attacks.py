@@ -18,6 +18,7 @@ and claims.
 """
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -225,8 +226,6 @@ def to_standard_alphabet(token):
 def attacker_cert(ctx):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker")])
     now = time.time()
-    import datetime
-
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(ctx.attacker.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(datetime.datetime.fromtimestamp(now - 60, datetime.timezone.utc))

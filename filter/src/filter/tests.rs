@@ -1389,3 +1389,27 @@ fn the_body_is_judged_after_a_paused_request_goes_on() {
     f.on_done(&mut m, 3);
     assert!(f.gates.is_empty());
 }
+
+#[test]
+fn older_keys_from_another_worker_do_not_decide_a_waiting_unseen_kid() {
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
+    let (mut f2, mut m2) = (filter(), Mock::with_shared(shared));
+    m2.now_ms = m1.now_ms;
+    warm(&mut f1, &mut m1);
+    // Worker 2 has no keys yet; worker 1 refreshed just now.
+    m2.now_ms += 100;
+    let rotated = token(RSA2, "k2", "mcp:tools:call");
+    // Worker 2 loads worker 1's copy and holds the request (no refetch yet).
+    assert_eq!(request(&mut f2, &mut m2, 2, Some(&rotated)), Action::Pause);
+    m2.enter(ROOT);
+    f2.on_tick(&mut m2);
+    assert!(m2.sent(2).is_none(), "not refused by keys older than the request");
+    // The next allowed refetch brings k2.
+    m2.now_ms += KID_REFETCH_INTERVAL_MS;
+    m2.enter(ROOT);
+    f2.on_tick(&mut m2);
+    let c = m2.callouts.last().unwrap().clone();
+    f2.on_callout(&mut m2, c.token, &ok(&keys_k2()));
+    assert!(m2.stream(2).resumed);
+}
