@@ -25,5 +25,8 @@ cargo test --workspace
 echo "==> clippy: no unwrap/expect/panic in filter code (wasm32 build)" >&2
 cargo clippy --release --target wasm32-wasip1 -p token-exchange-filter -p plugin-config -- -D warnings
 
+echo "==> fuzzing (10 s a target, from the checked-in seeds)" >&2
+tests/fuzz.sh --seconds 10
+
 echo "==> integration tests (Envoy $(.venv/bin/envoy --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))" >&2
 .venv/bin/pytest tests/integration -v "$@"

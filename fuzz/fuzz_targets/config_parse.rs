@@ -1,0 +1,35 @@
+//! `plugin_config::parse_with_env` on any configuration, then everything
+//! the filter builds from a valid one: the whole `Filter`, the verifier,
+//! each exchanger and its first request.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use plugin_config::{RuleAction, RuleExchange};
+use token_exchange_filter::exchange::Exchanger;
+use token_exchange_filter::filter::Filter;
+use token_exchange_filter::verify::Verifier;
+use token_exchange_fuzz::{env, NOW, SUBJECT};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(config) = plugin_config::parse_with_env(data, &env) else {
+        return;
+    };
+    assert_eq!(config.fingerprint.len(), 64);
+    let _ = Verifier::new(&config.oidc);
+    let mut exchanges: Vec<_> = config.token_exchange.iter().collect();
+    for rule in &config.rules {
+        if let RuleAction::Apply {
+            exchange: RuleExchange::Replace(te),
+            ..
+        } = &rule.action
+        {
+            exchanges.push(te);
+        }
+    }
+    for te in exchanges {
+        if let Ok(ex) = Exchanger::new(te) {
+            let _ = ex.request(SUBJECT, NOW * 1000, "jti-1");
+        }
+    }
+    let _ = Filter::new(&config, "fuzz");
+});
