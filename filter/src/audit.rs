@@ -43,7 +43,7 @@ impl Entry<'_> {
 }
 
 /// `2026-11-23T10:15:30.123Z`.
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     let (secs, millis) = (ms / 1000, ms % 1000);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970 (Howard Hinnant's algorithm).

@@ -653,8 +653,11 @@ impl Filter {
     /// claim headers, remembers who passed for a body still to be judged,
     /// and records the decision.
     fn allow(&mut self, host: &mut dyn Host, passed: Passed, resume: bool) -> Action {
-        if let Some(gate) = self.gates.get_mut(&host.context_id()) {
-            gate.passed = Some((Rc::clone(&passed.principal), passed.policy));
+        // Gates exist only with tool scopes: no map lookup on the hot path otherwise.
+        if self.tools.is_some() {
+            if let Some(gate) = self.gates.get_mut(&host.context_id()) {
+                gate.passed = Some((Rc::clone(&passed.principal), passed.policy));
+            }
         }
         for h in &self.claim_headers {
             match passed.principal.claim_headers.iter().find(|(k, _)| *k == h.header) {

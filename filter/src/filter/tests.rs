@@ -977,15 +977,7 @@ fn google_two_steps_in_one_pause_and_only_the_final_token_is_cached() {
     assert_eq!(iam.header("authorization"), Some("Bearer ya29.federated"));
     assert_eq!(iam.owner, 2);
     // 40 minutes from now, in Google's format.
-    let expire = m.now_ms / 1000 + 2400;
-    let (days, secs) = (expire / 86_400, expire % 86_400);
-    let expire_time = format!(
-        "{}T{:02}:{:02}:{:02}.123Z",
-        civil(days),
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    let expire_time = crate::audit::rfc3339((m.now_ms / 1000 + 2400) * 1000 + 123);
     f.on_callout(
         &mut m,
         iam.token,
@@ -1009,20 +1001,6 @@ fn google_two_steps_in_one_pause_and_only_the_final_token_is_cached() {
             .any(|(v, _)| String::from_utf8_lossy(v).contains("federated")),
         "the federated token is never cached"
     );
-}
-
-/// `YYYY-MM-DD` of a day count since 1970 (test helper).
-fn civil(days: u64) -> String {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}")
 }
 
 #[test]
