@@ -33,10 +33,20 @@ ENVOY_SECRETS = set()
 MCP_SCOPE = "mcp:tools:call"
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this run has not handed out
+    before: the kernel may offer a released port again, and two listeners
+    of one Envoy given the same port fail its start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port, proc, log, timeout=20.0):
