@@ -11,25 +11,27 @@
 //!
 //! Every request ends in one decision, `allow` or `refuse` (or a skip), which
 //! is where claims become headers, CORS headers go on refusals, a tool's
-//! scopes are checked once its body is read (`mcp::tools`), and metrics and
+//! scopes are checked once its body is read (`edge::tools`), and metrics and
 //! the audit line are recorded.
 
-use crate::audit;
-use crate::bearer::{self, Bearer};
-use crate::cache::{Put, TokenCache};
-use crate::challenge::{self, metadata_document, Challenges, Denial};
-use crate::claims;
+pub mod routes;
+
+use crate::edge::audit;
+use crate::edge::challenge::{self, metadata_document, Challenges, Denial};
+use crate::edge::cors;
+use crate::edge::metrics::{Metric, Metrics};
+use crate::edge::tools::{BodyError, Tools};
+use crate::exchange::singleflight::{Flight, Flights, Key as FlightKey};
+use crate::exchange::token_cache::{Put, TokenCache};
 use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step as ExchangeStep};
 use crate::host::{CalloutResponse, Host};
-use crate::jwks_cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
-use crate::logsafe::excerpt;
-use crate::mcp::cors;
-use crate::mcp::tools::{BodyError, Tools};
-use crate::metrics::{Metric, Metrics};
-use crate::routes::{Route, Routes};
-use crate::singleflight::{Flight, Flights, Key as FlightKey};
-use crate::verified::{Verified, VerifiedCache};
-use crate::verify::{Principal, Reject, Verifier};
+use crate::keys::cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
+use crate::request::routes::{Route, Routes};
+use crate::support::logsafe::excerpt;
+use crate::token::bearer::{self, Bearer};
+use crate::token::claims;
+use crate::token::verified::{Verified, VerifiedCache};
+use crate::token::verify::{Principal, Reject, Verifier};
 use plugin_config::{ClaimHeader, Config, ConfigError, Cors, RuleAction, RuleExchange, TokenExchange};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};

@@ -7,7 +7,7 @@
 //! `flush` hands them over on the root context's tick (every 500 ms), since
 //! a hostcall per request would cost more than the rest of a cache hit.
 
-use crate::challenge::{Denial, EXCHANGE_REFUSED, MISSING_TOKEN};
+use crate::edge::challenge::{Denial, EXCHANGE_REFUSED, MISSING_TOKEN};
 use crate::host::{Host, MetricKind};
 
 pub const PREFIX: &str = "token_exchange_filter";

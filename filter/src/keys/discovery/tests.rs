@@ -2,9 +2,9 @@
 //! JWKS callouts, and anything short of a matching document fails closed.
 
 use super::*;
-use crate::filter::{Action, Filter};
-use crate::logsafe::{excerpt, MAX_EXCERPT};
-use crate::mock::{ok, Callout, Mock, Shared, ROOT};
+use crate::host::mock::{ok, Callout, Mock, Shared, ROOT};
+use crate::request::{Action, Filter};
+use crate::support::logsafe::{excerpt, MAX_EXCERPT};
 use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1};
 use jwt_simple::prelude::*;
 use serde_json::json;

@@ -15,7 +15,7 @@
 //! (2048 to 4096 bits, e = 65537), and jwt-simple remains the verifier for
 //! every other algorithm. The tests hold this against jwt-simple.
 
-use crate::jwks::Alg;
+use crate::keys::alg::Alg;
 use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
 use crypto_bigint::{BoxedUint, Odd};
 use sha2::{Digest, Sha256, Sha384, Sha512};

@@ -8,8 +8,8 @@
 //! from the root context.
 
 use crate::exchange::Step;
-use crate::verified::TokenHash;
-use crate::verify::Principal;
+use crate::token::verified::TokenHash;
+use crate::token::verify::Principal;
 use std::collections::HashMap;
 use std::rc::Rc;
 

@@ -7,53 +7,11 @@
 //! verify an RSA token, and symmetric (`oct`) keys are never loaded at all: the
 //! algorithm-confusion attacks have no key to work with.
 
-use crate::rsa::RsaKey;
+use crate::keys::alg::Alg;
+use crate::keys::rsa::RsaKey;
 use jwt_simple::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-/// The asymmetric algorithms we accept. `none` and every HS* are absent on purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alg {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-impl Alg {
-    pub fn from_name(name: &str) -> Option<Alg> {
-        Some(match name {
-            "RS256" => Alg::RS256,
-            "RS384" => Alg::RS384,
-            "RS512" => Alg::RS512,
-            "PS256" => Alg::PS256,
-            "PS384" => Alg::PS384,
-            "PS512" => Alg::PS512,
-            "ES256" => Alg::ES256,
-            "ES384" => Alg::ES384,
-            "EdDSA" => Alg::EdDSA,
-            _ => return None,
-        })
-    }
-
-    /// The algorithms a key of this JWK `kty`/`crv` could serve.
-    fn for_jwk(kty: &str, crv: Option<&str>) -> &'static [Alg] {
-        use Alg::*;
-        match (kty, crv) {
-            ("RSA", _) => &[RS256, RS384, RS512, PS256, PS384, PS512],
-            ("EC", Some("P-256")) => &[ES256],
-            ("EC", Some("P-384")) => &[ES384],
-            ("OKP", Some("Ed25519")) => &[EdDSA],
-            _ => &[],
-        }
-    }
-}
 
 enum PublicKey {
     RS256(RS256PublicKey),

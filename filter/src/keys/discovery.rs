@@ -1,5 +1,5 @@
 //! Finding the JWKS URL when `oidc.jwksUrl` is left out: the issuer's OpenID
-//! Connect metadata, else its RFC 8414 metadata. `jwks_cache` makes the
+//! Connect metadata, else its RFC 8414 metadata. `cache` makes the
 //! callouts (with its lease, timeouts and back-off); this holds which document
 //! is next and what makes one acceptable.
 //!
@@ -7,9 +7,8 @@
 //! (OpenID Connect Discovery §4.3, RFC 8414 §3.3): metadata served for another
 //! issuer would name another issuer's keys.
 
-use crate::host::CalloutResponse;
-use crate::jwks_cache::MAX_JWKS_BYTES;
-use crate::logsafe::{cut, excerpt, MAX_EXCERPT};
+use crate::host::{CalloutResponse, MAX_CALLOUT_BODY};
+use crate::support::logsafe::{cut, excerpt, MAX_EXCERPT};
 use plugin_config::{Discovery as Locations, Endpoint};
 
 /// Longest stretch of a document's text that goes into a log line.
@@ -110,7 +109,7 @@ impl Discovery {
             return Err(Miss::Unusable(format!("HTTP status {status}")));
         }
         if resp.truncated {
-            return Err(Miss::Unusable(format!("document larger than {MAX_JWKS_BYTES} bytes")));
+            return Err(Miss::Unusable(format!("document larger than {MAX_CALLOUT_BODY} bytes")));
         }
         let absent = || Miss::Absent("is not a JSON object with a jwks_uri string".into());
         let doc: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|_| absent())?;

@@ -23,9 +23,9 @@
 //! parameters are the same for the whole cache), so a returning user costs no
 //! shared-data read, no copy and no hashing beyond the map's.
 
-use crate::bounded::Bounded;
 use crate::host::Host;
-use crate::verified::TokenHash;
+use crate::support::bounded::Bounded;
+use crate::token::verified::TokenHash;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
 
@@ -201,7 +201,7 @@ mod tests {
             self.put(host, subject, value, exp, now) != Put::NotStored
         }
     }
-    use crate::mock::Mock;
+    use crate::host::mock::Mock;
 
     fn key(i: u32) -> TokenHash {
         Sha256::digest(i.to_le_bytes()).into()

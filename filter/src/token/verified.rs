@@ -13,8 +13,8 @@
 //! entries and in token bytes (`bounded`); a miss only costs one signature
 //! check.
 
-use crate::bounded::Bounded;
-use crate::verify::Principal;
+use crate::support::bounded::Bounded;
+use crate::token::verify::Principal;
 use std::rc::Rc;
 
 pub type TokenHash = [u8; 32];

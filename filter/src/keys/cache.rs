@@ -16,9 +16,9 @@
 //! same lease, and keeps it for the VM's life. To the filter, those callouts
 //! are part of the fetch: it stays pending until keys come or it fails.
 
-use crate::discovery::{Discovery, Outcome};
-use crate::host::{CalloutResponse, Host};
-use crate::jwks::{self, KeySet};
+use crate::host::{CalloutResponse, Host, MAX_CALLOUT_BODY};
+use crate::keys::discovery::{Discovery, Outcome};
+use crate::keys::jwks::{self, KeySet};
 use plugin_config::{Endpoint, KeySource, Oidc};
 
 /// How long a JWKS (or issuer metadata) callout may take.
@@ -30,8 +30,6 @@ const MIN_MAX_AGE_MS: u64 = 30_000;
 /// Retry back-off after a failed fetch: 1 s, doubling, capped.
 const RETRY_MIN_MS: u64 = 1_000;
 const RETRY_MAX_MS: u64 = 10_000;
-/// Largest JWKS document accepted.
-pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 struct InFlight {
     token: u32,
@@ -273,7 +271,7 @@ impl JwksCache {
             return Err(format!("HTTP status {status}"));
         }
         if resp.truncated {
-            return Err(format!("document larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(format!("document larger than {MAX_CALLOUT_BODY} bytes"));
         }
         let (keys, skipped) = KeySet::parse(&resp.body).map_err(|e| e.to_string())?;
         let max_age_ms = resp

@@ -1,12 +1,22 @@
 //! The few things the filter needs from its proxy, behind a trait so the logic
-//! runs (and is tested) natively. The proxy-wasm implementation is `proxy.rs`;
+//! runs (and is tested) natively. The proxy-wasm implementation is `wasm`;
 //! tests use a mock.
 //!
 //! A `Host` is always bound to one *current* stream or root context: header and
 //! response calls act on it, and `switch_to` rebinds it, which is how one
 //! callout's result is delivered to every request that waited for it.
 
+pub mod header_map;
+#[cfg(test)]
+pub mod mock;
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
 use plugin_config::Endpoint;
+
+/// Largest callout body the glue reads (a JWKS or discovery document, a
+/// token answer); a bigger one is reported as `truncated`, never read.
+pub const MAX_CALLOUT_BODY: usize = 256 * 1024;
 
 /// The answer to an HTTP callout, as read by the glue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

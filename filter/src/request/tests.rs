@@ -1,7 +1,7 @@
 use super::*;
+use crate::host::mock::{ok, Mock, Shared, ROOT};
 use crate::host::CalloutResponse;
-use crate::jwks_cache::KID_REFETCH_INTERVAL_MS;
-use crate::mock::{ok, Mock, Shared, ROOT};
+use crate::keys::cache::KID_REFETCH_INTERVAL_MS;
 use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1, RSA2};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -977,7 +977,7 @@ fn google_two_steps_in_one_pause_and_only_the_final_token_is_cached() {
     assert_eq!(iam.header("authorization"), Some("Bearer ya29.federated"));
     assert_eq!(iam.owner, 2);
     // 40 minutes from now, in Google's format.
-    let expire_time = crate::audit::rfc3339((m.now_ms / 1000 + 2400) * 1000 + 123);
+    let expire_time = crate::edge::audit::rfc3339((m.now_ms / 1000 + 2400) * 1000 + 123);
     f.on_callout(
         &mut m,
         iam.token,

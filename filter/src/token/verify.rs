@@ -11,8 +11,9 @@
 //! Rejections carry a short, fixed description that is safe to send to the
 //! client and to log: nothing in it comes from the token.
 
-use crate::jwks::{Alg, Key, KeySet};
-use crate::rsa::RsaKey;
+use crate::keys::alg::Alg;
+use crate::keys::jwks::{Key, KeySet};
+use crate::keys::rsa::RsaKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::*;
@@ -179,7 +180,7 @@ impl Verifier {
             URL_SAFE_NO_PAD
                 .decode(part)
                 .ok()
-                .and_then(|b| crate::strict_json::parse(&b))
+                .and_then(|b| crate::token::strict_json::parse(&b))
                 .filter(Value::is_object)
                 .ok_or(Reject::Malformed)
         };

@@ -8,9 +8,9 @@
 //! UTF-8, and a client may send any byte above 0x7f in a header value.
 //! A trap would take down every request on the worker.
 
-use crate::filter::{Action as FilterAction, Filter};
-use crate::header_map;
-use crate::host::{CalloutResponse, Host, MetricKind};
+use crate::host::header_map;
+use crate::host::{CalloutResponse, Host, MetricKind, MAX_CALLOUT_BODY};
+use crate::request::{Action as FilterAction, Filter};
 use plugin_config::Endpoint;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -19,8 +19,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Largest callout body read; a bigger one is reported as truncated.
-const MAX_CALLOUT_BODY: usize = crate::jwks_cache::MAX_JWKS_BYTES;
 const TICK: Duration = Duration::from_millis(500);
 
 type Shared = Rc<RefCell<Option<Filter>>>;
@@ -499,7 +497,7 @@ mod abi {
     }
 
     pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), u32> {
-        let map = crate::header_map::encode(headers);
+        let map = crate::host::header_map::encode(headers);
         // SAFETY: pointers and lengths describe live, immutable buffers for the call.
         check(unsafe {
             proxy_send_local_response(
