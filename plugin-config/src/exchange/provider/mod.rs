@@ -7,51 +7,17 @@
 pub mod entra_obo;
 pub mod google_sts;
 pub mod keycloak;
+pub mod kind;
 pub mod okta;
 
-use crate::exchange::{ClientAuthMethod, TokenExchange, TOKEN_TYPE_PREFIX};
+use super::model::{ClientAuthMethod, TokenExchange, TOKEN_TYPE_PREFIX};
+use crate::error::ConfigError;
 use crate::raw::RawTokenExchange;
-use crate::ConfigError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    /// Plain RFC 8693: what the configuration says, nothing more.
-    Rfc8693,
-    Okta,
-    GoogleSts,
-    EntraObo,
-    Keycloak,
-}
+use kind::Provider;
 
 type Field<'a> = &'a dyn Fn(&str) -> String;
 
 impl Provider {
-    pub fn parse(path: &str, name: Option<&str>) -> Result<Provider, ConfigError> {
-        Ok(match name {
-            None | Some("rfc8693") => Provider::Rfc8693,
-            Some("okta") => Provider::Okta,
-            Some("google-sts") => Provider::GoogleSts,
-            Some("entra-obo") => Provider::EntraObo,
-            Some("keycloak") => Provider::Keycloak,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    path,
-                    format!("{other:?} is not a provider; use rfc8693, okta, google-sts, entra-obo or keycloak"),
-                ))
-            }
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Rfc8693 => "rfc8693",
-            Provider::Okta => "okta",
-            Provider::GoogleSts => "google-sts",
-            Provider::EntraObo => "entra-obo",
-            Provider::Keycloak => "keycloak",
-        }
-    }
-
     /// Fills the provider's defaults, and refuses keys it has no use for
     /// before they are defaulted.
     pub(crate) fn defaults(self, raw: &mut RawTokenExchange, field: Field) -> Result<(), ConfigError> {

@@ -2,9 +2,10 @@
 //! exchanges an access token for one whose audience is one or more client
 //! ids. V2 has no `resource`, and takes only access tokens as subjects.
 
-use super::{short, Field, Provider};
-use crate::exchange::{ClientAuthMethod, TokenExchange};
-use crate::ConfigError;
+use super::kind::Provider;
+use super::{short, Field};
+use crate::error::ConfigError;
+use crate::exchange::model::{ClientAuthMethod, TokenExchange};
 
 pub fn check(te: &TokenExchange, field: Field) -> Result<(), ConfigError> {
     let p = Provider::Keycloak;

@@ -2,9 +2,10 @@
 //! authenticate, and Okta's token exchange wants the target authorization
 //! server's audience and the scopes to grant, for an access token.
 
-use super::{short, Field, Provider};
-use crate::exchange::{ClientAuthMethod, TokenExchange};
-use crate::ConfigError;
+use super::kind::Provider;
+use super::{short, Field};
+use crate::error::ConfigError;
+use crate::exchange::model::{ClientAuthMethod, TokenExchange};
 
 pub fn check(te: &TokenExchange, field: Field) -> Result<(), ConfigError> {
     let p = Provider::Okta;

@@ -4,11 +4,13 @@
 //! step turns that into a service account's access token
 //! (`serviceAccountImpersonation`, IAM Credentials' generateAccessToken).
 
-use super::{short, Field, Provider};
+use super::kind::Provider;
+use super::{short, Field};
 use crate::endpoint;
-use crate::exchange::{ClientAuthMethod, Impersonation, TokenExchange};
+use crate::error::ConfigError;
+use crate::exchange::model::{ClientAuthMethod, Impersonation, TokenExchange};
+use crate::field::scope_list;
 use crate::raw::{RawImpersonation, RawTokenExchange};
-use crate::{scope_list, ConfigError};
 
 pub const STS_URL: &str = "https://sts.googleapis.com/v1/token";
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -106,7 +108,7 @@ pub fn impersonation(at: &str, raw: RawImpersonation, allow_http: bool) -> Resul
         ));
     }
     if let Some(c) = &raw.cluster {
-        crate::non_empty(&format!("{at}.cluster"), c)?;
+        crate::field::non_empty(&format!("{at}.cluster"), c)?;
     }
     let mut scopes = raw.scopes;
     scope_list(&format!("{at}.scopes"), &scopes)?;

@@ -4,10 +4,11 @@
 //! The client authenticates with a secret in the body or a certificate
 //! (private_key_jwt, whose assertion Entra wants with an `x5t`).
 
-use super::{Field, Provider};
-use crate::exchange::{ClientAuthMethod, TokenExchange};
+use super::kind::Provider;
+use super::Field;
+use crate::error::ConfigError;
+use crate::exchange::model::{ClientAuthMethod, TokenExchange};
 use crate::raw::RawTokenExchange;
-use crate::ConfigError;
 
 const LOGIN: &str = "https://login.microsoftonline.com";
 
