@@ -98,7 +98,7 @@ fn describe_serde_error(e: &serde_json::Error) -> String {
 }
 
 fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let oidc = oidc::oidc(raw.oidc)?;
+    let oidc = oidc::oidc(raw.oidc, "oidc")?;
     let allow_http = oidc.allow_http;
     let token_exchange = raw
         .token_exchange

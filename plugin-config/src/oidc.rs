@@ -46,98 +46,48 @@ pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
-/// Validates the `oidc` section.
-pub fn oidc(o: RawOidc) -> Result<Oidc, ConfigError> {
+/// Validates an `oidc` section found at `at` (`oidc`), so every error names
+/// its real path.
+pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
+    let field = |name: &str| format!("{at}.{name}");
     let allow_http = o.insecure_allow_http;
 
-    non_empty("oidc.issuer", &o.issuer)?;
-    let issuer_url = endpoint::parse_url("oidc.issuer", &o.issuer, allow_http)?;
-
+    non_empty(&field("issuer"), &o.issuer)?;
+    let issuer_url = endpoint::parse_url(&field("issuer"), &o.issuer, allow_http)?;
+    let keys = key_source(&o, &issuer_url, &field)?;
     let audiences = o.audience.into_vec();
     if audiences.is_empty() {
-        return Err(ConfigError::new("oidc.audience", "must name at least one audience"));
+        return Err(ConfigError::new(field("audience"), "must name at least one audience"));
     }
     for (i, a) in audiences.iter().enumerate() {
-        non_empty(&format!("oidc.audience[{i}]"), a)?;
+        non_empty(&format!("{}[{i}]", field("audience")), a)?;
     }
-
-    if let Some(c) = &o.jwks_cluster {
-        non_empty("oidc.jwksCluster", c)?;
-    }
-    let keys = match o.jwks_url.as_deref() {
-        Some(u) => {
-            let url = endpoint::parse_url("oidc.jwksUrl", u, allow_http)?;
-            KeySource::Jwks(endpoint::endpoint(&url, o.jwks_cluster))
-        }
-        None => KeySource::Discovery(Discovery::new(&issuer_url, o.jwks_cluster, allow_http)?),
-    };
-
-    scope_list("oidc.requiredScopes", &o.required_scopes)?;
-
+    scope_list(&field("requiredScopes"), &o.required_scopes)?;
     let clock_skew_seconds = o.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
-    if clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
-        return Err(ConfigError::new(
-            "oidc.clockSkewSeconds",
-            format!("must be between 0 and {MAX_CLOCK_SKEW_SECONDS}, got {clock_skew_seconds}"),
-        ));
-    }
+    within(
+        &field("clockSkewSeconds"),
+        clock_skew_seconds,
+        0,
+        MAX_CLOCK_SKEW_SECONDS,
+    )?;
+    let jwks_refresh_seconds = o.jwks_refresh_seconds.unwrap_or(DEFAULT_JWKS_REFRESH_SECONDS);
+    within(
+        &field("jwksRefreshSeconds"),
+        jwks_refresh_seconds,
+        MIN_JWKS_REFRESH_SECONDS,
+        MAX_JWKS_REFRESH_SECONDS,
+    )?;
     let allowed_token_types = match &o.allowed_token_types {
         None => None,
-        Some(list) if list.is_empty() => {
-            return Err(ConfigError::new(
-                "oidc.allowedTokenTypes",
-                "is empty, so no token would pass; list types such as at+jwt, or remove it",
-            ))
-        }
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, t) in list.iter().enumerate() {
-                non_empty(&format!("oidc.allowedTokenTypes[{i}]"), t)?;
-                out.push(token_type_name(t));
-            }
-            Some(out)
-        }
+        Some(list) => Some(token_types(&field("allowedTokenTypes"), list)?),
     };
-    let jwks_refresh_seconds = o.jwks_refresh_seconds.unwrap_or(DEFAULT_JWKS_REFRESH_SECONDS);
-    if !(MIN_JWKS_REFRESH_SECONDS..=MAX_JWKS_REFRESH_SECONDS).contains(&jwks_refresh_seconds) {
-        return Err(ConfigError::new(
-            "oidc.jwksRefreshSeconds",
-            format!(
-                "must be between {MIN_JWKS_REFRESH_SECONDS} and {MAX_JWKS_REFRESH_SECONDS}, \
-                 got {jwks_refresh_seconds}"
-            ),
-        ));
-    }
-
-    if let Some(s) = &o.scopes_supported {
-        scope_list("oidc.scopesSupported", s)?;
-    }
-    let resource = match o.resource_url {
-        None => {
-            if o.scopes_supported.is_some() {
-                return Err(ConfigError::new(
-                    "oidc.scopesSupported",
-                    "is only used in protected-resource metadata; set oidc.resourceUrl too",
-                ));
-            }
-            None
-        }
-        Some(r) => {
-            let url = endpoint::parse_url("oidc.resourceUrl", &r, allow_http)?;
-            if url.query().is_some() {
-                return Err(ConfigError::new(
-                    "oidc.resourceUrl",
-                    "must not have a query (RFC 9728 §3); remove it",
-                ));
-            }
-            Some(resource(
-                &url,
-                &r,
-                o.scopes_supported.unwrap_or_else(|| o.required_scopes.clone()),
-            ))
-        }
-    };
-
+    let resource = protected_resource(
+        o.resource_url.as_deref(),
+        o.scopes_supported,
+        &o.required_scopes,
+        &field,
+        allow_http,
+    )?;
     Ok(Oidc {
         issuer: o.issuer,
         audiences,
@@ -149,6 +99,82 @@ pub fn oidc(o: RawOidc) -> Result<Oidc, ConfigError> {
         allowed_token_types,
         allow_http,
     })
+}
+
+/// `jwksUrl`, else discovery from the issuer; `jwksCluster` serves either.
+fn key_source(o: &RawOidc, issuer: &url::Url, field: &dyn Fn(&str) -> String) -> Result<KeySource, ConfigError> {
+    let allow_http = o.insecure_allow_http;
+    if let Some(c) = &o.jwks_cluster {
+        non_empty(&field("jwksCluster"), c)?;
+    }
+    Ok(match o.jwks_url.as_deref() {
+        Some(u) => {
+            let url = endpoint::parse_url(&field("jwksUrl"), u, allow_http)?;
+            KeySource::Jwks(endpoint::endpoint(&url, o.jwks_cluster.clone()))
+        }
+        None => KeySource::Discovery(Discovery::new(issuer, o.jwks_cluster.clone(), allow_http)?),
+    })
+}
+
+fn within(path: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            format!("must be between {min} and {max}, got {value}"),
+        ))
+    }
+}
+
+/// `allowedTokenTypes`: a non-empty list, compared as `token_type_name` does.
+fn token_types(path: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            "is empty, so no token would pass; list types such as at+jwt, or remove it",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        non_empty(&format!("{path}[{i}]"), t)?;
+        out.push(token_type_name(t));
+    }
+    Ok(out)
+}
+
+/// `resourceUrl` and `scopesSupported`: the RFC 9728 resource, if any.
+fn protected_resource(
+    url: Option<&str>,
+    scopes_supported: Option<Vec<String>>,
+    required_scopes: &[String],
+    field: &dyn Fn(&str) -> String,
+    allow_http: bool,
+) -> Result<Option<Resource>, ConfigError> {
+    if let Some(s) = &scopes_supported {
+        scope_list(&field("scopesSupported"), s)?;
+    }
+    let Some(r) = url else {
+        if scopes_supported.is_some() {
+            return Err(ConfigError::new(
+                field("scopesSupported"),
+                format!(
+                    "is only used in protected-resource metadata; set {} too",
+                    field("resourceUrl")
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let parsed = endpoint::parse_url(&field("resourceUrl"), r, allow_http)?;
+    if parsed.query().is_some() {
+        return Err(ConfigError::new(
+            field("resourceUrl"),
+            "must not have a query (RFC 9728 §3); remove it",
+        ));
+    }
+    let scopes = scopes_supported.unwrap_or_else(|| required_scopes.to_vec());
+    Ok(Some(resource(&parsed, r, scopes)))
 }
 
 /// RFC 9728 §3.1: the well-known segment goes between the host and the

@@ -29,6 +29,9 @@ pub fn client_auth(
     token_url: &str,
     env: Env,
 ) -> Result<ClientAuth, ConfigError> {
+    if let Some(id) = &raw.client_id {
+        non_empty(&field("clientId"), id)?;
+    }
     let (secret, secret_inline) = secret(raw, field, env)?;
     let method = method(raw, provider, secret.is_some(), field)?;
     let assertion = match method {
@@ -68,7 +71,7 @@ fn method(
     has_secret: bool,
     field: Field,
 ) -> Result<ClientAuthMethod, ConfigError> {
-    let auth_method = match raw.client_auth_method.as_deref() {
+    let method = match raw.client_auth_method.as_deref() {
         None if raw.client_assertion_key_env.is_some() => ClientAuthMethod::PrivateKeyJwt,
         None if has_secret => provider.default_secret_method(),
         None | Some("none") => ClientAuthMethod::None,
@@ -84,13 +87,25 @@ fn method(
             ))
         }
     };
+    fits(raw, method, has_secret, field)?;
+    if method != ClientAuthMethod::None && raw.client_id.is_none() {
+        return Err(ConfigError::new(
+            field("clientId"),
+            "is required to authenticate the client",
+        ));
+    }
+    Ok(method)
+}
+
+/// Refuses what the method would never send, or needs and lacks.
+fn fits(raw: &RawTokenExchange, method: ClientAuthMethod, has_secret: bool, field: Field) -> Result<(), ConfigError> {
     let assertion_keys = [
         ("clientAssertionKid", raw.client_assertion_kid.is_some()),
         ("clientAssertionAlg", raw.client_assertion_alg.is_some()),
         ("clientAssertionAudience", raw.client_assertion_audience.is_some()),
         ("clientAssertionCertEnv", raw.client_assertion_cert_env.is_some()),
     ];
-    match auth_method {
+    match method {
         ClientAuthMethod::None if has_secret => {
             return Err(ConfigError::new(
                 field("clientAuthMethod"),
@@ -127,13 +142,7 @@ fn method(
             }
         }
     }
-    if auth_method != ClientAuthMethod::None && raw.client_id.is_none() {
-        return Err(ConfigError::new(
-            field("clientId"),
-            "is required to authenticate the client",
-        ));
-    }
-    Ok(auth_method)
+    Ok(())
 }
 
 /// A secret's value from the environment, or an error naming the variable.

@@ -30,48 +30,18 @@ pub fn token_exchange(
     let provider = Provider::parse(&field("provider"), raw.provider.as_deref())?;
     provider.defaults(&mut raw, &field)?;
 
-    let Some(token_url) = raw.token_url.as_deref() else {
-        return Err(ConfigError::new(
-            field("tokenUrl"),
-            "is required: the token endpoint's URL",
-        ));
-    };
-    let url = endpoint::parse_url(&field("tokenUrl"), token_url, allow_http)?;
-    if let Some(c) = &raw.token_cluster {
-        non_empty(&field("tokenCluster"), c)?;
-    }
-    if let Some(id) = &raw.client_id {
-        non_empty(&field("clientId"), id)?;
-    }
+    let (url, token_url) = token_url(&raw, &field, allow_http)?;
+    let auth = client_auth::client_auth(&raw, provider, &field, &token_url, env)?;
 
-    let auth = client_auth::client_auth(&raw, provider, &field, token_url, env)?;
-
-    let audiences = raw.audience.take().map(OneOrMany::into_vec).unwrap_or_default();
-    for (i, a) in audiences.iter().enumerate() {
-        non_empty(&list_item(&field("audience"), i, audiences.len()), a)?;
-    }
+    let audiences = audiences(raw.audience.take(), &field("audience"))?;
     scope_list(&field("scopes"), &raw.scopes)?;
-    let subject_token_type = match raw.subject_token_type.as_deref() {
-        None => format!("{TOKEN_TYPE_PREFIX}access_token"),
-        Some(t) => token_type(&field("subjectTokenType"), t)?,
-    };
-    let requested_token_type = match raw.requested_token_type.as_deref() {
-        None if provider == Provider::EntraObo => None,
-        None => Some(format!("{TOKEN_TYPE_PREFIX}access_token")),
-        Some(t) => Some(token_type(&field("requestedTokenType"), t)?),
-    };
+    let (subject_token_type, requested_token_type) = token_types(&raw, provider, &field)?;
     let resources = resources(raw.resource.take(), &field("resource"))?;
     let external_token_header = match raw.external_token_header_name.as_deref() {
         None | Some("") => None,
         Some(h) => Some(header_name(&field("externalTokenHeaderName"), h)?).filter(|h| h != "authorization"),
     };
-    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-        return Err(ConfigError::new(
-            field("timeoutMs"),
-            format!("must be between 1 and {MAX_TIMEOUT_MS}, got {timeout_ms}"),
-        ));
-    }
+    let timeout_ms = timeout(raw.timeout_ms, &field("timeoutMs"))?;
     let options = match raw.options.take() {
         None => None,
         Some(v) => Some(options(&field("options"), v)?),
@@ -106,6 +76,65 @@ pub fn token_exchange(
     };
     provider.check(&te, &field)?;
     Ok(te)
+}
+
+/// `tokenUrl` (required, unless the provider's preset filled it) and
+/// `tokenCluster`, checked; the URL as parsed and as written.
+fn token_url(
+    raw: &RawTokenExchange,
+    field: &dyn Fn(&str) -> String,
+    allow_http: bool,
+) -> Result<(url::Url, String), ConfigError> {
+    let Some(token_url) = raw.token_url.as_deref() else {
+        return Err(ConfigError::new(
+            field("tokenUrl"),
+            "is required: the token endpoint's URL",
+        ));
+    };
+    let url = endpoint::parse_url(&field("tokenUrl"), token_url, allow_http)?;
+    if let Some(c) = &raw.token_cluster {
+        non_empty(&field("tokenCluster"), c)?;
+    }
+    Ok((url, token_url.to_string()))
+}
+
+fn timeout(raw: Option<u64>, path: &str) -> Result<u64, ConfigError> {
+    let timeout_ms = raw.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be between 1 and {MAX_TIMEOUT_MS}, got {timeout_ms}"),
+        ));
+    }
+    Ok(timeout_ms)
+}
+
+/// `audience`: one or more non-empty names (RFC 8693 §2.1).
+fn audiences(raw: Option<OneOrMany>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let audiences = raw.map(OneOrMany::into_vec).unwrap_or_default();
+    for (i, a) in audiences.iter().enumerate() {
+        non_empty(&list_item(path, i, audiences.len()), a)?;
+    }
+    Ok(audiences)
+}
+
+/// `subjectTokenType` and `requestedTokenType` as full URNs; entra-obo has
+/// no requested type.
+fn token_types(
+    raw: &RawTokenExchange,
+    provider: Provider,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(String, Option<String>), ConfigError> {
+    let subject = match raw.subject_token_type.as_deref() {
+        None => format!("{TOKEN_TYPE_PREFIX}access_token"),
+        Some(t) => token_type(&field("subjectTokenType"), t)?,
+    };
+    let requested = match raw.requested_token_type.as_deref() {
+        None if provider == Provider::EntraObo => None,
+        None => Some(format!("{TOKEN_TYPE_PREFIX}access_token")),
+        Some(t) => Some(token_type(&field("requestedTokenType"), t)?),
+    };
+    Ok((subject, requested))
 }
 
 /// `resource`: absolute URIs without a fragment (RFC 8707 §2).
