@@ -19,7 +19,7 @@ from harness import MCP_SCOPE, Backend, BrokenTokenEndpoint, Envoy, IdP, call, f
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ORIGIN = "https://app.example"
 PREFIX = "wasmcustom.token_exchange_filter."
-LISTENERS = ("main", "bad-gateway", "hang", "idp-500", "no-keys")
+LISTENERS = ("main", "bad-gateway", "hang", "idp-500", "no-keys", "own-keys")
 
 
 class Edge:
@@ -59,6 +59,9 @@ class Edge:
         configs["hang"]["tokenExchange"]["tokenUrl"] = f"{broken}/hang"
         configs["idp-500"]["tokenExchange"]["tokenUrl"] = f"{broken}/500"
         configs["no-keys"]["oidc"]["jwksUrl"] = f"http://127.0.0.1:{closed}/jwks"
+        # Keys published under a JWKS URL of its own, first asked for by
+        # test_every_metric_moves (listeners with one issuer and URL share them).
+        configs["own-keys"]["oidc"]["jwksUrl"] = f"{self.mcp_as.issuer}/jwks?for=own-keys"
         clusters = {f"outbound|{p}||127.0.0.1": p for p in
                     (self.mcp_as.port, self.backend_as.port, self.broken.port, closed)}
         listeners = [(self.ports[n], configs[n]) for n in LISTENERS]
@@ -175,6 +178,7 @@ def test_every_metric_moves(edge):
     edge.req("hang", token=alice)
     edge.req("idp-500", token=alice)
     edge.req("no-keys", token=alice)                                    # jwks fetch fails: unavailable
+    edge.req("own-keys", token=alice)                                   # jwks fetch ok
     bob = edge.token("bob")
     for t in (alice, alice, bob):                                       # miss, hit, miss + overwrite (1 slot)
         assert edge.req(token=t)[0] == 200

@@ -310,7 +310,7 @@ def test_missing_secret_variable_fails_closed(cleanup):
     assert len(lines) == 1 and "NOT_SET_ANYWHERE" in lines[0], lines
 
 
-def test_config_change_does_not_serve_cached_tokens(xs):
+def test_a_config_change_keeps_the_cache_of_the_targets_it_keeps(xs):
     token = xs.token("user05")
     before = xs.backend_as.exchanges()
     assert xs.get("basic", token)[0] == 200
@@ -318,8 +318,13 @@ def test_config_change_does_not_serve_cached_tokens(xs):
     # Same configuration on another listener: the cache is shared.
     assert xs.get("basic-again", token)[0] == 200
     assert xs.backend_as.exchanges() == before + 1
-    # A changed configuration never reads what the old one cached.
+    # Another config whose exchange target is the same: what was cached for
+    # the target still serves (each entry holds what it depends on).
     assert xs.get("changed", token)[0] == 200
+    assert xs.backend_as.exchanges() == before + 1
+    # Another target (another client): never the old target's token.
+    code, _, body = xs.get("post", token)
+    assert code == 200
     assert xs.backend_as.exchanges() == before + 2
 
 
