@@ -21,6 +21,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# tests/: httpd.py, faults.py and standins/ are imported from there.
+sys.path.insert(0, str(ROOT / "tests"))
+
+from httpd import HttpServer  # noqa: E402
+
 WORK = ROOT / "tests" / ".work"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "token_exchange_filter.wasm"
 ENVOY = Path(sys.prefix) / "bin" / "envoy"
@@ -301,7 +306,19 @@ class Envoy(EnvoyProcess):
         return call(port or self.port, path, method=method, headers=h)
 
 
-class BrokenTokenEndpoint:
+# What each path of BrokenTokenEndpoint answers: (status, content type, body).
+BROKEN_ANSWERS = {
+    "garbage": (200, "text/plain", b"this is not json"),
+    "oversize": (200, "application/json", json.dumps({
+        "access_token": "x" * 100_000, "token_type": "Bearer",
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()),
+    "500": (500, "application/json", b'{"error":"server_error"}'),
+    "hang": (200, "application/json", b"{}"),
+    "odd-header": (400, "application/json", b'{"error":"invalid_grant"}'),
+}
+
+
+class BrokenTokenEndpoint(HttpServer):
     """A token endpoint that misbehaves as its path says, for the failure rows
     no real IdP produces on demand: /garbage (200, not JSON), /oversize (200,
     100 KB of JSON), /500, /hang (answers after 5 s), /reset (closes the
@@ -309,49 +326,20 @@ class BrokenTokenEndpoint:
     above 0x7f in a header value). Runs in a thread of the test process."""
 
     def __init__(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                mode = self.path.strip("/")
-                if mode == "reset":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if mode == "hang":
-                    time.sleep(5)
-                status, ctype, body = {
-                    "garbage": (200, "text/plain", b"this is not json"),
-                    "oversize": (200, "application/json", json.dumps({
-                        "access_token": "x" * 100_000, "token_type": "Bearer",
-                        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()),
-                    "500": (500, "application/json", b'{"error":"server_error"}'),
-                    "hang": (200, "application/json", b"{}"),
-                    "odd-header": (400, "application/json", b'{"error":"invalid_grant"}'),
-                }.get(mode, (404, "text/plain", b""))
-                self.send_response(status)
-                if mode == "odd-header":
-                    self.send_header("x-odd", "caf\xe9 \xff")  # sent as latin-1 bytes
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    @staticmethod
+    def answer(req):
+        mode = req.path.strip("/")
+        if mode == "reset":
+            return None
+        if mode == "hang":
+            time.sleep(5)
+        status, ctype, body = BROKEN_ANSWERS.get(mode, (404, "text/plain", b""))
+        headers = [("content-type", ctype)]
+        if mode == "odd-header":
+            headers.insert(0, ("x-odd", "caf\xe9 \xff"))  # sent as latin-1 bytes
+        return status, headers, body
 
 
 def call(port, path, method="GET", headers=None, body=None, header_list=None, timeout=30):

@@ -2,19 +2,18 @@
 issuer's metadata (OpenID Connect Discovery, else RFC 8414), in real Envoy."""
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from conftest import CLIENT, SECRET
 from harness import MCP_AUDIENCE, MCP_SCOPE, WASM, Backend, Envoy, IdP, free_port
+from httpd import HttpServer
 
 RESOURCE = "urn:test:mcp"
 OPENID = "/.well-known/openid-configuration"
 OAUTH = "/.well-known/oauth-authorization-server"
 
 
-class Metadata:
+class Metadata(HttpServer):
     """A metadata server in a thread of the test process: answers the paths
     in `documents` with that JSON, anything else with 404, and remembers
     every path asked for."""
@@ -22,33 +21,14 @@ class Metadata:
     def __init__(self):
         self.documents = {}
         self.seen = []
-        outer = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                outer.seen.append(self.path)
-                doc = outer.documents.get(self.path)
-                body = json.dumps(doc).encode() if doc is not None else b"not found"
-                self.send_response(200 if doc is not None else 404)
-                self.send_header("content-type", "application/json" if doc is not None else "text/plain")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.origin = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, req):
+        self.seen.append(req.path)
+        doc = self.documents.get(req.path)
+        if doc is None:
+            return 404, {"content-type": "text/plain"}, b"not found"
+        return 200, {"content-type": "application/json"}, json.dumps(doc).encode()
 
 
 def idp(cleanup, issuer=None):

@@ -35,22 +35,17 @@ import random
 import re
 import socket
 import struct
-import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from conftest import plugin_config
+from faults import FaultProxy  # tests/faults.py
 from harness import MCP_AUDIENCE, MCP_SCOPE, WASM, Cleanup, Envoy, IdP, b64url, call, decode_part, free_port
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from faults import FaultProxy  # noqa: E402  (tests/faults.py)
+from httpd import HttpServer, json_answer
 
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 MCP_RESOURCE = "urn:test:mcp"
@@ -93,38 +88,21 @@ SCENARIOS = [(scenario_id("jwks", m), "jwks", m, s) for m, s in JWKS_MODES.items
 ]
 
 
-class Recorder:
+class Recorder(HttpServer):
     """The upstream: answers 200 and records every path that reached it."""
 
     def __init__(self):
-        paths = self.paths = []
+        self.paths = []
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                paths.append(self.path)
-                body = b'{"ok":true}'
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, req):
+        if req.method != "GET":
+            return 501, {}, b""
+        self.paths.append(req.path)
+        return json_answer({"ok": True})
 
     def reached(self, prefix):
         return [p for p in list(self.paths) if p.startswith(prefix)]
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Faults:

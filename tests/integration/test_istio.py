@@ -19,6 +19,7 @@ import pytest
 
 import oci
 from harness import ROOT, WASM, WORK, Backend, IdP, call, decode_part, free_port, tamper_signature
+from httpd import HttpServer, files
 from istio import (
     Ecds,
     EnvoyProc,
@@ -388,30 +389,12 @@ def eg_patched_clusters(patch_policy, front_port, ca):
     return out
 
 
-class ModuleServer:
+class ModuleServer(HttpServer):
     """Serves one file over HTTP, standing in for EG's module cache server."""
 
     def __init__(self, path):
-        import threading
-        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-        directory = str(path.parent)
-
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=directory, **kw)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/{path.name}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(files(path.parent))
+        self.url = f"{self.origin}/{path.name}"
 
 
 def test_envoy_gateway_shape(cleanup, module, idps):

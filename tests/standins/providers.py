@@ -37,8 +37,9 @@ sub>, ...}}. Each token also carries the sub, so a test can tell users'
 tokens apart: Google tokens embed it base64url-encoded, and Entra tokens are
 RS256 JWTs with a `sub` claim, verifiable against `.jwks`.
 
-Only the standard library, PyJWT and cryptography (tests/requirements.txt:
-PyJWT[crypto]). Everything listens on 127.0.0.1.
+Only the standard library (served by tests/httpd.py), PyJWT and
+cryptography (tests/requirements.txt: PyJWT[crypto]). Everything listens on
+127.0.0.1.
 """
 
 import base64
@@ -51,12 +52,13 @@ import threading
 import time
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from httpd import HttpServer  # tests/httpd.py
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -101,69 +103,35 @@ class _Reply(Exception):
         self.status, self.body = status, body
 
 
-class _Standin:
+class _Standin(HttpServer):
     """An HTTP server in a thread of the test process. Subclasses implement
     `route(req)`, which returns (status, JSON body)."""
 
     def __init__(self):
         self.requests, self.errors, self.rejected, self.issued = [], [], [], {}
         self._lock = threading.Lock()
-        standin = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle_any(self):
-                req = standin._read(self)
-                try:
-                    status, body = standin.route(req)
-                except _Reply as r:
-                    status, body = r.status, r.body
-                except Exception as e:  # a bug in the stand-in must show up in the test, not hang it
-                    standin._error(req["path"], f"stand-in crashed: {type(e).__name__}: {e}")
-                    status, body = 500, {"error": "server_error"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json; charset=utf-8")
-                self.send_header("cache-control", "no-store")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, request):
+        req = self._read(request)
+        try:
+            status, body = self.route(req)
+        except _Reply as r:
+            status, body = r.status, r.body
+        except Exception as e:  # a bug in the stand-in must show up in the test, not hang it
+            self._error(req["path"], f"stand-in crashed: {type(e).__name__}: {e}")
+            status, body = 500, {"error": "server_error"}
+        headers = {"content-type": "application/json; charset=utf-8", "cache-control": "no-store"}
+        return status, headers, json.dumps(body).encode()
 
     # -- plumbing shared by the stand-ins --
 
-    def _read(self, h):
-        headers = {k.lower(): v for k, v in h.headers.items()}
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raw = b""
-            while True:
-                size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                raw += h.rfile.read(size)
-                h.rfile.readline()
-        else:
-            raw = h.rfile.read(int(headers.get("content-length") or 0))
-        path, _, query = h.path.partition("?")
-        req = {"method": h.command, "path": path, "query": query, "headers": headers,
+    def _read(self, request):
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        path, _, query = request.path.partition("?")
+        req = {"method": request.method, "path": path, "query": query, "headers": headers,
                "content_type": headers.get("content-type", "").split(";")[0].strip().lower(),
-               "body": raw.decode("utf-8", errors="replace"), "form": None, "json": None}
+               "body": request.body.decode("utf-8", errors="replace"), "form": None, "json": None}
         with self._lock:
             self.requests.append(req)
         return req
