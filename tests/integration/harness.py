@@ -24,18 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
 # tests/: httpd.py, faults.py and standins/ are imported from there.
 sys.path.insert(0, str(ROOT / "tests"))
 
+from constants import SHIPPED_SECRET_ENV  # noqa: E402
 from httpd import HttpServer  # noqa: E402
 
 WORK = ROOT / "tests" / ".work"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "token_exchange_filter.wasm"
 ENVOY = Path(sys.prefix) / "bin" / "envoy"
-MCP_AUDIENCE = "mcpserver"
+MCP_DIR = ROOT / "tests" / "mcp"
 # What the filter must never log, gathered as the tests run: every token an
 # IdP issued to a test, and every value passed to an Envoy's environment
 # (where the secrets are). test_zz_no_secrets_in_logs.py scans for them.
 ISSUED_TOKENS = set()
 ENVOY_SECRETS = set()
-MCP_SCOPE = "mcp:tools:call"
 
 
 _HANDED_OUT = set()
@@ -291,7 +291,7 @@ class Envoy(EnvoyProcess):
         self.port = port or free_port()
         admin = free_port()
         env = dict(env or {})
-        env.setdefault("TOKEN_EXCHANGE_CLIENT_SECRET", "unused")
+        env.setdefault(SHIPPED_SECRET_ENV, "unused")
         listeners = [(self.port, plugin_config)] + list(extra_listeners)
         doc = envoy_config(listeners, admin, backend_port, clusters, direct_response, env_keys=env)
         super().__init__(cleanup, "envoy", doc, admin, concurrency, log_level, env)
@@ -340,6 +340,22 @@ class BrokenTokenEndpoint(HttpServer):
         if mode == "odd-header":
             headers.insert(0, ("x-odd", "caf\xe9 \xff"))  # sent as latin-1 bytes
         return status, headers, body
+
+
+class McpServer:
+    """The MCP server (tests/mcp/server.mjs, the official TypeScript SDK on
+    Express): its `whoami` tool calls the backend on `backend_port` with the
+    Authorization header the MCP request carried."""
+
+    def __init__(self, cleanup, backend_port):
+        self.port = free_port()
+        self.proc = cleanup.add(Proc("mcp-server", ["node", "server.mjs"], cwd=MCP_DIR, env={
+            "MCP_PORT": str(self.port), "BACKEND_URL": f"http://127.0.0.1:{backend_port}"}))
+        wait_port(self.port, self.proc.proc, self.proc.log)
+
+    def seen(self):
+        """Every Authorization value the MCP server received."""
+        return json.loads(call(self.port, "/_seen")[2])
 
 
 def call(port, path, method="GET", headers=None, body=None, header_list=None, timeout=30):

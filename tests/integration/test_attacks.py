@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from conftest import CLIENT, SECRET, Stack
-from harness import MCP_AUDIENCE, MCP_SCOPE, WASM, WORK, IdP, b64url, call, decode_part
+from constants import MCP_AUDIENCE, MCP_SCOPE
+from harness import WORK, b64url, call, decode_part
+from stacks import Stack
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-MCP_RESOURCE = "urn:test:mcp"
 
 
 # --- keys ------------------------------------------------------------------
@@ -137,7 +137,7 @@ class Ctx:
 
     @property
     def issuer(self):
-        return self.stack.idp.issuer
+        return self.stack.mcp_as.issuer
 
     def claims(self, **over):
         now = int(time.time())
@@ -177,7 +177,7 @@ class Ctx:
 
     def published(self, name="main"):
         kid = self.kid(name)
-        return next(k for k in self.stack.idp.jwks()["keys"] if k["kid"] == kid)
+        return next(k for k in self.stack.mcp_as.jwks()["keys"] if k["kid"] == kid)
 
 
 DROP = object()
@@ -309,7 +309,7 @@ def _no_raw_newline_in_log(ctx, status, headers, body):
 
 
 CASES = [
-    Case("control-idp-token", lambda c: c.stack.idp.token(CLIENT, SECRET, MCP_RESOURCE, MCP_SCOPE), PASS),
+    Case("control-idp-token", lambda c: c.stack.token(), PASS),
     Case("control-forged-rs256-main", lambda c: c.good(), PASS),
     # --- algorithms
     Case("alg-none", lambda c: compact(c.header("none"), c.claims())),
@@ -407,9 +407,9 @@ CASES = [
          lambda c: jws(c.header(), raw_claims(c, ("iss", '"https://evil.example"'), ("iss", json.dumps(c.issuer))),
                        "RS256", c.key())),
     Case("payload-dup-aud-good-then-bad",
-         lambda c: jws(c.header(), raw_claims(c, ("aud", '"mcpserver"'), ("aud", '"other-api"')), "RS256", c.key())),
+         lambda c: jws(c.header(), raw_claims(c, ("aud", json.dumps(MCP_AUDIENCE)), ("aud", '"other-api"')), "RS256", c.key())),
     Case("payload-dup-aud-bad-then-good",
-         lambda c: jws(c.header(), raw_claims(c, ("aud", '"other-api"'), ("aud", '"mcpserver"')), "RS256", c.key())),
+         lambda c: jws(c.header(), raw_claims(c, ("aud", '"other-api"'), ("aud", json.dumps(MCP_AUDIENCE))), "RS256", c.key())),
     Case("payload-dup-exp-past-then-future",
          lambda c: jws(c.header(), raw_claims(c, ("exp", "1000"), ("exp", str(int(time.time()) + 300))),
                        "RS256", c.key())),
@@ -501,27 +501,20 @@ def _ids():
 
 @pytest.fixture(scope="module")
 def ctx(module_cleanup):
-    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
     WORK.mkdir(parents=True, exist_ok=True)
     main = rsa_private_jwk(f"main-{uuid.uuid4().hex[:8]}", "RS256")
     ps = rsa_private_jwk(f"ps-{uuid.uuid4().hex[:8]}", "PS256")
     ecj = ec_private_jwk(f"ec-{uuid.uuid4().hex[:8]}")
     keys = WORK / f"attacks-{uuid.uuid4().hex[:8]}-keys.json"
     keys.write_text(json.dumps({"keys": [main, ps, ecj]}))
-    resources = {
-        MCP_RESOURCE: {"audience": MCP_AUDIENCE, "scope": f"{MCP_SCOPE} openid"},
-        "urn:test:short": {"audience": MCP_AUDIENCE, "scope": MCP_SCOPE, "ttl": 2},
-    }
-    idp = IdP(module_cleanup, "attack-as", keys=keys, resources=resources,
-              clients=[{"client_id": CLIENT, "client_secret": SECRET}]).start()
-    published = {k["kid"]: k for k in idp.jwks()["keys"]}
+    stack = Stack(module_cleanup, prefix="attack-", keys=keys)
+    published = {k["kid"]: k for k in stack.mcp_as.jwks()["keys"]}
     assert set(published) == {main["kid"], ps["kid"], ecj["kid"]}, published
     assert published[ps["kid"]]["alg"] == "PS256" and published[ecj["kid"]]["alg"] == "ES256"
-    stack = Stack(module_cleanup, idp=idp)
     c = Ctx(stack=stack, main=main, ps=ps, ecj=ecj)
     c.vm_created = wasm_stats(c).get("wasm.envoy.wasm.runtime.v8.created", "")
     assert c.vm_created
-    c.short_token = idp.token(CLIENT, SECRET, "urn:test:short", MCP_SCOPE)
+    c.short_token = stack.token(resource="urn:test:short")
     c.short_first_status = stack.envoy.get(token=c.short_token)[0]
     return c
 
@@ -585,7 +578,7 @@ def wasm_stats(ctx):
 def test_still_healthy_after_the_table(ctx):
     """No row trapped or wedged a worker: good tokens pass on both workers
     (many connections), nothing panicked, V8 reported no failure."""
-    token = ctx.stack.idp.token(CLIENT, SECRET, MCP_RESOURCE, MCP_SCOPE)
+    token = ctx.stack.token()
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda _: ctx.stack.envoy.get(token=token)[0], range(40)))
     assert codes == [200] * 40

@@ -27,9 +27,10 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import CLIENT, SECRET, mcp_resources, plugin_config
-from harness import MCP_SCOPE, ROOT, WASM, Envoy, IdP, free_port
+from constants import MCP_SCOPE
+from harness import ROOT
 from httpd import HttpServer, files, json_answer
+from stacks import Stack
 
 PAGES = ROOT / "tests" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -72,24 +73,17 @@ class PageServer(HttpServer):
         return f"{self.origin}/{page}?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
 
 
-class BrowserStack:
+class BrowserStack(Stack):
+    """The validation stack, its upstream the CORS stand-in, with two page
+    origins of which `cors.allowedOrigins` names one."""
+
     def __init__(self, cleanup):
-        assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
         assert shutil.which(CHROMIUM), "no chromium: run tests/bootstrap.sh --browser"
         self.allowed = cleanup.add(PageServer())
         self.other = cleanup.add(PageServer())  # same host, another port: another origin
-        self.envoy_port = free_port()
-        self.resource, resources = mcp_resources(self.envoy_port)
-        self.idp = IdP(cleanup, "mcp-as", resources=resources,
-                       clients=[{"client_id": CLIENT, "client_secret": SECRET}]).start()
         self.upstream = cleanup.add(CorsUpstream())
-        config = plugin_config(self.idp, self.envoy_port)
-        config["cors"] = {"allowedOrigins": [self.allowed.origin]}
-        clusters = {f"outbound|{self.idp.port}||127.0.0.1": self.idp.port}
-        self.envoy = Envoy(cleanup, self.upstream.port, config, clusters, port=self.envoy_port).wait_ready()
-
-    def token(self):
-        return self.idp.token(CLIENT, SECRET, self.resource, MCP_SCOPE)
+        super().__init__(cleanup, upstream=self.upstream.port,
+                         sections={"cors": {"allowedOrigins": [self.allowed.origin]}})
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +124,7 @@ def test_an_allowed_origin_reads_the_challenge_and_the_metadata(bs, tmp_path):
     assert got["resource_metadata"] == metadata_url
     assert got["metadata_status"] == 200
     assert got["metadata"]["resource"] == bs.resource
-    assert got["metadata"]["authorization_servers"] == [bs.idp.issuer]
+    assert got["metadata"]["authorization_servers"] == [bs.mcp_as.issuer]
     # The preflight went through the filter to the upstream, which answered
     # it; the POST itself never got past the filter.
     new = bs.upstream.seen[before:]

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import constants
 import oci
 from harness import ROOT, WASM, WORK, Backend, IdP, call, decode_part, free_port, tamper_signature
 from httpd import HttpServer, files
@@ -35,19 +36,19 @@ from istio import (
     static_cluster,
     wasmplugin,
 )
+from stacks import clients_for, exchange_client, start_backend_as
 
 ISTIO = ROOT / "istio"
 GATEWAY = wasmplugin(ISTIO / "wasmplugin-gateway.yaml")
 SIDECAR = wasmplugin(ISTIO / "wasmplugin-sidecar.yaml")
 SECRET = "istio-client-secret"
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 BACKEND_ISSUER = "https://idp.example.com/oauth2/backend"
 # What the backend AS issues for each audience the manifests ask for.
 BACKEND_RESOURCES = {
     "https://backend.example.com/": {"audience": "backend", "scope": "backend:read"},
     "https://reports.example.com/": {"audience": "reports", "scope": "reports:read"},
 }
-TESTER = ("tester", "tester-secret")
+TESTER = (constants.CLIENT, constants.SECRET)
 
 
 def plugin_configs():
@@ -87,13 +88,11 @@ def idps(module_cleanup):
     mcp_as = IdP(module_cleanup, "mcp-as", issuer=oidc["issuer"],
                  resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": " ".join(oidc["requiredScopes"])},
                             "urn:test:no-scope": {"audience": oidc["audience"], "scope": ""}},
-                 clients=[{"client_id": TESTER[0], "client_secret": TESTER[1]}]).start()
+                 clients=clients_for(TESTER[0])).start()
     client_ids = {te["clientId"] for te, _ in plugin_configs() if te}
-    backend_as = IdP(module_cleanup, "backend-as", issuer=BACKEND_ISSUER, resources=BACKEND_RESOURCES,
-                     clients=[{"client_id": c, "client_secret": SECRET, "grant_types": [EXCHANGE_GRANT]}
-                              for c in client_ids],
-                     extra_env={"IDP_TRUST_ISSUER": mcp_as.issuer, "IDP_TRUST_AUDIENCE": oidc["audience"],
-                                "IDP_TRUST_JWKS": f"http://127.0.0.1:{mcp_as.port}/jwks"}).start()
+    backend_as = start_backend_as(module_cleanup, mcp_as, issuer=BACKEND_ISSUER, audience=oidc["audience"],
+                                  trust_jwks=True, resources=BACKEND_RESOURCES,
+                                  clients=[exchange_client(c, SECRET) for c in client_ids])
     routes = {url_path(pc["oidc"]["jwksUrl"]): (mcp_as.port, "/jwks") for _, pc in plugin_configs()}
     routes.update({url_path(te["tokenUrl"]): (backend_as.port, "/token") for te, _ in plugin_configs() if te})
     front = IdpFront(module_cleanup, ca, {host: [(p, port, up) for p, (port, up) in routes.items()]})
