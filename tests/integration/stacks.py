@@ -68,11 +68,12 @@ def sole_resource(scope=MCP_SCOPE):
     return lambda resource: {resource: {"audience": MCP_AUDIENCE, "scope": scope}}
 
 
-def merged(base, overrides):
-    """`base` with `overrides` on top; an override of None removes the entry."""
+def merged(base, overrides, remove=None):
+    """`base` with `overrides` on top; an override that is `remove` removes
+    the entry."""
     out = dict(base)
     for k, v in overrides.items():
-        if v is None:
+        if v is remove:
             out.pop(k, None)
         else:
             out[k] = v
