@@ -74,6 +74,17 @@ def tail(path, n=40):
         return "(no log)"
 
 
+def stop_process(proc):
+    """Terminates `proc` (a Popen) if it still runs; kills it after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Proc:
     """A child process with its log file; stop() is idempotent."""
 
@@ -87,13 +98,7 @@ class Proc:
         self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._fh.close()
 
     def text(self):

@@ -34,7 +34,7 @@ import anyio
 import pytest
 
 from constants import BACKEND_AUDIENCE, MCP_AUDIENCE
-from harness import MCP_DIR, Cleanup, call, decode_part, free_port
+from harness import MCP_DIR, Cleanup, call, decode_part, free_port, stop_process
 from login import login
 from sdk_user import User
 from stacks import Stack, sole_resource
@@ -149,13 +149,7 @@ class McpRemote:
         self.lines.put(None)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._stderr.close()
 
     def stderr(self):
