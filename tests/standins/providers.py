@@ -163,6 +163,17 @@ class _Standin(HttpServer):
         return form
 
     @staticmethod
+    def _only(f, allowed, schema, problems):
+        """Every parameter in `f` is one of `allowed`."""
+        problems.extend(f"parameter {k!r} is not {schema}" for k in f if k not in allowed)
+
+    @staticmethod
+    def _want(f, name, value, problems):
+        """Parameter `name` is `value`."""
+        if f.get(name) != value:
+            problems.append(f"{name} {f.get(name)!r}, want {value}")
+
+    @staticmethod
     def _common(req, problems):
         if req["method"] != "POST":
             problems.append(f"method {req['method']}, want POST")
@@ -291,11 +302,8 @@ class GoogleStandin(_Standin):
         if "authorization" in req["headers"]:
             problems.append("Authorization header sent; the STS reference says not to send one")
         f = self._sts_fields(req, problems)
-        for k in f:
-            if k not in STS_FIELDS:
-                problems.append(f"parameter {k!r} is not in the STS request schema")
-        if f.get("grant_type") != TOKEN_EXCHANGE:
-            problems.append(f"grant_type {f.get('grant_type')!r}, want {TOKEN_EXCHANGE}")
+        self._only(f, STS_FIELDS, "in the STS request schema", problems)
+        self._want(f, "grant_type", TOKEN_EXCHANGE, problems)
         aud = f.get("audience")
         if not aud:
             problems.append("audience is required when exchanging an external credential")
@@ -308,8 +316,7 @@ class GoogleStandin(_Standin):
         scopes = self._scopes(f.get("scope"), problems)
         if self.scope and scopes and set(scopes) != set(self.scope.split()):
             problems.append(f"scope {f.get('scope')!r}, want {self.scope!r}")
-        if f.get("requested_token_type") != ACCESS_TOKEN_TYPE:
-            problems.append(f"requested_token_type {f.get('requested_token_type')!r}, want {ACCESS_TOKEN_TYPE}")
+        self._want(f, "requested_token_type", ACCESS_TOKEN_TYPE, problems)
         if not f.get("subject_token"):
             problems.append("subject_token is required")
         stt = f.get("subject_token_type")
@@ -543,13 +550,9 @@ class EntraStandin(_Standin):
             raise _Reply(404, {"error": "invalid_request", "error_description": "no such endpoint"})
         self._common(req, problems)
         f = self._form(req, problems)
-        for k in f:
-            if k not in OBO_FIELDS:
-                problems.append(f"parameter {k!r} is not part of the OBO request")
-        if f.get("grant_type") != JWT_BEARER:
-            problems.append(f"grant_type {f.get('grant_type')!r}, want {JWT_BEARER}")
-        if f.get("requested_token_use") != "on_behalf_of":
-            problems.append(f"requested_token_use {f.get('requested_token_use')!r}, want on_behalf_of")
+        self._only(f, OBO_FIELDS, "part of the OBO request", problems)
+        self._want(f, "grant_type", JWT_BEARER, problems)
+        self._want(f, "requested_token_use", "on_behalf_of", problems)
         if not f.get("assertion"):
             problems.append("assertion is required")
         scopes = self._scopes(f.get("scope"), problems)
@@ -639,8 +642,7 @@ class EntraStandin(_Standin):
         return method
 
     def _check_assertion(self, f, problems):
-        if f.get("client_assertion_type") != CLIENT_ASSERTION_JWT:
-            problems.append(f"client_assertion_type {f.get('client_assertion_type')!r}, want {CLIENT_ASSERTION_JWT}")
+        self._want(f, "client_assertion_type", CLIENT_ASSERTION_JWT, problems)
         token = f.get("client_assertion")
         if not token:
             problems.append("client_assertion is required with client_assertion_type")
