@@ -200,6 +200,12 @@ fn an_unseen_kid_waits_for_the_next_allowed_refetch() {
     assert!(m.stream(2).resumed && m.stream(3).resumed);
 }
 
+/// An unsigned payload claiming our issuer: what a token with an unknown
+/// kid must say to be worth a refetch.
+fn ours() -> String {
+    URL_SAFE_NO_PAD.encode(json!({ "iss": ISS }).to_string())
+}
+
 #[test]
 fn unknown_kids_cost_at_most_one_fetch_per_interval() {
     let (mut f, mut m) = (filter(), Mock::new());
@@ -209,7 +215,7 @@ fn unknown_kids_cost_at_most_one_fetch_per_interval() {
         id += 1;
         // The kid is looked up before the signature: no need to sign.
         let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"RS256","kid":"kid-{id}"}}"#));
-        request(f, m, id, Some(&format!("{head}.e30.c2ln")));
+        request(f, m, id, Some(&format!("{head}.{}.c2ln", ours())));
     };
     // 200 random kids in a burst, through ticks, over 12 s.
     for round in 0..24 {
@@ -251,7 +257,7 @@ fn a_failing_jwks_endpoint_is_not_hammered_by_unknown_kids() {
     // 20 more unknown kids right after: no further GET until the interval.
     for id in 3..23 {
         let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"RS256","kid":"x{id}"}}"#));
-        request(&mut f, &mut m, id, Some(&format!("{head}.e30.c2ln")));
+        request(&mut f, &mut m, id, Some(&format!("{head}.{}.c2ln", ours())));
     }
     assert_eq!(m.callouts.len(), 2);
 }
@@ -1537,18 +1543,25 @@ fn each_resource_checks_tokens_with_its_own_issuer_keys_and_audience() {
     let checks = f.signature_checks();
     assert_eq!(at(&mut f, &mut m, 5, "/github/mcp", &gh), Action::Continue);
     assert_eq!(f.signature_checks(), checks, "remembered for GitHub's route");
-    // Jira's key is no key of GitHub's issuer: the request waits for
-    // GitHub's next refetch, which does not have it either.
-    assert_eq!(at(&mut f, &mut m, 6, "/github/mcp", &jira), Action::Pause);
-    assert!(m.stream(6).sent.is_none() && m.callouts.len() == 2);
+    // Jira's token names another issuer than GitHub's: refused at once with
+    // GitHub's challenge, without waiting for (or asking) GitHub's IdP for
+    // a key it cannot have, however long after the last fetch it comes.
     m.now_ms += KID_REFETCH_INTERVAL_MS;
-    m.enter(ROOT);
-    f.on_tick(&mut m);
+    assert_eq!(at(&mut f, &mut m, 6, "/github/mcp", &jira), Action::Pause);
+    let sent = m.stream(6).sent.clone().unwrap();
+    assert_eq!(sent.status, 401);
+    assert!(sent.header("www-authenticate").unwrap().contains("/github/mcp"));
+    assert_eq!(m.callouts.len(), 2);
+    // A token that claims GitHub's issuer with a key GitHub's set lacks
+    // still waits for GitHub's refetch (a rotation), and only GitHub's.
+    let rotated = rsa(RSA2, "k2").sign(claims(GH_ISS, "gh", "repo:read")).unwrap();
+    assert_eq!(at(&mut f, &mut m, 8, "/github/mcp", &rotated), Action::Pause);
+    assert!(m.stream(8).sent.is_none());
     assert_eq!(m.callouts.len(), 3);
     assert_eq!(m.callouts[2].header(":path"), Some("/gh/jwks"));
     let c = m.callouts[2].clone();
     f.on_callout(&mut m, c.token, &ok(&keys_k1()));
-    assert_eq!(m.stream(6).sent.as_ref().unwrap().status, 401);
+    assert_eq!(m.stream(8).sent.as_ref().unwrap().status, 401);
     // Another host is skipped: untouched, no keys asked for.
     m.open(
         7,
