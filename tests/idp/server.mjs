@@ -16,11 +16,12 @@
 // access tokens from the trusted AS as subject tokens and issues its own for
 // the `audience` or `resource` asked for, keeping the subject's `sub`.
 //   IDP_TRUST_ISSUER    issuer whose access tokens may be exchanged
-//   IDP_TRUST_AUDIENCE  audience those tokens must carry
+//   IDP_TRUST_AUDIENCE  audience those tokens must carry (comma-separated: any of them)
 //   IDP_TRUST_JWKS      its JWKS URL (default <issuer>/jwks)
 //   IDP_DENY_SUBJECTS   JSON list of subjects refused with invalid_grant
 //   IDP_EXCHANGE_DELAY_MS  delay every exchange by this much
-// GET /_stats answers {"token_exchange": <exchange requests so far>}.
+// GET /_stats answers {"token_exchange": <exchange requests so far>,
+// "token_exchange_by_target": {<resource or audience asked for>: <count>}}.
 //   IDP_ROTATE     if "1", add a fresh key in front of the file's keys at start:
 //                  new tokens get a new kid, old ones still verify
 //
@@ -126,7 +127,7 @@ const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 const trustIssuer = process.env.IDP_TRUST_ISSUER;
 const exchangeDelay = Number(env('IDP_EXCHANGE_DELAY_MS', '0'));
-const stats = { token_exchange: 0 };
+const stats = { token_exchange: 0, token_exchange_by_target: {} };
 
 function resourceServer(target) {
   const entry = Object.entries(resources).find(([uri, r]) => uri === target || r.audience === target);
@@ -143,15 +144,17 @@ function resourceServer(target) {
 
 if (trustIssuer) {
   const trustedKeys = createRemoteJWKSet(new URL(env('IDP_TRUST_JWKS', `${trustIssuer}/jwks`)));
-  const trustAudience = env('IDP_TRUST_AUDIENCE');
+  const trustAudience = env('IDP_TRUST_AUDIENCE').split(',');
   const denied = new Set(JSON.parse(env('IDP_DENY_SUBJECTS', '[]')));
 
   // Client authentication, parameter parsing, signing and error responses are
   // the library's; this only decides whether and what to issue.
   provider.registerGrantType(EXCHANGE, async (ctx) => {
     stats.token_exchange += 1;
-    if (exchangeDelay) await new Promise((resolve) => { setTimeout(resolve, exchangeDelay); });
     const p = ctx.oidc.params;
+    const target = p.resource || p.audience || '';
+    stats.token_exchange_by_target[target] = (stats.token_exchange_by_target[target] || 0) + 1;
+    if (exchangeDelay) await new Promise((resolve) => { setTimeout(resolve, exchangeDelay); });
     if (!p.subject_token) throw new errors.InvalidRequest('missing subject_token');
     if (p.subject_token_type !== ACCESS_TOKEN) throw new errors.InvalidRequest('unsupported subject_token_type');
     if (p.requested_token_type && p.requested_token_type !== ACCESS_TOKEN) {

@@ -97,7 +97,7 @@ def plugin_config(idp, envoy_port, **overrides):
 def start_backend_as(cleanup, mcp_as, name="backend-as", *, issuer=None, audience=MCP_AUDIENCE, resources=None,
                      clients=None, trust_jwks=False, deny=(), delay_ms=0):
     """The backend AS, started: it exchanges tokens `mcp_as` issued for
-    `audience`. By default it issues BACKEND_SCOPE tokens for
+    `audience` (comma-separated: any of them). By default it issues BACKEND_SCOPE tokens for
     BACKEND_AUDIENCE (resource BACKEND_API) to one client, gw. `trust_jwks`:
     fetch the MCP AS's keys from its port (when its issuer is not its
     address); `deny`: subjects refused with invalid_grant; `delay_ms`: every
