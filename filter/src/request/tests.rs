@@ -348,6 +348,27 @@ fn waiters_time_out_with_503_if_no_answer_ever_comes() {
 }
 
 #[test]
+fn a_fetch_publishes_its_keys_before_it_frees_the_lease() {
+    // Another worker that takes the lease the moment it is free syncs first:
+    // it must find the keys there, not fetch them again (on real Envoy,
+    // first requests on both workers made two JWKS GETs now and then).
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
+    request(&mut f1, &mut m1, 2, Some(&good()));
+    let c = m1.callouts[0].clone();
+    m1.writes.clear();
+    f1.on_callout(&mut m1, c.token, &ok(&keys_k1()));
+    // The keys are `tef:tef:jwks:<hex>`, their lease `….lease`.
+    let last = |f: &dyn Fn(&String) -> bool| m1.writes.iter().rposition(f).unwrap();
+    let published = last(&|k| k.contains(":jwks:") && !k.contains('.'));
+    let freed = last(&|k| k.ends_with(".lease"));
+    assert!(published < freed, "{:?}", m1.writes);
+    let (mut f2, mut m2) = (filter(), Mock::with_shared(shared));
+    assert_eq!(request(&mut f2, &mut m2, 2, Some(&good())), Action::Continue);
+    assert!(m2.callouts.is_empty());
+}
+
+#[test]
 fn workers_share_one_fetch_through_shared_data() {
     let shared = Shared::default();
     let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
