@@ -369,6 +369,29 @@ fn a_fetch_publishes_its_keys_before_it_frees_the_lease() {
 }
 
 #[test]
+fn keys_a_later_request_adopted_release_the_earlier_waiters_on_the_tick() {
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
+    let (mut f2, mut m2) = (filter(), Mock::with_shared(shared));
+    request(&mut f1, &mut m1, 2, Some(&good()));
+    // Worker 2's first request waits for worker 1's fetch.
+    assert_eq!(request(&mut f2, &mut m2, 2, Some(&good())), Action::Pause);
+    let c = m1.callouts[0].clone();
+    f1.on_callout(&mut m1, c.token, &ok(&keys_k1()));
+    // Its next request finds the keys published and passes at once.
+    assert_eq!(request(&mut f2, &mut m2, 3, Some(&good())), Action::Continue);
+    // The first is released on the next tick, not at the next refetch.
+    m2.now_ms += 500;
+    m2.enter(ROOT);
+    f2.on_tick(&mut m2);
+    assert!(m2.stream(2).resumed);
+    assert!(
+        m2.callouts.is_empty() && m1.callouts.len() == 1,
+        "one fetch for the proxy"
+    );
+}
+
+#[test]
 fn workers_share_one_fetch_through_shared_data() {
     let shared = Shared::default();
     let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
