@@ -73,7 +73,8 @@ def ps(module_cleanup):
     with ThreadPoolExecutor(8) as pool:
         tokens = dict(zip(users, pool.map(
             lambda u: mcp_as.token(u, f"{u}-secret", resource(server_of(u)), MCP_SCOPE), users)))
-    return SimpleNamespace(gateway=gateway, backend_as=backend_as, backend=backend, tokens=tokens, config=config)
+    return SimpleNamespace(gateway=gateway, mcp_as=mcp_as, backend_as=backend_as, backend=backend, tokens=tokens,
+                           config=config)
 
 
 def path_of(user):
@@ -107,7 +108,7 @@ def test_pushes_under_load_keep_cached_tokens_and_shared_data_bounded(ps):
     seen = each_user_once(ps)
     assert all(c["sub"] == u and c["aud"] == f"backend-{server_of(u)}" for u, c in seen.items())
     assert exchanges(ps) == {"a": half, "b": half}, "one exchange per user"
-    warm = keys_created(ps)
+    warm, fetched = keys_created(ps), g.callouts(ps.mcp_as.port)
     # A key per user's cache slot and the issuer's; two workers may both
     # count one key they created at the same moment.
     assert USERS + ISSUER_KEYS <= warm <= USERS + ISSUER_KEYS + 2, warm
@@ -131,6 +132,7 @@ def test_pushes_under_load_keep_cached_tokens_and_shared_data_bounded(ps):
     assert exchanges(ps) == {"a": half, "b": half}, "no exchange in 10 pushes: every cached token kept"
     pushed = keys_created(ps)
     assert pushed == warm, f"shared data grew by {pushed - warm} keys in {PUSHES} pushes"
+    assert g.callouts(ps.mcp_as.port) == fetched, "the issuer's keys, kept by every push"
 
     # Server a's target asks for another scope: its users exchange again, once
     # each, and b's keep their tokens.
