@@ -10,6 +10,9 @@
 //   IDP_RESOURCES  JSON {"<resource URI>": {"audience", "scope", "ttl"}}
 //   IDP_CLIENTS    JSON [{"client_id", "client_secret", ...client metadata}]
 //   IDP_JWKS_DELAY_MS  delay every JWKS answer by this much (slow-IdP tests)
+//   IDP_BEHIND_PROXY  if "1", trust X-Forwarded-Proto/Host from a TLS front
+//                  (koa's `proxy`, as oidc-provider documents), so discovery
+//                  names https:// endpoints on the front's host
 //
 // With IDP_TRUST_ISSUER set, it also speaks RFC 8693 token exchange, as the
 // backend authorization server in an Okta-style two-AS setup: it accepts
@@ -217,6 +220,8 @@ if (jwksDelay > 0) {
     await next();
   });
 }
+
+if (process.env.IDP_BEHIND_PROXY === '1') provider.proxy = true;
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 provider.listen(port, '127.0.0.1', () => console.log(`idp ${issuer} listening on 127.0.0.1:${port}`));
