@@ -55,6 +55,8 @@ class Resolver(httpx2.AsyncBaseTransport):
 
 
 class MemoryStorage:
+    """The SDK's TokenStorage, in memory."""
+
     def __init__(self):
         self.tokens, self.client_info = None, None
 

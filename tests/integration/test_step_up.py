@@ -46,6 +46,7 @@ from harness import (
     MCP_AUDIENCE, MCP_SCOPE, ROOT, WASM, Backend, Cleanup, Envoy, IdP, Proc, decode_part, free_port, wait_port,
 )
 from login import login
+from mcp_client import MemoryStorage
 
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ADMIN = "mcp:admin"
@@ -107,24 +108,6 @@ def su():
         cleanup.close()
 
 
-class Storage:
-    """The SDK's TokenStorage, in memory."""
-
-    tokens = client_info = None
-
-    async def get_tokens(self):
-        return self.tokens
-
-    async def set_tokens(self, tokens):
-        self.tokens = tokens
-
-    async def get_client_info(self):
-        return self.client_info
-
-    async def set_client_info(self, client_info):
-        self.client_info = client_info
-
-
 class AuthorizationFailed(Exception):
     """The IdP sent the user back with an error instead of a code."""
 
@@ -135,7 +118,7 @@ class User:
 
     def __init__(self, name, pre_registered=False):
         self.name = name
-        self.storage = Storage()
+        self.storage = MemoryStorage()
         if pre_registered:
             self.storage.client_info = OAuthClientInformationFull(
                 client_id=APP, redirect_uris=[REDIRECT], grant_types=["authorization_code", "refresh_token"],
