@@ -205,7 +205,10 @@ class Plugin:
             route = self.shape.get(ref["kind"], ref["name"], self.namespace)
             for parent in (route or {}).get("spec", {}).get("parentRefs", []):
                 gw = self.shape.get("Gateway", parent["name"], parent.get("namespace", self.namespace))
-                params = (gw or {}).get("spec", {}).get("infrastructure", {}).get("parametersRef")
+                if gw is None:
+                    out.append(Proxy(EG_ENVOY_NAMESPACE, "missing", {}, note=f"no Gateway {parent['name']}"))
+                    continue
+                params = gw["spec"].get("infrastructure", {}).get("parametersRef")
                 proxy = self.shape.get("EnvoyProxy", params["name"], gw["metadata"]["namespace"]) if params else None
                 env = {}
                 if proxy:
