@@ -16,7 +16,6 @@ the SNI and certificate check of the real name) and keeps a log of what the
 client asked for and got.
 """
 
-import json
 import ssl
 
 import anyio
@@ -25,7 +24,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from harness import ROOT, Proc, call, free_port, wait_port
+from sdk_user import MemoryStorage
 
 
 class Resolver(httpx2.AsyncBaseTransport):
@@ -54,25 +53,6 @@ class Resolver(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-class MemoryStorage:
-    """The SDK's TokenStorage, in memory."""
-
-    def __init__(self):
-        self.tokens, self.client_info = None, None
-
-    async def get_tokens(self):
-        return self.tokens
-
-    async def set_tokens(self, tokens):
-        self.tokens = tokens
-
-    async def get_client_info(self):
-        return self.client_info
-
-    async def set_client_info(self, client_info):
-        self.client_info = client_info
-
-
 def call_tool(url, resolver, client_id, client_secret, issuer, scope, tool="whoami"):
     """Opens a session at `url`, lists the tools and calls `tool`; returns
     (tool names, the tool's result, the access token the client holds)."""
@@ -90,17 +70,3 @@ def call_tool(url, resolver, client_id, client_secret, issuer, scope, tool="whoa
     tools, result = anyio.run(run)
     return tools, result, storage.tokens.access_token if storage.tokens else None
 
-
-class McpServer:
-    """tests/mcp/server.mjs (the TypeScript SDK's MCP server), whose whoami
-    tool calls `backend` with the Authorization header it received."""
-
-    def __init__(self, cleanup, backend):
-        self.port = free_port()
-        self.proc = cleanup.add(Proc("mcp-server", ["node", "server.mjs"], cwd=ROOT / "tests" / "mcp", env={
-            "MCP_PORT": str(self.port), "BACKEND_URL": f"http://127.0.0.1:{backend.port}"}))
-        wait_port(self.port, self.proc.proc, self.proc.log)
-
-    def seen(self):
-        """The Authorization values the MCP server received."""
-        return json.loads(call(self.port, "/_seen")[2])

@@ -31,8 +31,10 @@ from types import SimpleNamespace
 
 import pytest
 
+import constants
 import oci
-from harness import WASM, WORK, Backend, IdP, call, decode_part, free_port, tamper_signature
+from harness import WASM, WORK, Backend, IdP, McpServer, call, decode_part, free_port, tamper_signature
+from httpd import HttpServer, files
 from istio import (
     CA,
     Ecds,
@@ -49,8 +51,9 @@ from istio import (
     static_cluster,
     virtual_hosts,
 )
-from mcp_client import McpServer, Resolver, call_tool
+from mcp_client import Resolver, call_tool
 from shapes import SHAPES, Route, shape
+from stacks import clients_for, exchange_client, start_backend_as
 
 ISTIO_SHAPES = [s for s in SHAPES if s.platform == "istio" and "toolhive" not in s.name]
 EG_SHAPE = shape("envoy-gateway/mcp-route")
@@ -58,14 +61,13 @@ GATEWAY_SHAPE, SIDECAR_SHAPE = shape("istio/ingress-gateway"), shape("istio/side
 (GATEWAY,) = GATEWAY_SHAPE.of("WasmPlugin")
 (SIDECAR,) = SIDECAR_SHAPE.of("WasmPlugin")
 SECRET = "istio-client-secret"
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 BACKEND_ISSUER = "https://idp.example.com/oauth2/backend"
 # What the backend AS issues for each audience the manifests ask for.
 BACKEND_RESOURCES = {
     "https://backend.example.com/": {"audience": "backend", "scope": "backend:read"},
     "https://reports.example.com/": {"audience": "reports", "scope": "reports:read"},
 }
-TESTER = ("tester", "tester-secret")
+TESTER = (constants.CLIENT, constants.SECRET)
 # Another app behind the same gateways, on its own host: no filter business.
 OTHER_HOST = "other.example.com"
 OTHER_APP = Route({"kind": "VirtualService", "metadata": {"name": "other-app"}}, [OTHER_HOST], "prefix", "/",
@@ -118,14 +120,11 @@ def idps(module_cleanup):
     resources["urn:test:no-scope"] = {"audience": oidc["audience"], "scope": ""}
     # Behind the TLS front, its metadata names https://idp.example.com/... endpoints.
     mcp_as = IdP(module_cleanup, "mcp-as", issuer=oidc["issuer"], resources=resources,
-                 clients=[{"client_id": TESTER[0], "client_secret": TESTER[1]}],
-                 extra_env={"IDP_BEHIND_PROXY": "1"}).start()
+                 clients=clients_for(TESTER[0]), extra_env={"IDP_BEHIND_PROXY": "1"}).start()
     client_ids = {te["clientId"] for te, _ in plugin_configs() if te}
-    backend_as = IdP(module_cleanup, "backend-as", issuer=BACKEND_ISSUER, resources=BACKEND_RESOURCES,
-                     clients=[{"client_id": c, "client_secret": SECRET, "grant_types": [EXCHANGE_GRANT]}
-                              for c in client_ids],
-                     extra_env={"IDP_TRUST_ISSUER": mcp_as.issuer, "IDP_TRUST_AUDIENCE": oidc["audience"],
-                                "IDP_TRUST_JWKS": f"http://127.0.0.1:{mcp_as.port}/jwks"}).start()
+    backend_as = start_backend_as(module_cleanup, mcp_as, issuer=BACKEND_ISSUER, audience=oidc["audience"],
+                                  trust_jwks=True, resources=BACKEND_RESOURCES,
+                                  clients=[exchange_client(c, SECRET) for c in client_ids])
     routes = {url_path(pc["oidc"]["jwksUrl"]): (mcp_as.port, "/jwks") for _, pc in plugin_configs()}
     routes.update({url_path(te["tokenUrl"]): (backend_as.port, "/token") for te, _ in plugin_configs() if te})
     # What an MCP client reads: the issuer's OIDC metadata, and the token
@@ -140,7 +139,7 @@ def idps(module_cleanup):
     clusters = {c["name"]: c for s in ISTIO_SHAPES for c in istio_clusters(s.docs, front.port, ca.ca)}
     return SimpleNamespace(mcp_as=mcp_as, backend_as=backend_as, backend=backend, other_app=other_app, ca=ca,
                            clusters=list(clusters.values()), front=front, host=host,
-                           mcp_server=McpServer(module_cleanup, backend),
+                           mcp_server=McpServer(module_cleanup, backend.port),
                            token=lambda resource=oidc["resourceUrl"], scope=scope:
                            mcp_as.token(*TESTER, resource, scope))
 
@@ -526,30 +525,12 @@ def eg_patched_clusters(patch_policy, front_port, ca):
     return out
 
 
-class ModuleServer:
+class ModuleServer(HttpServer):
     """Serves one file over HTTP, standing in for EG's module cache server."""
 
     def __init__(self, path):
-        import threading
-        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-        directory = str(path.parent)
-
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=directory, **kw)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/{path.name}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(files(path.parent))
+        self.url = f"{self.origin}/{path.name}"
 
 
 @pytest.fixture(scope="module")
