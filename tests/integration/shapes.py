@@ -147,25 +147,40 @@ class Plugin:
     def secret_envs(self):
         return sorted({t["clientSecretEnv"] for t in self.exchanges() if t.get("clientSecretEnv")})
 
+    def oidcs(self):
+        """Every oidc section a request can meet: the top level, and each
+        rule's `oidc` merged over it key by key (one protected resource per
+        rule on a shared gateway)."""
+        top = self.config.get("oidc", {})
+        rules = [{**top, **r["oidc"]} for r in self.config.get("rules", []) if r.get("oidc")]
+        return ([top] if top.get("issuer") else []) + rules
+
     def callouts(self):
         """(URL, cluster) of every callout: the cluster named, or the
         filter's default for the URL, Istio's outbound|<port>||<host>."""
-        oidc = self.config["oidc"]
-        pairs = [(oidc.get("jwksUrl"), oidc.get("jwksCluster"))]
+        pairs = [(o.get("jwksUrl"), o.get("jwksCluster")) for o in self.oidcs()]
         pairs += [(t.get("tokenUrl"), t.get("tokenCluster")) for t in self.exchanges()]
         out = []
         for url, cluster in pairs:
             if url:
                 u = urllib.parse.urlsplit(url)
                 out.append((url, cluster or f"outbound|{u.port or (443 if u.scheme == 'https' else 80)}||{u.hostname}"))
+        return sorted(set(out))
+
+    def resources(self):
+        """(host, path, metadata path) of every resourceUrl; the path is "/"
+        when the resource is the whole host."""
+        out = []
+        for url in dict.fromkeys(o["resourceUrl"] for o in self.oidcs() if o.get("resourceUrl")):
+            u = urllib.parse.urlsplit(url)
+            path = u.path.rstrip("/")
+            out.append((u.hostname, path or "/", METADATA_PREFIX + path))
         return out
 
     def resource(self):
-        """(host, path, metadata path) of oidc.resourceUrl; the path is "/"
-        when the resource is the whole host."""
-        u = urllib.parse.urlsplit(self.config["oidc"]["resourceUrl"])
-        path = u.path.rstrip("/")
-        return u.hostname, path or "/", METADATA_PREFIX + path
+        """The one resource of a plugin that protects one."""
+        (r,) = self.resources()
+        return r
 
     def proxies(self):
         """The proxies this plugin lands on, as Proxy records."""

@@ -212,8 +212,7 @@ def test_every_mcp_route_also_routes_the_metadata_path(shape):
     """Defect 2: with only /mcp routed, the metadata path never reaches a
     sidecar's filter, nor an Envoy Gateway filter enabled per route."""
     routes = shape.routes()
-    for plugin in shape.plugins():
-        host, mcp_path, meta_path = plugin.resource()
+    for plugin, (host, mcp_path, meta_path) in ((p, r) for p in shape.plugins() for r in p.resources()):
         # A resource without a path is the whole host: every route there serves it.
         served = [r for r in routes if r.matches(host, mcp_path) or (mcp_path == "/" and r.matches_host(host))]
         assert served, f"nothing routes {host}{mcp_path}"
@@ -245,11 +244,13 @@ def test_gateway_plugins_leave_other_hosts_alone(shape):
         assert rules and rules[-1] == {"match": {}, "skip": True}, "the rules must end with a catch-all skip"
         for r in rules[:-1]:
             assert r["match"].get("hosts"), f"rule {r} applies to every host"
-        host = plugin.resource()[0]
-        (mcp_rule,) = [r for r in rules[:-1] if host in r["match"]["hosts"] and "pathPrefix" not in r["match"]]
-        assert not mcp_rule.get("skip")
-        assert mcp_rule.get("requiredScopes", plugin.config["oidc"].get("requiredScopes")) == \
-            plugin.config["oidc"].get("requiredScopes", []), "the MCP host's rule keeps the top-level scopes"
+        for host, _, _ in plugin.resources():
+            served = [r for r in rules[:-1] if host in r["match"]["hosts"] and not r.get("skip")]
+            assert served, f"no rule applies the policy to {host}"
+            for r in served:
+                if "oidc" not in r and "pathPrefix" not in r["match"]:
+                    assert r.get("requiredScopes") == plugin.config["oidc"].get("requiredScopes"), \
+                        "a rule standing for the top-level policy keeps its scopes"
 
 
 def test_envoy_gateway_policy_sets_no_pull_policy_beside_a_digest():
@@ -333,6 +334,5 @@ def test_readme_has_a_numbered_path_for_every_shape(shape):
         assert "enableEnvoyPatchPolicy: true" in steps[0] + steps[4]
         assert "kubectl rollout restart deployment envoy-gateway -n envoy-gateway-system" in steps[0] + steps[4]
         assert re.search(r"Envoy Gateway (v)?1\.8", steps[0])
-    for plugin in shape.plugins():
-        host, mcp_path, meta_path = plugin.resource()
+    for _, _, meta_path in (r for plugin in shape.plugins() for r in plugin.resources()):
         assert meta_path in steps[7], f"{shape.name}: check the metadata at {meta_path}"
