@@ -13,7 +13,7 @@ import re
 import urllib.parse
 
 from harness import WASM, call, free_port, wait_for
-from istio import Ecds, EnvoyProc, ecds_resource, envoy_bootstrap, filter_name, hcm_listener, static_cluster
+from istio import Ecds, EnvoyProc, ecds_resource, envoy_bootstrap, filter_name, routed_listener, static_cluster
 
 
 class Gateway:
@@ -32,8 +32,7 @@ class Gateway:
         }}
         self.push(config, wait=False)
         self.port, admin = port or free_port(), free_port()
-        clusters = [static_cluster(f"outbound|{p}||127.0.0.1", p) for p in sorted(set(callouts))]
-        listener = hcm_listener(name, self.port, [self.ecds.http_filter(filter_name(self.plugin))], [])
+        clusters = [closing_idle(static_cluster(f"outbound|{p}||127.0.0.1", p)) for p in sorted(set(callouts))]
         vh = []
         for domains, routes in vhosts.items():
             out = []
@@ -47,7 +46,7 @@ class Gateway:
                 out.append({"match": {"prefix": prefix}, "route": route})
             names = [domains] if domains == "*" else [domains, f"{domains}:*"]
             vh.append({"name": domains.replace("*", "any"), "domains": names, "routes": out})
-        listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"] = vh
+        listener = routed_listener(name, self.port, [self.ecds.http_filter(filter_name(self.plugin))], vh)
         self.envoy = EnvoyProc(cleanup, f"gateway-{name}", envoy_bootstrap(admin, [listener], clusters), admin,
                                env=env).wait_ready([self.port])
         wait_for(lambda: self.updates() == (1, 0), "the first config")
@@ -101,3 +100,18 @@ class Gateway:
 
     def log(self):
         return self.envoy.proc.text()
+
+
+# The test IdPs (Node) close a connection idle for 5 s; a callout sent on
+# one as it closes is reset (a 503 for the request). As should be done in
+# front of any server, Envoy closes idle connections first.
+IDLE_TIMEOUT = "4s"
+
+
+def closing_idle(cluster):
+    cluster["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT},
+        "explicit_http_config": {"http_protocol_options": {}},
+    }}
+    return cluster
