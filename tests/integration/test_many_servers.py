@@ -181,9 +181,10 @@ def test_a_token_for_one_resource_is_refused_on_the_other(gw, name, other):
 
 def test_the_unrelated_host_passes_untouched(gw):
     """The app's host matches no server's rule: the catch-all skips it,
-    with or without credentials, on any path (a server's path included)."""
+    with or without credentials, on any path (a server's path, and its
+    metadata path, included)."""
     github_token = token(gw.github)
-    for path in ("/", "/github/mcp"):
+    for path in ("/", "/github/mcp", "/.well-known/oauth-protected-resource/github/mcp"):
         for authorization in ("Basic YXBwOmFwcA==", "Bearer the-apps-own-token", f"Bearer {github_token}", None):
             served = gw.app.requests()
             headers = {"authorization": authorization} if authorization else {}
