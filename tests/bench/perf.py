@@ -59,7 +59,8 @@ SHORT = {
 
 
 def pinned(core, cmd):
-    return ["taskset", "-c", str(core)] + cmd if os.cpu_count() and os.cpu_count() > 1 else cmd
+    """`cmd` on one core (`core` None: on all)."""
+    return ["taskset", "-c", str(core)] + cmd if core is not None and os.cpu_count() and os.cpu_count() > 1 else cmd
 
 
 def hcm(name, filters, cluster="upstream"):
@@ -110,7 +111,7 @@ def jwt_authn(issuer, jwks, cache):
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "mcp"}}]}}
 
 
-def start_envoy(cleanup, name, listeners, clusters, core, concurrency=1, env=None):
+def start_envoy(cleanup, name, listeners, clusters, core, concurrency=1, env=None, wait=True):
     admin = free_port()
     doc = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
            "static_resources": {"listeners": listeners, "clusters": clusters}}
@@ -119,6 +120,8 @@ def start_envoy(cleanup, name, listeners, clusters, core, concurrency=1, env=Non
     cmd = pinned(core, [str(ENVOY), "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart",
                         "-l", "warning"])
     proc = cleanup.add(Proc(f"bench-{name}", cmd, env=env))
+    if not wait:
+        return proc
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
