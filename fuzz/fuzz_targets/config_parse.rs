@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use plugin_config::{RuleAction, RuleExchange};
 use token_exchange_filter::exchange::Exchanger;
-use token_exchange_filter::filter::Filter;
-use token_exchange_filter::verify::Verifier;
+use token_exchange_filter::request::Filter;
+use token_exchange_filter::token::verify::Verifier;
 use token_exchange_fuzz::{env, NOW, SUBJECT};
 
 fuzz_target!(|data: &[u8]| {

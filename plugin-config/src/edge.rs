@@ -2,8 +2,10 @@
 //! for its own replies, the audit log, claims copied into headers, and the
 //! MCP-aware checks (per-tool scopes).
 
+use crate::error::ConfigError;
+use crate::field::{non_empty, scope_list};
+use crate::oidc::Resource;
 use crate::raw::{RawClaimHeader, RawCors, RawMcp};
-use crate::{non_empty, scope_list, ConfigError, Resource};
 
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 pub const MAX_MAX_BODY_BYTES: u64 = 16 << 20;

@@ -1,7 +1,7 @@
 //! An outbound HTTP endpoint, resolved once at configure time into what a
 //! proxy-wasm callout needs: cluster name and the four pseudo-headers.
 
-use crate::ConfigError;
+use crate::error::ConfigError;
 use std::net::IpAddr;
 use url::{Host, Url};
 

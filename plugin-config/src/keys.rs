@@ -3,7 +3,7 @@
 //! ToolHive finds them when `jwksUrl` is left out.
 
 use crate::endpoint::{self, Endpoint};
-use crate::ConfigError;
+use crate::error::ConfigError;
 use std::fmt;
 use url::Url;
 

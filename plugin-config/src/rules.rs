@@ -2,9 +2,10 @@
 //! first rule whose `match` fits a request decides; a request no rule
 //! matches gets the top-level sections.
 
+use crate::error::ConfigError;
 use crate::exchange::{self, TokenExchange};
+use crate::field::{non_empty, scope_list};
 use crate::raw::RawRule;
-use crate::{non_empty, scope_list, ConfigError};
 
 #[derive(Debug, Clone)]
 pub struct Rule {

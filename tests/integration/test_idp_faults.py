@@ -19,7 +19,7 @@ Statuses (README "What the filter does", and the code where it is silent):
   non-integer `expires_in` is `502` too (the filter would otherwise cache an
   already-expired token, or guess a lifetime).
 - A wrong `Content-Type` (`text/plain`) on a valid JSON body: accepted, for
-  both callouts. Neither `jwks_cache.rs` nor `exchange/` reads the answer's
+  both callouts. Neither `keys/cache.rs` nor `exchange/` reads the answer's
   content type (they parse the body as JSON and judge that), and IdPs and
   proxies in the wild do send JSON as `text/plain` or `text/html`; so the
   request passes (200).
@@ -58,7 +58,7 @@ BACKEND_API = "https://api.example.com/"
 SECRETS = {"GW_SECRET": "gw-secret"}
 CLIENT, CLIENT_SECRET = "tester", "tester-secret"
 
-# The filter's fixed JWKS limits (filter/src/jwks_cache.rs, filter.rs).
+# The filter's fixed JWKS limits (filter/src/keys/cache.rs, request/).
 FETCH_TIMEOUT_S = 5.0
 MAX_WAIT_S = 8.0
 MARGIN_S = 3.0

@@ -12,6 +12,9 @@
 //! configure time; a request only appends the subject token (and a fresh
 //! client assertion).
 
+pub mod singleflight;
+pub mod token_cache;
+
 mod assertion;
 mod entra_obo;
 mod google_sts;

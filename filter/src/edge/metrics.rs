@@ -1,0 +1,182 @@
+//! Counters and a histogram through proxy-wasm's metric ABI, so operators
+//! see the filter in Envoy's `/stats` and `/stats/prometheus`. Defined on
+//! first use in each worker's VM (definition is idempotent by name, so every
+//! worker and every plugin with this module adds to the same series).
+//!
+//! Counting costs no call into the proxy: counts gather in the worker and
+//! `flush` hands them over on the root context's tick (every 500 ms), since
+//! a hostcall per request would cost more than the rest of a cache hit.
+
+use crate::edge::challenge::{Denial, EXCHANGE_REFUSED, MISSING_TOKEN};
+use crate::host::{Host, MetricKind};
+
+pub const PREFIX: &str = "token_exchange_filter";
+
+/// Every metric, in definition order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Allowed,
+    Skipped,
+    MissingToken,
+    InvalidRequest,
+    InvalidToken,
+    InsufficientScope,
+    InsufficientClaims,
+    BodyTooLarge,
+    /// The IdP refused the subject token (`invalid_grant`).
+    ExchangeRefused,
+    BadGateway,
+    Unavailable,
+    Timeout,
+    ExchangesOk,
+    ExchangesFailed,
+    CacheHit,
+    CacheMiss,
+    /// A cache write that evicted another user's live entry.
+    CacheOverwrite,
+    JwksFetchOk,
+    JwksFetchFailed,
+    /// Gauge: keys loaded on this worker.
+    JwksKeys,
+    /// Histogram: exchange latency, ms.
+    ExchangeLatency,
+}
+
+const ALL: [Metric; 21] = [
+    Metric::Allowed,
+    Metric::Skipped,
+    Metric::MissingToken,
+    Metric::InvalidRequest,
+    Metric::InvalidToken,
+    Metric::InsufficientScope,
+    Metric::InsufficientClaims,
+    Metric::BodyTooLarge,
+    Metric::ExchangeRefused,
+    Metric::BadGateway,
+    Metric::Unavailable,
+    Metric::Timeout,
+    Metric::ExchangesOk,
+    Metric::ExchangesFailed,
+    Metric::CacheHit,
+    Metric::CacheMiss,
+    Metric::CacheOverwrite,
+    Metric::JwksFetchOk,
+    Metric::JwksFetchFailed,
+    Metric::JwksKeys,
+    Metric::ExchangeLatency,
+];
+
+impl Metric {
+    /// The name after the prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Allowed => "requests.allowed",
+            Metric::Skipped => "requests.skipped",
+            Metric::MissingToken => "requests.missing_token",
+            Metric::InvalidRequest => "requests.invalid_request",
+            Metric::InvalidToken => "requests.invalid_token",
+            Metric::InsufficientScope => "requests.insufficient_scope",
+            Metric::InsufficientClaims => "requests.insufficient_claims",
+            Metric::BodyTooLarge => "requests.body_too_large",
+            Metric::ExchangeRefused => "requests.exchange_refused",
+            Metric::BadGateway => "requests.exchange_bad_gateway",
+            Metric::Unavailable => "requests.unavailable",
+            Metric::Timeout => "requests.exchange_timeout",
+            Metric::ExchangesOk => "exchanges.ok",
+            Metric::ExchangesFailed => "exchanges.failed",
+            Metric::CacheHit => "cache.hit",
+            Metric::CacheMiss => "cache.miss",
+            Metric::CacheOverwrite => "cache.overwrite",
+            Metric::JwksFetchOk => "jwks.fetch_ok",
+            Metric::JwksFetchFailed => "jwks.fetch_failed",
+            Metric::JwksKeys => "jwks.keys",
+            Metric::ExchangeLatency => "exchange.latency_ms",
+        }
+    }
+
+    fn kind(self) -> MetricKind {
+        match self {
+            Metric::JwksKeys => MetricKind::Gauge,
+            Metric::ExchangeLatency => MetricKind::Histogram,
+            _ => MetricKind::Counter,
+        }
+    }
+}
+
+impl Metric {
+    /// The counter for a refusal.
+    pub fn for_denial(d: &Denial) -> Metric {
+        match (d.status, d.error) {
+            (400, _) => Metric::InvalidRequest,
+            (401, "insufficient_claims") => Metric::InsufficientClaims,
+            (401, _) if d.description == MISSING_TOKEN => Metric::MissingToken,
+            (401, _) if d.description == EXCHANGE_REFUSED => Metric::ExchangeRefused,
+            (401, _) => Metric::InvalidToken,
+            (403, _) => Metric::InsufficientScope,
+            (413, _) => Metric::BodyTooLarge,
+            (502, _) => Metric::BadGateway,
+            (504, _) => Metric::Timeout,
+            _ => Metric::Unavailable,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// Ids by `Metric as usize`, once defined; `None` where the proxy refused one.
+    ids: Option<Vec<Option<u32>>>,
+    /// Counts not yet handed to the proxy, by `Metric as usize`.
+    pending: [i64; ALL.len()],
+}
+
+impl Metrics {
+    fn id(&mut self, host: &mut dyn Host, m: Metric) -> Option<u32> {
+        let ids = self.ids.get_or_insert_with(|| {
+            ALL.iter()
+                .map(|m| host.define_metric(m.kind(), &format!("{PREFIX}.{}", m.name())))
+                .collect()
+        });
+        ids.get(m as usize).copied().flatten()
+    }
+
+    /// Counts one; the proxy sees it at the next `flush`.
+    pub fn inc(&mut self, m: Metric) {
+        if let Some(p) = self.pending.get_mut(m as usize) {
+            *p += 1;
+        }
+    }
+
+    /// Hands the gathered counts to the proxy.
+    pub fn flush(&mut self, host: &mut dyn Host) {
+        for m in ALL {
+            let n = std::mem::take(&mut self.pending[m as usize]);
+            if n != 0 {
+                if let Some(id) = self.id(host, m) {
+                    host.add_metric(id, n);
+                }
+            }
+        }
+    }
+
+    /// Sets a gauge or records a histogram value.
+    pub fn record(&mut self, host: &mut dyn Host, m: Metric, value: u64) {
+        if let Some(id) = self.id(host, m) {
+            host.record_metric(id, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_listed_once_in_order() {
+        for (i, m) in ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i, "{m:?}");
+        }
+        let mut names: Vec<_> = ALL.iter().map(|m| m.name()).collect();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+}

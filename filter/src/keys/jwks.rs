@@ -1,0 +1,271 @@
+//! The issuer's signing keys: parsing a JWKS document into keys bound to one
+//! algorithm each, and looking them up by `kid` and `alg`.
+//!
+//! Each JWK is loaded through jwt-simple's strict per-algorithm import, which
+//! refuses a key whose `kty`, `alg`, `use` or `key_ops` does not fit. So an RSA
+//! key marked `alg: RS256` can never verify a PS256 token, an EC key can never
+//! verify an RSA token, and symmetric (`oct`) keys are never loaded at all: the
+//! algorithm-confusion attacks have no key to work with.
+
+use crate::keys::alg::Alg;
+use crate::keys::rsa::RsaKey;
+use jwt_simple::prelude::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+enum PublicKey {
+    RS256(RS256PublicKey),
+    RS384(RS384PublicKey),
+    RS512(RS512PublicKey),
+    PS256(PS256PublicKey),
+    PS384(PS384PublicKey),
+    PS512(PS512PublicKey),
+    ES256(ES256PublicKey),
+    ES384(ES384PublicKey),
+    EdDSA(Ed25519PublicKey),
+}
+
+impl PublicKey {
+    fn from_jwk(alg: Alg, jwk: &str) -> Option<PublicKey> {
+        Some(match alg {
+            Alg::RS256 => PublicKey::RS256(RS256PublicKey::from_jwk(jwk).ok()?),
+            Alg::RS384 => PublicKey::RS384(RS384PublicKey::from_jwk(jwk).ok()?),
+            Alg::RS512 => PublicKey::RS512(RS512PublicKey::from_jwk(jwk).ok()?),
+            Alg::PS256 => PublicKey::PS256(PS256PublicKey::from_jwk(jwk).ok()?),
+            Alg::PS384 => PublicKey::PS384(PS384PublicKey::from_jwk(jwk).ok()?),
+            Alg::PS512 => PublicKey::PS512(PS512PublicKey::from_jwk(jwk).ok()?),
+            Alg::ES256 => PublicKey::ES256(ES256PublicKey::from_jwk(jwk).ok()?),
+            Alg::ES384 => PublicKey::ES384(ES384PublicKey::from_jwk(jwk).ok()?),
+            Alg::EdDSA => PublicKey::EdDSA(Ed25519PublicKey::from_jwk(jwk).ok()?),
+        })
+    }
+}
+
+/// One usable key: a JWK bound to one algorithm.
+pub struct Key {
+    pub kid: Option<String>,
+    pub alg: Alg,
+    /// Identifies the key material across refreshes, so a cached verdict can
+    /// be dropped when its key is.
+    pub id: u64,
+    key: PublicKey,
+    /// For RS256/384/512: the same key prepared for `rsa`'s fast check.
+    pub rsa: Option<RsaKey>,
+}
+
+impl Key {
+    /// Checks the signature with jwt-simple, and the registered claims
+    /// against `options`.
+    pub fn verify<C: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        options: VerificationOptions,
+    ) -> Result<JWTClaims<C>, jwt_simple::Error> {
+        let o = Some(options);
+        match &self.key {
+            PublicKey::RS256(k) => k.verify_token(token, o),
+            PublicKey::RS384(k) => k.verify_token(token, o),
+            PublicKey::RS512(k) => k.verify_token(token, o),
+            PublicKey::PS256(k) => k.verify_token(token, o),
+            PublicKey::PS384(k) => k.verify_token(token, o),
+            PublicKey::PS512(k) => k.verify_token(token, o),
+            PublicKey::ES256(k) => k.verify_token(token, o),
+            PublicKey::ES384(k) => k.verify_token(token, o),
+            PublicKey::EdDSA(k) => k.verify_token(token, o),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct KeySet {
+    keys: Vec<Key>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum JwksError {
+    NotJson,
+    NoKeysArray,
+    NoUsableKey { skipped: usize },
+}
+
+impl std::fmt::Display for JwksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksError::NotJson => write!(f, "JWKS is not JSON"),
+            JwksError::NoKeysArray => write!(f, "JWKS has no \"keys\" array"),
+            JwksError::NoUsableKey { skipped } => {
+                write!(f, "JWKS has no usable signing key ({skipped} skipped)")
+            }
+        }
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS document. Keys that are malformed or of another type are
+    /// skipped (their count is returned), so one odd key cannot take the
+    /// issuer's other keys down with it. A set with no usable key is an error.
+    pub fn parse(body: &[u8]) -> Result<(KeySet, usize), JwksError> {
+        let doc: Value = serde_json::from_slice(body).map_err(|_| JwksError::NotJson)?;
+        let jwks = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JwksError::NoKeysArray)?;
+        let mut keys = Vec::new();
+        let mut skipped = 0;
+        for jwk in jwks {
+            let loaded = Self::load(jwk);
+            if loaded.is_empty() {
+                skipped += 1;
+            }
+            keys.extend(loaded);
+        }
+        if keys.is_empty() {
+            return Err(JwksError::NoUsableKey { skipped });
+        }
+        Ok((KeySet { keys }, skipped))
+    }
+
+    fn load(jwk: &Value) -> Vec<Key> {
+        let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+        let Some(kty) = field("kty") else {
+            return Vec::new();
+        };
+        let text = jwk.to_string();
+        let id = u64::from_be_bytes(first8(&Sha256::digest(text.as_bytes())));
+        let kid = field("kid").map(str::to_string);
+        let declared = field("alg");
+        Alg::for_jwk(kty, field("crv"))
+            .iter()
+            // A declared alg narrows the key to that one algorithm.
+            .filter(|alg| declared.is_none_or(|d| Alg::from_name(d) == Some(**alg)))
+            .filter_map(|&alg| {
+                PublicKey::from_jwk(alg, &text).map(|key| Key {
+                    rsa: fast_rsa(&key),
+                    kid: kid.clone(),
+                    alg,
+                    id,
+                    key,
+                })
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    pub fn contains_id(&self, id: u64) -> bool {
+        self.keys.iter().any(|k| k.id == id)
+    }
+
+    /// Keys that may verify a token with this `alg` and `kid`: with a kid,
+    /// only that key; without, every key of the algorithm.
+    pub fn candidates<'a>(&'a self, alg: Alg, kid: Option<&'a str>) -> impl Iterator<Item = &'a Key> {
+        self.keys
+            .iter()
+            .filter(move |k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid))
+    }
+}
+
+/// The fast-path form of an RSASSA-PKCS1-v1_5 key (see `rsa`).
+fn fast_rsa(key: &PublicKey) -> Option<RsaKey> {
+    let c = match key {
+        PublicKey::RS256(k) => k.to_components(),
+        PublicKey::RS384(k) => k.to_components(),
+        PublicKey::RS512(k) => k.to_components(),
+        _ => return None,
+    };
+    RsaKey::new(&c.n, &c.e)
+}
+
+fn first8(d: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (o, b) in out.iter_mut().zip(d) {
+        *o = *b;
+    }
+    out
+}
+
+/// `max-age` from a Cache-Control header, if any (and not `no-store`/`no-cache`,
+/// which count as zero).
+pub fn max_age(cache_control: &str) -> Option<u64> {
+    let mut age = None;
+    for directive in cache_control.split(',') {
+        let d = directive.trim();
+        let lower = d.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(0);
+        }
+        if let Some(v) = lower.strip_prefix("max-age=") {
+            age = v.trim_matches('"').parse().ok();
+        }
+    }
+    age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkeys;
+
+    #[test]
+    fn loads_rsa_ec_and_okp_keys_and_skips_the_rest() {
+        let jwks = testkeys::jwks(&[
+            testkeys::rsa_jwk("r1", Some("RS256")),
+            testkeys::es256_jwk("e1"),
+            serde_json::json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h1"}),
+            serde_json::json!({"kty": "RSA", "kid": "broken", "n": "AQAB", "e": "AQAB"}),
+            serde_json::json!({"kid": "nokty"}),
+        ]);
+        let (set, skipped) = KeySet::parse(jwks.as_bytes()).unwrap();
+        assert_eq!(skipped, 3);
+        assert!(set.has_kid("r1") && set.has_kid("e1"));
+        assert!(!set.has_kid("h1"));
+        // alg: RS256 narrows the RSA key to RS256 only.
+        assert_eq!(set.candidates(Alg::RS256, Some("r1")).count(), 1);
+        assert_eq!(set.candidates(Alg::PS256, Some("r1")).count(), 0);
+        assert_eq!(set.candidates(Alg::ES256, None).count(), 1);
+    }
+
+    #[test]
+    fn rsa_key_without_alg_serves_every_rsa_algorithm() {
+        let jwks = testkeys::jwks(&[testkeys::rsa_jwk("r", None)]);
+        let (set, _) = KeySet::parse(jwks.as_bytes()).unwrap();
+        assert_eq!(set.len(), 6);
+        assert_eq!(set.candidates(Alg::PS384, None).count(), 1);
+    }
+
+    #[test]
+    fn encryption_keys_are_not_signing_keys() {
+        let mut k = testkeys::rsa_jwk("enc", None);
+        k["use"] = "enc".into();
+        let err = KeySet::parse(testkeys::jwks(&[k]).as_bytes()).err();
+        assert_eq!(err, Some(JwksError::NoUsableKey { skipped: 1 }));
+    }
+
+    #[test]
+    fn documents_without_keys_fail() {
+        assert_eq!(KeySet::parse(b"nope").err(), Some(JwksError::NotJson));
+        assert_eq!(KeySet::parse(b"{}").err(), Some(JwksError::NoKeysArray));
+        assert_eq!(
+            KeySet::parse(br#"{"keys":[]}"#).err(),
+            Some(JwksError::NoUsableKey { skipped: 0 })
+        );
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(max_age("public, max-age=300"), Some(300));
+        assert_eq!(max_age("Max-Age=\"60\""), Some(60));
+        assert_eq!(max_age("no-store"), Some(0));
+        assert_eq!(max_age("public"), None);
+    }
+}

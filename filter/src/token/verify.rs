@@ -1,0 +1,317 @@
+//! Verifying one bearer token against the issuer's keys: algorithm
+//! allow-list, key choice, signature, `iss`, `aud`, `exp`/`nbf`/`iat` with
+//! skew. Which scopes a request needs depends on its route, so the granted
+//! scopes travel with the principal and `Principal::has_scopes` checks them
+//! on every request, verified just now or remembered.
+//!
+//! Signatures are checked by jwt-simple, except RS256/384/512, which `rsa`
+//! checks several times faster; the claims are checked here, the same way
+//! for every algorithm.
+//!
+//! Rejections carry a short, fixed description that is safe to send to the
+//! client and to log: nothing in it comes from the token.
+
+use crate::keys::alg::Alg;
+use crate::keys::jwks::{Key, KeySet};
+use crate::keys::rsa::RsaKey;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jwt_simple::prelude::*;
+use jwt_simple::JWTError;
+use plugin_config::Oidc;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Malformed,
+    /// `none`, HS*, or anything else off the allow-list.
+    UnsupportedAlg,
+    /// The token names a `kid` we do not have (or, without a kid, we have no
+    /// key of its algorithm): the keys may have rotated, so a refetch may help.
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NoExpiry,
+    NotYetValid,
+    Issuer,
+    Audience,
+    /// No `sub`, or an empty one (RFC 9068 §2.2 requires it).
+    NoSubject,
+    /// A `typ` naming another kind of JWT (logout, security event, DPoP
+    /// proof…), or not one of `oidc.allowedTokenTypes`.
+    TokenType,
+    /// `scope` that is not a space-separated string.
+    ScopeClaim,
+}
+
+impl Reject {
+    pub fn description(self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed token",
+            Reject::UnsupportedAlg => "unsupported signing algorithm",
+            Reject::UnknownKey => "unknown signing key",
+            Reject::BadSignature => "invalid signature",
+            Reject::Expired => "token expired",
+            Reject::NoExpiry => "token has no expiry",
+            Reject::NotYetValid => "token not yet valid",
+            Reject::Issuer => "issuer not accepted",
+            Reject::Audience => "audience not accepted",
+            Reject::NoSubject => "token has no subject",
+            Reject::TokenType => "token type not accepted",
+            Reject::ScopeClaim => "scope claim is not a string",
+        }
+    }
+}
+
+/// Who a verified token speaks for, kept for logs and the verified cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub sub: Option<String>,
+    /// `azp` or `client_id`.
+    pub client: Option<String>,
+    /// `exp`, seconds since the epoch.
+    pub exp: u64,
+    /// The key that verified it (`jwks::Key::id`).
+    pub key_id: u64,
+    /// Granted scopes, from `scope` or `scp`.
+    pub scopes: Vec<String>,
+    /// `claimToHeaders` values, taken once at verification.
+    pub claim_headers: Vec<(String, String)>,
+}
+
+impl Principal {
+    /// Whether every scope in `required` was granted.
+    pub fn has_scopes(&self, required: &[String]) -> bool {
+        required.iter().all(|r| self.scopes.contains(r))
+    }
+}
+
+/// Claims beyond the registered ones that we read.
+#[derive(Deserialize)]
+pub struct Extra {
+    scope: Option<Value>,
+    scp: Option<Value>,
+    azp: Option<String>,
+    client_id: Option<String>,
+}
+
+/// Later than any date a token should name (year 2286).
+const MAX_NUMERIC_DATE: u64 = 9_999_999_999;
+
+pub struct Verifier {
+    issuer: String,
+    audiences: HashSet<String>,
+    skew: u64,
+    allowed_types: Option<Vec<String>>,
+}
+
+/// What a failed verification knows about the token, for the log line.
+#[derive(Debug)]
+pub struct Failure {
+    pub reject: Reject,
+    /// `sub`, when the signature was good but a claim was not.
+    pub sub: Option<String>,
+}
+
+impl From<Reject> for Failure {
+    fn from(reject: Reject) -> Self {
+        Failure { reject, sub: None }
+    }
+}
+
+impl Verifier {
+    pub fn new(oidc: &Oidc) -> Verifier {
+        Verifier {
+            issuer: oidc.issuer.clone(),
+            audiences: oidc.audiences.iter().cloned().collect(),
+            skew: oidc.clock_skew_seconds,
+            allowed_types: oidc.allowed_token_types.clone(),
+        }
+    }
+
+    pub fn skew(&self) -> u64 {
+        self.skew
+    }
+
+    /// Verifies `token` at time `now` (seconds). Counts signature checks in
+    /// `signatures` so callers (and tests) can see the cache at work.
+    pub fn verify(&self, keys: &KeySet, token: &str, now: u64, signatures: &mut u64) -> Result<Principal, Failure> {
+        self.shape(token)?;
+        let meta = Token::decode_metadata(token).map_err(|_| Reject::Malformed)?;
+        let alg = Alg::from_name(meta.algorithm()).ok_or(Reject::UnsupportedAlg)?;
+        let kid = meta.key_id();
+        if let Some(kid) = kid {
+            if !keys.has_kid(kid) {
+                return Err(Reject::UnknownKey.into());
+            }
+        }
+        let mut tried = false;
+        for key in keys.candidates(alg, kid) {
+            tried = true;
+            *signatures += 1;
+            match signed_claims(key, alg, token)? {
+                Some(claims) => return self.check(claims, key.id, now),
+                // Without a kid, another key of the algorithm may fit.
+                None => continue,
+            }
+        }
+        Err(if tried {
+            Reject::BadSignature
+        } else if kid.is_some() {
+            // The kid exists, but its key is not for this algorithm.
+            Reject::UnsupportedAlg
+        } else {
+            Reject::UnknownKey
+        }
+        .into())
+    }
+
+    /// What holds before any key is tried: three segments of canonical
+    /// base64url; a header and a payload that are JSON objects without
+    /// duplicate keys, whose `exp`, `nbf` and `iat` are whole seconds; no `crit` (we implement no extension, and RFC 7515
+    /// forbids an empty list); a `typ` that names an access token.
+    fn shape(&self, token: &str) -> Result<(), Reject> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reject::Malformed);
+        };
+        let object = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .ok()
+                .and_then(|b| crate::token::strict_json::parse(&b))
+                .filter(Value::is_object)
+                .ok_or(Reject::Malformed)
+        };
+        let header = object(header)?;
+        let payload = object(payload)?;
+        // NumericDates as whole seconds within reach: a float, or a number
+        // past u64, would be rounded or saturated into "never expires".
+        for claim in ["exp", "nbf", "iat"] {
+            if payload
+                .get(claim)
+                .is_some_and(|v| v.as_u64().is_none_or(|n| n >= MAX_NUMERIC_DATE))
+            {
+                return Err(Reject::Malformed);
+            }
+        }
+        if header.get("crit").is_some() {
+            return Err(Reject::Malformed);
+        }
+        let typ = match header.get("typ") {
+            None => None,
+            Some(Value::String(t)) => Some(plugin_config::token_type_name(t)),
+            Some(_) => return Err(Reject::Malformed),
+        };
+        let ok = match (&self.allowed_types, typ.as_deref()) {
+            (Some(allowed), Some(t)) => allowed.iter().any(|a| a == t),
+            (Some(_), None) => false,
+            (None, None | Some("jwt" | "at+jwt")) => true,
+            (None, Some(_)) => false,
+        };
+        if !ok {
+            return Err(Reject::TokenType);
+        }
+        Ok(())
+    }
+
+    /// The registered claims, with skew.
+    fn check(&self, claims: JWTClaims<Extra>, key_id: u64, now: u64) -> Result<Principal, Failure> {
+        let sub = claims.subject.clone();
+        let fail = |reject| Failure {
+            reject,
+            sub: sub.clone(),
+        };
+        let skew = self.skew;
+        let after_now = |t: Option<UnixTimeStamp>| t.is_some_and(|t| t.as_secs() > now.saturating_add(skew));
+        if after_now(claims.issued_at) || after_now(claims.invalid_before) {
+            return Err(fail(Reject::NotYetValid));
+        }
+        let Some(exp) = claims.expires_at.map(|e| e.as_secs()) else {
+            return Err(fail(Reject::NoExpiry));
+        };
+        if now > exp.saturating_add(skew) {
+            return Err(fail(Reject::Expired));
+        }
+        if claims.issuer.as_deref() != Some(self.issuer.as_str()) {
+            return Err(fail(Reject::Issuer));
+        }
+        if !claims.audiences.as_ref().is_some_and(|a| a.contains(&self.audiences)) {
+            return Err(fail(Reject::Audience));
+        }
+        if sub.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            return Err(fail(Reject::NoSubject));
+        }
+        if claims.custom.scope.as_ref().is_some_and(|s| !s.is_string()) {
+            return Err(fail(Reject::ScopeClaim));
+        }
+        Ok(Principal {
+            scopes: scopes(&claims.custom),
+            claim_headers: Vec::new(),
+            client: claims.custom.azp.or(claims.custom.client_id),
+            sub,
+            exp,
+            key_id,
+        })
+    }
+}
+
+/// The token's claims if `key` made its signature, `None` if it did not.
+fn signed_claims(key: &Key, alg: Alg, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
+    match &key.rsa {
+        Some(rsa) => fast_rsa(rsa, alg, token),
+        None => match key.verify::<Extra>(token, signature_only()) {
+            Ok(claims) => Ok(Some(claims)),
+            Err(e) => match e.downcast_ref::<JWTError>() {
+                Some(JWTError::InvalidSignature) => Ok(None),
+                Some(JWTError::AlgorithmMismatch) => Err(Reject::UnsupportedAlg),
+                _ => Err(Reject::Malformed),
+            },
+        },
+    }
+}
+
+/// jwt-simple checks only the signature and header here; `check` does the
+/// claims for every algorithm alike. (At time 0 with no tolerance, its own
+/// `exp` test always passes; `accept_future` skips `iat` and `nbf`.)
+fn signature_only() -> VerificationOptions {
+    VerificationOptions {
+        accept_future: true,
+        time_tolerance: Some(Duration::from_secs(0)),
+        artificial_time: Some(UnixTimeStamp::from_secs(0)),
+        ..Default::default()
+    }
+}
+
+/// RS256/384/512 through `rsa`. The header rules (no `crit`, an access
+/// token's `typ`) were applied by `Verifier::shape`, for every algorithm.
+fn fast_rsa(rsa: &RsaKey, alg: Alg, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
+    let (signed, signature) = token.rsplit_once('.').ok_or(Reject::Malformed)?;
+    let (_, payload) = signed.split_once('.').ok_or(Reject::Malformed)?;
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reject::Malformed)?;
+    if !rsa.verify(alg, signed.as_bytes(), &signature) {
+        return Ok(None);
+    }
+    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reject::Malformed)?;
+    serde_json::from_slice(&payload)
+        .map(Some)
+        .map_err(|_| Reject::Malformed)
+}
+
+/// Scopes from `scope` (space-separated, RFC 8693/9068; `check` refuses any
+/// other form) or `scp` (Okta and Entra: a string or a list).
+fn scopes(extra: &Extra) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in [&extra.scope, &extra.scp].into_iter().flatten() {
+        match v {
+            Value::String(s) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from)),
+            Value::Array(a) => out.extend(a.iter().filter_map(Value::as_str).map(String::from)),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
