@@ -12,12 +12,12 @@
 //! from it: `token::verify` parses the header and claims once, for every
 //! algorithm alike. The checks below are jwt-simple's own calls to the same
 //! libraries (PSS with a salt as long as the hash, RFC 7518 §3.5; ECDSA
-//! signatures as R || S, §3.4).
+//! signatures as R || S over the SHA-256/384 hash, §3.4).
 
 use crate::keys::alg::Alg;
 use crate::keys::rsa::RsaKey;
 use jwt_simple::prelude::*;
-use p256::ecdsa::signature::Verifier as _;
+use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 pub enum Verifying {
@@ -60,12 +60,12 @@ impl Verifying {
                 };
                 k.verify(scheme, &digest, signature).is_ok()
             }
-            Verifying::Es256(k) => {
-                p256::ecdsa::Signature::try_from(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
-            Verifying::Es384(k) => {
-                p384::ecdsa::Signature::try_from(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
-            }
+            // Hashed here, with the sha2 the RSA checks use: p256/p384's own
+            // digest is another major version of sha2, another copy of SHA-384.
+            Verifying::Es256(k) => p256::ecdsa::Signature::try_from(signature)
+                .is_ok_and(|s| k.verify_prehash(&Sha256::digest(signed), &s).is_ok()),
+            Verifying::Es384(k) => p384::ecdsa::Signature::try_from(signature)
+                .is_ok_and(|s| k.verify_prehash(&Sha384::digest(signed), &s).is_ok()),
             Verifying::EdDSA(k) => {
                 ed25519_compact::Signature::from_slice(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
             }
