@@ -9,8 +9,14 @@ through the variants (A B C ... A B C ...); the tables report medians and
 ratios from this one run. Absolute numbers are noise; ratios in one run are
 the result. --profile adds where the Envoy under test spends its CPU (perf).
 
+`--compare NAME=PATH` runs the exchange-hit variant (5) again on another
+build, e.g. main's, as one more listener in the same rounds. Then
+footprint.py's table follows: Envoy RSS with no filter, the floor and this
+filter (and the --compare builds), after start and after load, and the time
+to ready (2 workers; --no-footprint skips it).
+
 Usage: .venv/bin/python tests/bench/perf.py [--rounds 3] [--duration 10]
-           [--slice 1] [--memory] [--profile]
+           [--slice 1] [--memory] [--profile] [--compare NAME=PATH]
            [--chart docs/bench.png] [--markdown docs/bench.md]
 A script, not a test: it asserts nothing about time.
 """
@@ -289,6 +295,9 @@ def run_throughput(args, cleanup, report):
         ]}, "tef", env_keys)],
         "floor": [wasm_filter(FLOOR, None, "floor")],
     }
+    # --compare NAME=PATH: the exchange-hit variant again on another build.
+    for key, path in args.compare:
+        filters[key] = [wasm_filter(path, exchange, f"tef-{key}", env_keys)]
     listeners = [listener(k, ports[k], filters[k]) for k, _ in VARIANTS]
     clusters = [cluster("upstream", upstream)] + [cluster(f"outbound|{p}||127.0.0.1", p)
                                                    for p in (mcp.port, backend_as.port)]
@@ -477,6 +486,9 @@ def render(report, args):
         "cache hit (5) / jwt_authn no cache (2) ≥ 1.2": v["exchange"]["ratio"] / v["jwt_authn"]["ratio"],
         "validation only (4) / no filter (1) ≥ 0.80": v["validate"]["ratio"],
     }
+    for key, _ in args.compare:
+        ratios[f"cache hit, {key.removeprefix('exchange_')} build (5b) / this build (5)"] = (
+            v[key]["ratio"] / v["exchange"]["ratio"])
     if "idp_calls" in report:
         ratios["IdP calls, 100 users × 100 requests, 2 workers ≤ 200"] = report["idp_calls"]["calls"]
     lines += ["", "| target | measured |", "|---|---:|"] + [
@@ -534,6 +546,32 @@ def chart(report, path):
     fig.savefig(path, dpi=110)
 
 
+def footprint(args):
+    """footprint.py's table (RSS and time to ready, 2 workers), with the
+    --compare builds beside this one."""
+    from types import SimpleNamespace
+
+    import footprint as fp
+
+    fargs = SimpleNamespace(rounds=args.rounds, concurrency=[2], requests=3000, detail=False,
+                            wasm=[f"{key.removeprefix('exchange_')}={path}" for key, path in args.compare])
+    cleanup = Cleanup()
+    try:
+        results, labels = fp.run(fargs, cleanup)
+    finally:
+        cleanup.close()
+    return fp.render(results, labels, fargs)
+
+
+def compared(spec):
+    """NAME=PATH from --compare: registers the variant, returns (key, path)."""
+    name, path = spec.split("=", 1)
+    key = f"exchange_{name}"
+    VARIANTS.insert([k for k, _ in VARIANTS].index("exchange") + 1, (key, f"5b. as 5, {name} build"))
+    SHORT[key] = f"exchange hit\n{name}"
+    return key, Path(path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -543,11 +581,15 @@ def main():
     ap.add_argument("--memory-only", action="store_true", help="only the memory test")
     ap.add_argument("--profile", action="store_true", help="also split Envoy's CPU by code with perf (needs perf)")
     ap.add_argument("--only", default="", help="comma-separated variant keys, for quick iterations (no report)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                    help="also the exchange-hit variant on another .wasm (e.g. main's build), side by side")
+    ap.add_argument("--no-footprint", action="store_true", help="skip the RSS and time-to-ready table")
     ap.add_argument("--cold-tokens", type=int, default=3000, help="distinct tokens for the cold path")
     ap.add_argument("--memory-users", type=int, default=100_000, help="maxEntries and first fill for --memory")
     ap.add_argument("--chart", type=Path, default=ROOT / "docs" / "bench.png")
     ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "bench.md")
     args = ap.parse_args()
+    args.compare = [compared(c) for c in args.compare]
     assert WASM.exists() and FLOOR.exists(), "run tests/bench/run.sh (it builds both .wasm files)"
     if args.profile and not shutil.which("perf"):
         ap.error("--profile needs perf (Debian: apt-get install linux-perf)")
@@ -576,6 +618,8 @@ def main():
         finally:
             cleanup.close()
     text = render(report, args)
+    if not (args.memory_only or args.no_footprint):
+        text += "\n\n" + footprint(args)
     print(text)
     if args.memory_only:
         return
