@@ -3,16 +3,33 @@
 //! that tells an MCP client where to get a token.
 
 use base64::Engine;
-use plugin_config::{Config, Resource};
+use plugin_config::{Metadata, Oidc};
 use serde_json::json;
 
 pub const MISSING_TOKEN: &str = "missing bearer token";
 /// The IdP refused to exchange the caller's token.
 pub const EXCHANGE_REFUSED: &str = "token exchange refused";
 
+/// Why a request was refused, as metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    MissingToken,
+    InvalidRequest,
+    InvalidToken,
+    InsufficientScope,
+    InsufficientClaims,
+    BodyTooLarge,
+    /// The IdP refused to exchange the caller's token (`invalid_grant`).
+    ExchangeRefused,
+    BadGateway,
+    Unavailable,
+    Timeout,
+}
+
 /// A local response that stops the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
+    pub kind: DenialKind,
     pub status: u32,
     pub www_authenticate: Option<String>,
     pub retry_after: Option<u32>,
@@ -37,14 +54,23 @@ pub struct Challenges {
 }
 
 impl Challenges {
-    pub fn new(config: &Config) -> Challenges {
-        let o = &config.oidc;
+    /// The challenges of a route checked against `o`.
+    pub fn new(o: &Oidc) -> Challenges {
         Challenges {
             metadata_param: o
                 .resource
                 .as_ref()
                 .map(|r| format!("resource_metadata=\"{}\"", r.metadata_url)),
             scope_param: scope_param(&o.required_scopes),
+        }
+    }
+
+    /// Challenges naming no resource and no scope, for refusals made before
+    /// a route is known.
+    pub fn bare() -> Challenges {
+        Challenges {
+            metadata_param: None,
+            scope_param: None,
         }
     }
 
@@ -76,6 +102,7 @@ impl Challenges {
     /// No credentials at all: RFC 6750 §3.1 says no error code.
     pub fn missing_token(&self) -> Denial {
         Denial {
+            kind: DenialKind::MissingToken,
             status: 401,
             www_authenticate: Some(self.header(None, true)),
             retry_after: None,
@@ -86,6 +113,7 @@ impl Challenges {
 
     pub fn invalid_token(&self, description: &'static str) -> Denial {
         Denial {
+            kind: DenialKind::InvalidToken,
             status: 401,
             www_authenticate: Some(self.header(Some(("invalid_token", description)), false)),
             retry_after: None,
@@ -94,8 +122,18 @@ impl Challenges {
         }
     }
 
+    /// The IdP refused to exchange the caller's token: to the client, its
+    /// token is not good here.
+    pub fn exchange_refused(&self) -> Denial {
+        Denial {
+            kind: DenialKind::ExchangeRefused,
+            ..self.invalid_token(EXCHANGE_REFUSED)
+        }
+    }
+
     pub fn invalid_request(&self, description: &'static str) -> Denial {
         Denial {
+            kind: DenialKind::InvalidRequest,
             status: 400,
             www_authenticate: Some(self.header(Some(("invalid_request", description)), false)),
             retry_after: None,
@@ -107,6 +145,7 @@ impl Challenges {
     /// 403 naming every required scope, so the client can step up.
     pub fn insufficient_scope(&self) -> Denial {
         Denial {
+            kind: DenialKind::InsufficientScope,
             status: 403,
             www_authenticate: Some(self.header(Some(("insufficient_scope", "insufficient scope")), true)),
             retry_after: None,
@@ -128,6 +167,7 @@ impl Challenges {
             ));
         }
         Denial {
+            kind: DenialKind::InsufficientClaims,
             status: 401,
             www_authenticate: Some(header),
             retry_after: None,
@@ -139,6 +179,7 @@ impl Challenges {
     /// We could not check the token (keys unavailable): not the client's fault.
     pub fn unavailable(&self, description: &'static str) -> Denial {
         Denial {
+            kind: DenialKind::Unavailable,
             status: 503,
             www_authenticate: None,
             retry_after: Some(5),
@@ -155,6 +196,7 @@ fn scope_param(scopes: &[String]) -> Option<String> {
 /// The token exchange failed on the IdP's or our configuration's side.
 pub fn bad_gateway() -> Denial {
     Denial {
+        kind: DenialKind::BadGateway,
         status: 502,
         www_authenticate: None,
         retry_after: None,
@@ -166,6 +208,7 @@ pub fn bad_gateway() -> Denial {
 /// A body the filter must read (a tool call) is larger than `mcp.maxBodyBytes`.
 pub fn payload_too_large() -> Denial {
     Denial {
+        kind: DenialKind::BodyTooLarge,
         status: 413,
         www_authenticate: None,
         retry_after: None,
@@ -177,6 +220,7 @@ pub fn payload_too_large() -> Denial {
 /// The token endpoint did not answer in time.
 pub fn gateway_timeout() -> Denial {
     Denial {
+        kind: DenialKind::Timeout,
         status: 504,
         www_authenticate: None,
         retry_after: None,
@@ -185,13 +229,13 @@ pub fn gateway_timeout() -> Denial {
     }
 }
 
-/// The RFC 9728 metadata document for `resource`.
-pub fn metadata_document(resource: &Resource, issuer: &str) -> String {
+/// An RFC 9728 metadata document.
+pub fn metadata_document(m: &Metadata) -> String {
     json!({
-        "resource": resource.url,
-        "authorization_servers": [issuer],
+        "resource": m.resource,
+        "authorization_servers": [m.issuer],
         "bearer_methods_supported": ["header"],
-        "scopes_supported": resource.scopes_supported,
+        "scopes_supported": m.scopes_supported,
     })
     .to_string()
 }
@@ -200,7 +244,7 @@ pub fn metadata_document(resource: &Resource, issuer: &str) -> String {
 mod tests {
     use super::*;
 
-    fn config(extra: serde_json::Value) -> Config {
+    fn config(extra: serde_json::Value) -> plugin_config::Config {
         let mut v = json!({"oidc": {
             "issuer": "https://idp.example.com", "audience": "mcp",
             "jwksUrl": "https://idp.example.com/keys"
@@ -212,10 +256,11 @@ mod tests {
     }
 
     fn full() -> Challenges {
-        Challenges::new(&config(json!({
+        let c = config(json!({
             "resourceUrl": "https://mcp.example.com/mcp",
             "requiredScopes": ["mcp:tools:call", "openid"]
-        })))
+        }));
+        Challenges::new(c.oidc.as_ref().unwrap())
     }
 
     const META: &str = r#"resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp""#;
@@ -257,7 +302,8 @@ mod tests {
 
     #[test]
     fn without_resource_or_scopes_the_challenge_is_bare() {
-        let c = Challenges::new(&config(json!({})));
+        let c = Challenges::new(config(json!({})).oidc.as_ref().unwrap());
+        assert_eq!(Challenges::bare().missing_token(), c.missing_token());
         assert_eq!(c.missing_token().www_authenticate.unwrap(), "Bearer");
         assert_eq!(
             c.invalid_request("multiple authorization headers")
@@ -289,11 +335,7 @@ mod tests {
     #[test]
     fn metadata_document_fields() {
         let cfg = config(json!({"resourceUrl": "https://mcp.example.com/mcp", "scopesSupported": ["a", "b"]}));
-        let doc: serde_json::Value = serde_json::from_str(&metadata_document(
-            cfg.oidc.resource.as_ref().unwrap(),
-            &cfg.oidc.issuer,
-        ))
-        .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&metadata_document(&cfg.metadata[0])).unwrap();
         assert_eq!(
             doc,
             json!({

@@ -2,7 +2,8 @@
 //!
 //! The JWKS is fetched with an HTTP callout and published in proxy-wasm shared
 //! data as `fetched_at_ms | refresh_at_ms | body` (two little-endian u64s, then
-//! the document), under a key prefixed with the config's hash. Each worker
+//! the document), under a key named for the issuer and where its keys are,
+//! so a config push that keeps them keeps the keys too. Each worker
 //! parses the published copy once per change. A lease entry (`until_ms`,
 //! written with CAS) makes one worker at a time do the fetch; the others see
 //! the result on their next tick.
@@ -30,6 +31,9 @@ const MIN_MAX_AGE_MS: u64 = 30_000;
 /// Retry back-off after a failed fetch: 1 s, doubling, capped.
 const RETRY_MIN_MS: u64 = 1_000;
 const RETRY_MAX_MS: u64 = 10_000;
+/// How long past its callout timeout a fetch (and its lease) may run before
+/// it is given up: the proxy's own timeout answers first.
+const LEASE_GRACE_MS: u64 = 1_000;
 
 struct InFlight {
     token: u32,
@@ -52,6 +56,19 @@ pub enum Fetch {
     /// Another worker had already published newer keys; they are loaded now.
     Adopted,
     /// No fetch could be started (back-off after failures, or the callout was refused).
+    Failed,
+}
+
+/// What a callout answer meant to the key cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Not our callout.
+    NotOurs,
+    /// A discovery step: the fetch goes on with the next callout.
+    Continuing,
+    /// Usable keys came back (or a newer copy was adopted on the way).
+    Fetched,
+    /// The fetch failed.
     Failed,
 }
 
@@ -81,7 +98,9 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(oidc: &Oidc, prefix: &str) -> JwksCache {
+    /// The cache of `oidc`'s issuer's keys, published in shared data under
+    /// `key` (and `key.lease`, `key.attempt`).
+    pub fn new(oidc: &Oidc, key: &str) -> JwksCache {
         let source = match &oidc.keys {
             KeySource::Jwks(e) => Source::Known(e.clone()),
             KeySource::Discovery(d) => Source::Discovering(Discovery::new(d.clone(), oidc.issuer.clone())),
@@ -89,9 +108,9 @@ impl JwksCache {
         JwksCache {
             source,
             refresh_ms: oidc.jwks_refresh_seconds.saturating_mul(1000),
-            data_key: format!("{prefix}jwks"),
-            lease_key: format!("{prefix}jwks.lease"),
-            attempt_key: format!("{prefix}jwks.attempt"),
+            data_key: key.to_string(),
+            lease_key: format!("{key}.lease"),
+            attempt_key: format!("{key}.attempt"),
             keys: None,
             version: 0,
             refresh_at_ms: 0,
@@ -211,12 +230,10 @@ impl JwksCache {
         }
     }
 
-    /// Handles a callout answer. `None` if the callout was not ours, or was
-    /// a discovery step after which the fetch goes on; else whether usable
-    /// keys came back.
-    pub fn on_response(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) -> Option<bool> {
+    /// Handles a callout answer.
+    pub fn on_response(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) -> Answer {
         if self.in_flight.as_ref().map(|f| f.token) != Some(token) {
-            return None;
+            return Answer::NotOurs;
         }
         self.in_flight = None;
         self.release_lease(host);
@@ -229,14 +246,14 @@ impl JwksCache {
                     Outcome::Fallback => {}
                     Outcome::Failed => {
                         self.failed(now);
-                        return Some(false);
+                        return Answer::Failed;
                     }
                 }
                 // The next callout at once, under a fresh lease.
                 return match self.start(host, now) {
-                    Fetch::Pending => None,
-                    Fetch::Adopted => Some(true),
-                    Fetch::Failed => Some(false),
+                    Fetch::Pending => Answer::Continuing,
+                    Fetch::Adopted => Answer::Fetched,
+                    Fetch::Failed => Answer::Failed,
                 };
             }
         };
@@ -253,12 +270,12 @@ impl JwksCache {
                     log::warn!("could not publish JWKS in shared data; this worker keeps its copy");
                 }
                 self.adopt(keys, now, refresh_at);
-                Some(true)
+                Answer::Fetched
             }
             Err(why) => {
                 log::warn!("JWKS fetch from {url} failed: {why}");
                 self.failed(now);
-                Some(false)
+                Answer::Failed
             }
         }
     }
@@ -292,7 +309,7 @@ impl JwksCache {
         };
         let now = host.now_ms();
         if let Some(f) = &self.in_flight {
-            if now > f.started_ms + FETCH_TIMEOUT_MS + 1_000 {
+            if now > f.started_ms + FETCH_TIMEOUT_MS + LEASE_GRACE_MS {
                 self.in_flight = None;
                 self.release_lease(host);
                 self.failed(now);
@@ -331,7 +348,7 @@ impl JwksCache {
         if held_until > now {
             return false;
         }
-        let until = now + FETCH_TIMEOUT_MS + 1_000;
+        let until = now + FETCH_TIMEOUT_MS + LEASE_GRACE_MS;
         host.shared_set(&self.lease_key, &until.to_le_bytes(), cas)
     }
 

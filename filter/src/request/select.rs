@@ -1,0 +1,132 @@
+//! The first phase: which policy a request gets. RFC 9728 metadata requests
+//! are answered here, before any rule is matched, each resource's at its
+//! own well-known path (and host, where two hosts share a path); then the
+//! rules pick the policy (or a skip) from `:authority` and `:path`, read
+//! only when something needs them, since each read is a call into the proxy.
+
+use crate::edge::challenge::metadata_document;
+use crate::host::Host;
+use crate::request::outcome::{Outcome, Reply, Unjudged, Who};
+use crate::request::policy::{Policies, PolicyId, Selection};
+use crate::request::routes::host_matches;
+use std::rc::Rc;
+
+/// Metadata is public: any page may read it.
+const ANY_ORIGIN: (&str, &str) = ("access-control-allow-origin", "*");
+
+/// An RFC 9728 document and where it is served.
+struct Document {
+    host: String,
+    path: String,
+    body: Rc<str>,
+}
+
+/// A request's policy, and its path when it was read.
+pub struct Route {
+    pub policy: PolicyId,
+    pub path: Option<String>,
+}
+
+pub struct Select {
+    policies: Rc<Policies>,
+    documents: Vec<Document>,
+    /// The body gate looks at the path too.
+    gate_needs_path: bool,
+}
+
+impl Select {
+    pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata], gate_needs_path: bool) -> Select {
+        let documents = metadata
+            .iter()
+            .map(|m| Document {
+                host: m.host.clone(),
+                path: m.path.clone(),
+                body: metadata_document(m).into(),
+            })
+            .collect();
+        Select {
+            policies,
+            documents,
+            gate_needs_path,
+        }
+    }
+
+    /// The current request's route, or what to do with it instead.
+    pub fn route(&self, host: &dyn Host) -> Result<Route, Outcome> {
+        let routes = self.policies.routes();
+        let path = if !self.documents.is_empty() || routes.by_path() || self.gate_needs_path {
+            host.request_header(":path")
+        } else {
+            None
+        };
+        if let Some(reply) = self.metadata(host, path.as_deref()) {
+            return Err(Outcome::Answer(reply));
+        }
+        let authority = if routes.by_host() {
+            host.request_header(":authority")
+        } else {
+            None
+        };
+        match self.policies.select(authority.as_deref(), path.as_deref()) {
+            Ok(Selection::Policy(policy)) => Ok(Route { policy, path }),
+            Ok(Selection::Skip) => Err(Outcome::Pass(Unjudged::SkipRoute)),
+            Ok(Selection::Nothing) => {
+                log::warn!("rejected: no rule matched and there is no top-level policy");
+                let d = self.policies.fallback_challenges().invalid_request("no route");
+                Err(Outcome::Deny(d, Who::default()))
+            }
+            Err(_) => {
+                log::info!("rejected: path not in normal form");
+                let d = self
+                    .policies
+                    .fallback_challenges()
+                    .invalid_request("path not in normal form");
+                Err(Outcome::Deny(d, Who::default()))
+            }
+        }
+    }
+
+    /// The answer to an RFC 9728 metadata request, which needs no
+    /// authentication; `None` for any other request.
+    fn metadata(&self, host: &dyn Host, path: Option<&str>) -> Option<Reply> {
+        let path = path?.split('?').next()?;
+        let mut at_path = self.documents.iter().filter(|d| d.path == path);
+        let first = at_path.next()?;
+        let doc = match at_path.next() {
+            None => first,
+            // Two hosts serve this path: the request's host says which.
+            Some(_) => {
+                let authority = host.request_header(":authority").unwrap_or_default();
+                self.documents
+                    .iter()
+                    .find(|d| d.path == path && host_matches(&d.host, &authority))?
+            }
+        };
+        Some(match host.request_header(":method").as_deref().unwrap_or_default() {
+            "GET" | "HEAD" => Reply {
+                status: 200,
+                headers: &[
+                    ("content-type", "application/json"),
+                    ("cache-control", "max-age=300"),
+                    ANY_ORIGIN,
+                ],
+                body: Rc::clone(&doc.body),
+            },
+            "OPTIONS" => Reply {
+                status: 204,
+                headers: &[
+                    ANY_ORIGIN,
+                    ("access-control-allow-methods", "GET, HEAD, OPTIONS"),
+                    ("access-control-allow-headers", "authorization, mcp-protocol-version"),
+                    ("access-control-max-age", "86400"),
+                ],
+                body: Rc::from(""),
+            },
+            _ => Reply {
+                status: 405,
+                headers: &[("allow", "GET, HEAD, OPTIONS")],
+                body: Rc::from(""),
+            },
+        })
+    }
+}
