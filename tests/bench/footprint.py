@@ -6,7 +6,9 @@ Each round starts one fresh Envoy per variant, in turn (A B C A B C ...), with
 `--concurrency` workers; the upstream and the IdPs run in other processes.
 The filter's variant validates and exchanges (the benchmark's exchange-hit
 configuration), so its first 200 needs the JWKS fetch and one exchange.
-  - ready ms: from spawning Envoy to the first 200 through the listener;
+  - ready ms: from spawning Envoy to the first 200 through the listener, and
+    the CPU time Envoy spent until then (all threads; on a busy machine the
+    wall time stretches, the CPU time much less);
   - after start: RSS once that 200 came and one second passed;
   - after load: RSS after `--requests` requests with one token (cache hits),
     over 8 keep-alive connections, so every worker serves some.
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import SECRET_ENV, authorization_servers  # noqa: E402
 from harness import WASM, Cleanup, free_port  # noqa: E402
-from perf import (FLOOR, cluster, drive, listener, rss_kib, start_envoy,  # noqa: E402
+from perf import (FLOOR, cluster, cpu_seconds, drive, listener, rss_kib, start_envoy,  # noqa: E402
                   upstream_envoy, wasm_filter)
 
 LOAD_CONNECTIONS = 8
@@ -80,9 +82,10 @@ def measure(cleanup, name, filters, clusters, env, token, concurrency, requests,
                        concurrency=concurrency, env=env, wait=False)
     first_200(port, token, proc)
     ready = time.monotonic() - t0
-    time.sleep(1.0)
     pid = proc.proc.pid
-    out = {"ready_ms": ready * 1000, "start": rss_kib(pid)}
+    cpu = cpu_seconds(pid)
+    time.sleep(1.0)
+    out = {"ready_ms": ready * 1000, "ready_cpu_ms": cpu * 1000, "start": rss_kib(pid)}
     if detail:
         out["start_split"] = smaps_split(pid)
     drive(port, [token] * requests, LOAD_CONNECTIONS)
@@ -139,19 +142,20 @@ def render(results, labels, args):
         floor = {k: med([x[k] for x in by["floor"]]) / 1024 for k in ("start", "load")}
         lines += ["", f"{c} worker{'s' if c > 1 else ''} ({c + 1} wasm VMs: one per worker and the main thread's):",
                   "", "| Envoy with | RSS after start MiB | added | RSS after load MiB | added | "
-                  "× SDK floor's added (load) | ready ms |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "× SDK floor's added (load) | ready ms | CPU ms to ready |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, label in labels:
             start = med([x["start"] for x in by[name]]) / 1024
             load = med([x["load"] for x in by[name]]) / 1024
             ready = med([x["ready_ms"] for x in by[name]])
+            cpu = med([x["ready_cpu_ms"] for x in by[name]])
             if name == "none":
-                lines.append(f"| {label} | {start:.1f} | | {load:.1f} | | | {ready:.0f} |")
+                lines.append(f"| {label} | {start:.1f} | | {load:.1f} | | | {ready:.0f} | {cpu:.0f} |")
                 continue
             floor_added = floor["load"] - none["load"]
             ratio = (load - none["load"]) / floor_added if floor_added > 0 else float("nan")
             lines.append(f"| {label} | {start:.1f} | +{start - none['start']:.1f} | {load:.1f} | "
-                         f"+{load - none['load']:.1f} | {ratio:.2f} | {ready:.0f} |")
+                         f"+{load - none['load']:.1f} | {ratio:.2f} | {ready:.0f} | {cpu:.0f} |")
         if args.detail:
             lines += ["", "| Envoy with | compiled code MiB (start / load) | other anonymous | file-backed |",
                       "|---|---:|---:|---:|"]
