@@ -564,6 +564,41 @@ fn rule_errors_name_their_path() {
             "starting with '/'",
         ),
         (
+            serde_json::json!([{"match": {"pathPrefix": "/admin/../x"}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "plain path",
+        ),
+        (
+            serde_json::json!([{"match": {"pathPrefix": "/a//b"}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "plain path",
+        ),
+        (
+            serde_json::json!([{"match": {"pathPrefix": "/%61dmin/"}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "plain path",
+        ),
+        (
+            serde_json::json!([{"match": {"pathPrefix": "/admin;x/"}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "plain path",
+        ),
+        (
+            serde_json::json!([{"match": {"pathPrefix": "/a\\b"}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "plain path",
+        ),
+        (
+            serde_json::json!([{"match": {"pathPrefix": "/admin/."}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "plain path",
+        ),
+        (
+            serde_json::json!([{"match": {"pathPrefix": "/a?b"}, "skip": true}]),
+            "rules[0].match.pathPrefix",
+            "plain path",
+        ),
+        (
             serde_json::json!([{"match": {}, "skip": true, "requiredScopes": ["x"]}]),
             "rules[0].skip",
             "remove requiredScopes",
@@ -1042,6 +1077,8 @@ fn edge_errors_name_their_path() {
             "mcp.toolScopes.t[0]",
         ),
         ("mcp", serde_json::json!({"path": "mcp"}), "mcp.path"),
+        ("mcp", serde_json::json!({"path": "/mcp/../admin"}), "mcp.path"),
+        ("mcp", serde_json::json!({"path": "/m%63p"}), "mcp.path"),
         ("mcp", serde_json::json!({"maxBodyBytes": 0}), "mcp.maxBodyBytes"),
         ("audit", serde_json::json!("no"), "audit"),
     ] {

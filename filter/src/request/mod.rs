@@ -14,6 +14,7 @@
 //! scopes are checked once its body is read (`edge::tools`), and metrics and
 //! the audit line are recorded.
 
+pub mod path;
 pub mod routes;
 
 use crate::edge::audit;
@@ -26,6 +27,7 @@ use crate::exchange::token_cache::{Put, TokenCache};
 use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step as ExchangeStep};
 use crate::host::{CalloutResponse, Host};
 use crate::keys::cache::{Fetch, JwksCache, FETCH_TIMEOUT_MS};
+use crate::request::path::Target;
 use crate::request::routes::{Route, Routes};
 use crate::support::logsafe::excerpt;
 use crate::token::bearer::{self, Bearer};
@@ -245,12 +247,18 @@ impl Filter {
         } else {
             None
         };
-        let policy = match self.routes.select(authority.as_deref(), path.as_deref()) {
-            Ok(Route::Policy(p)) => p,
-            Ok(Route::Skip) => return self.skip(host),
-            Err(_) => {
-                log::info!("rejected: path not in normal form");
-                let d = self.policies[0].challenges.invalid_request("path not in normal form");
+        // A POST with a body to the MCP endpoint may call a tool with scopes.
+        let gate = (self.tools.as_ref().filter(|_| body_follows && is_post(host))).map(Tools::endpoint);
+        let (authority, path) = (authority.unwrap_or_default(), path.unwrap_or_default());
+        let (policy, gated) = match path::target(&self.routes, &authority, &path, gate) {
+            Ok(Target {
+                route: Route::Policy(p),
+                gated,
+            }) => (p, gated),
+            Ok(Target { route: Route::Skip, .. }) => return self.skip(host),
+            Err(refusal) => {
+                log::info!("rejected: {}", refusal.description());
+                let d = self.policies[0].challenges.invalid_request(refusal.description());
                 return self.refuse(host, &d, None);
             }
         };
@@ -282,12 +290,7 @@ impl Filter {
                 return self.refuse(host, &d, None);
             }
         };
-        if body_follows
-            && self
-                .tools
-                .as_ref()
-                .is_some_and(|t| t.applies(host.request_header(":method").as_deref(), path.as_deref()))
-        {
+        if gated {
             self.gates.insert(host.context_id(), Gate::default());
         }
         let now_ms = host.now_ms();
@@ -987,6 +990,11 @@ fn exchange_line(exchanger: &Exchanger, p: &Principal) -> String {
         excerpt(p.client.as_deref().unwrap_or("-")),
         target_of(exchanger)
     )
+}
+
+fn is_post(host: &dyn Host) -> bool {
+    host.request_header(":method")
+        .is_some_and(|m| m.eq_ignore_ascii_case("POST"))
 }
 
 /// Answers the current request with `d`, readable by an allowed origin.

@@ -1,12 +1,9 @@
 //! Which policy a request gets: the first `rules` entry whose match fits
 //! its `:authority` and `:path`, else the default (the top-level sections).
 //!
-//! Without rules nothing is read. With a `pathPrefix` rule, a path that is
-//! not in normal form (`//`, dot segments, backslashes, or encoded `.`, `/`
-//! or `\`) is refused: the upstream may resolve `/healthz/../admin` to
-//! `/admin`, so matching its raw text would let a request pick a laxer
-//! rule. Envoy's `normalize_path` and `merge_slashes` (Istio sets both)
-//! make such paths rare before they reach the filter.
+//! Without rules nothing is read. Paths are matched through a test the
+//! caller gives (`select`), once for every reading of the path
+//! (`request::path`); hosts are matched here.
 
 use plugin_config::Match;
 
@@ -17,10 +14,6 @@ pub enum Route {
     /// Apply policy `n` (0 is the default).
     Policy(usize),
 }
-
-/// The path cannot be matched safely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotNormal;
 
 pub struct Routes {
     rules: Vec<(Match, Route)>,
@@ -47,26 +40,27 @@ impl Routes {
         self.by_path
     }
 
-    /// The route for a request with these `:authority` and `:path` values
-    /// (`None` when not read or absent).
-    pub fn select(&self, authority: Option<&str>, path: Option<&str>) -> Result<Route, NotNormal> {
-        if self.rules.is_empty() {
-            return Ok(Route::Policy(0));
-        }
-        let authority = authority.unwrap_or_default();
-        let path = path.unwrap_or_default();
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        if self.by_path && !is_normal(path) {
-            return Err(NotNormal);
-        }
-        Ok(self
-            .rules
+    /// Whether the path can change the route of a request to `authority`:
+    /// some rule for its host has a `pathPrefix` and comes before the first
+    /// one without (which matches any path).
+    pub fn path_decides(&self, authority: &str) -> bool {
+        self.for_host(authority)
+            .next()
+            .is_some_and(|(m, _)| m.path_prefix.is_some())
+    }
+
+    /// The route for a request to `authority` (empty when not read) whose
+    /// path starts with a prefix when `starts_with` says so.
+    pub fn select(&self, authority: &str, starts_with: impl Fn(&str) -> bool) -> Route {
+        self.for_host(authority)
+            .find(|(m, _)| m.path_prefix.as_deref().is_none_or(&starts_with))
+            .map_or(Route::Policy(0), |(_, r)| *r)
+    }
+
+    fn for_host<'a>(&'a self, authority: &'a str) -> impl Iterator<Item = &'a (Match, Route)> {
+        self.rules
             .iter()
-            .find(|(m, _)| {
-                (m.hosts.is_empty() || m.hosts.iter().any(|h| host_matches(h, authority)))
-                    && m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-            })
-            .map_or(Route::Policy(0), |(_, r)| *r))
+            .filter(move |(m, _)| m.hosts.is_empty() || m.hosts.iter().any(|h| host_matches(h, authority)))
     }
 }
 
@@ -98,15 +92,6 @@ fn split_port(s: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn is_normal(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    path.starts_with('/')
-        && !path.contains("//")
-        && !path.contains('\\')
-        && !["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
-        && !path.split('/').any(|seg| seg == "." || seg == "..")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,15 +103,16 @@ mod tests {
         }
     }
 
-    fn select(routes: &Routes, authority: &str, path: &str) -> Result<Route, NotNormal> {
-        routes.select(Some(authority), Some(path))
+    /// The route by the exact text (`request::path` adds the other readings).
+    fn select(routes: &Routes, authority: &str, path: &str) -> Route {
+        routes.select(authority, |p| path.starts_with(p))
     }
 
     #[test]
     fn no_rules_is_the_default_and_needs_no_headers() {
         let routes = Routes::new(vec![]);
-        assert!(!routes.by_host() && !routes.by_path());
-        assert_eq!(routes.select(None, None), Ok(Route::Policy(0)));
+        assert!(!routes.by_host() && !routes.by_path() && !routes.path_decides(""));
+        assert_eq!(select(&routes, "", ""), Route::Policy(0));
         let routes = Routes::new(vec![(m(&["h"], None), Route::Skip)]);
         assert!(routes.by_host() && !routes.by_path());
     }
@@ -139,58 +125,40 @@ mod tests {
             (m(&["*.example.org"], None), Route::Policy(2)),
             (m(&[], Some("/github/")), Route::Policy(3)),
         ]);
-        assert_eq!(
-            select(&routes, "API.example.com:443", "/github/x?y=1"),
-            Ok(Route::Policy(1))
-        );
-        assert_eq!(select(&routes, "other.example.com", "/github/x"), Ok(Route::Policy(3)));
-        assert_eq!(select(&routes, "api.example.com", "/healthz"), Ok(Route::Skip));
-        assert_eq!(select(&routes, "a.b.example.org", "/mcp"), Ok(Route::Policy(2)));
+        assert_eq!(select(&routes, "API.example.com:443", "/github/x"), Route::Policy(1));
+        assert_eq!(select(&routes, "other.example.com", "/github/x"), Route::Policy(3));
+        assert_eq!(select(&routes, "api.example.com", "/healthz"), Route::Skip);
+        assert_eq!(select(&routes, "a.b.example.org", "/mcp"), Route::Policy(2));
         assert_eq!(
             select(&routes, "example.org", "/mcp"),
-            Ok(Route::Policy(0)),
+            Route::Policy(0),
             "*. needs a label"
         );
-        assert_eq!(select(&routes, "api.example.com", "/mcp"), Ok(Route::Policy(0)));
+        assert_eq!(select(&routes, "api.example.com", "/mcp"), Route::Policy(0));
     }
 
     #[test]
     fn ports_match_only_when_the_pattern_has_one() {
         let routes = Routes::new(vec![(m(&["api.example.com:8443", "*"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "x", "/"), Ok(Route::Skip), "* matches any host");
+        assert_eq!(select(&routes, "x", "/"), Route::Skip, "* matches any host");
         let routes = Routes::new(vec![(m(&["api.example.com:8443"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "api.example.com:8443", "/"), Ok(Route::Skip));
-        assert_eq!(select(&routes, "api.example.com", "/"), Ok(Route::Policy(0)));
-        assert_eq!(select(&routes, "api.example.com:443", "/"), Ok(Route::Policy(0)));
+        assert_eq!(select(&routes, "api.example.com:8443", "/"), Route::Skip);
+        assert_eq!(select(&routes, "api.example.com", "/"), Route::Policy(0));
+        assert_eq!(select(&routes, "api.example.com:443", "/"), Route::Policy(0));
     }
 
     #[test]
-    fn paths_not_in_normal_form_are_refused_when_paths_are_matched() {
-        let routes = Routes::new(vec![(m(&[], Some("/healthz")), Route::Skip)]);
-        for bad in [
-            "/healthz/../mcp",
-            "/healthz/..",
-            "/healthz/./x",
-            "//healthz",
-            "/healthz%2F..%2Fmcp",
-            "/healthz/%2e%2e/mcp",
-            "/healthz\\..\\mcp",
-            "healthz",
-        ] {
-            assert_eq!(select(&routes, "h", bad), Err(NotNormal), "{bad}");
-        }
-        assert_eq!(
-            select(&routes, "h", "/healthz?x=/../"),
-            Ok(Route::Skip),
-            "the query is not the path"
-        );
-        assert_eq!(
-            select(&routes, "h", "/mcp/..x"),
-            Ok(Route::Policy(0)),
-            "only whole dot segments"
-        );
-        // Host-only rules do not care about the path.
+    fn the_path_decides_only_before_a_rule_that_takes_any_path() {
+        let routes = Routes::new(vec![
+            (m(&["skip.example"], None), Route::Skip),
+            (m(&["*.example"], Some("/admin/")), Route::Policy(1)),
+            (m(&["*.example"], None), Route::Policy(2)),
+            (m(&[], Some("/healthz")), Route::Skip),
+        ]);
+        assert!(!routes.path_decides("skip.example"), "its host-only rule comes first");
+        assert!(routes.path_decides("api.example"));
+        assert!(routes.path_decides("elsewhere.org"));
         let routes = Routes::new(vec![(m(&["h"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "h", "/a/../b"), Ok(Route::Skip));
+        assert!(!routes.path_decides("h") && !routes.path_decides("other"));
     }
 }
