@@ -19,6 +19,9 @@ done
 echo "==> formatting (rustfmt.toml)" >&2
 cargo fmt --all --check
 
+echo "==> structure: file and function sizes, no import cycles (tests/structure.py)" >&2
+python3 tests/structure.py
+
 echo "==> unit tests" >&2
 cargo test --workspace
 

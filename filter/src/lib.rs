@@ -19,3 +19,8 @@ pub mod token;
 
 #[cfg(test)]
 mod testkeys;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    host::wasm::start::<request::Filter>();
+}}

@@ -88,6 +88,7 @@ def test_keys_from_the_idps_own_discovery_document(cleanup):
     assert (f"oidc discovery: JWKS at {as_.issuer}/jwks via cluster outbound|{as_.port}||127.0.0.1 "
             f"(from {as_.issuer}{OPENID})") in log
     assert "panicked" not in log
+    assert "unknown callout" not in log, "discovery answers are the key fetch's own"
     assert t not in log, "tokens are never logged"
 
 
@@ -110,6 +111,7 @@ def test_rfc8414_fallback_and_keys_on_another_host(cleanup):
         assert f"oidc discovery: {issuer}{OPENID} answered 404; trying {meta.origin}{OAUTH}/tenant" in log
         assert (f"oidc discovery: JWKS at http://127.0.0.1:{as_.port}/jwks via cluster "
                 f"outbound|{as_.port}||127.0.0.1 (from {meta.origin}{OAUTH}/tenant)") in log
+        assert "unknown callout" not in log, "discovery answers are the key fetch's own"
     finally:
         meta.stop()
 

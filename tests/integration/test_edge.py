@@ -27,7 +27,7 @@ class Edge:
         self.ports = {name: free_port() for name in LISTENERS}
         self.resource, resources = mcp_resources(self.ports["main"])
         resources[self.resource]["scope"] = f"{MCP_SCOPE} mcp:admin"
-        users = ["alice", "bob", "blocked"]
+        users = ["alice", "bob", "blocked", "dora"]
         self.mcp_as = IdP(cleanup, "mcp-as", resources=resources,
                           clients=[{"client_id": u, "client_secret": f"{u}-secret"} for u in users]).start()
         self.backend_as = IdP(
@@ -138,6 +138,26 @@ def test_tool_scopes_are_checked_from_the_body(edge):
     assert status == 413
     batch = "[" + rpc("echo") + "," + rpc("delete_repo") + "]"
     assert edge.req(method="POST", token=plain, headers=ctype, body=batch)[0] == 403, "the strictest member"
+
+
+def test_a_gated_request_is_decided_once(edge):
+    """A tool call passes at its headers, then its body decides: one audit
+    line for the request, at the body's verdict, naming who it was."""
+    ctype = {"content-type": "application/json"}
+    plain, admin = edge.token("dora"), edge.token("dora", f"{MCP_SCOPE} mcp:admin")
+    assert edge.req(method="POST", token=plain, headers=ctype, body=rpc("delete_repo"))[0] == 403
+    assert edge.req(method="POST", token=admin, headers=ctype, body=rpc("delete_repo"))[0] == 200
+
+    def doras():
+        lines = [l.split(" audit ", 1)[1] for l in edge.envoy.proc.text().splitlines() if " audit {" in l]
+        return [e for e in map(json.loads, lines) if e["sub"] == "dora"]
+
+    deadline = time.monotonic() + 5
+    while len(doras()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entries = doras()
+    assert [(e["decision"], e["status"]) for e in entries] == [("deny", 403), ("allow", None)], entries
+    assert entries[0]["reason"] == "insufficient scope" and entries[0]["target"] == "backend"
 
 
 def test_every_metric_moves(edge):

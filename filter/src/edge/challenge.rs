@@ -10,9 +10,26 @@ pub const MISSING_TOKEN: &str = "missing bearer token";
 /// The IdP refused to exchange the caller's token.
 pub const EXCHANGE_REFUSED: &str = "token exchange refused";
 
+/// Why a request was refused, as metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    MissingToken,
+    InvalidRequest,
+    InvalidToken,
+    InsufficientScope,
+    InsufficientClaims,
+    BodyTooLarge,
+    /// The IdP refused to exchange the caller's token (`invalid_grant`).
+    ExchangeRefused,
+    BadGateway,
+    Unavailable,
+    Timeout,
+}
+
 /// A local response that stops the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
+    pub kind: DenialKind,
     pub status: u32,
     pub www_authenticate: Option<String>,
     pub retry_after: Option<u32>,
@@ -76,6 +93,7 @@ impl Challenges {
     /// No credentials at all: RFC 6750 §3.1 says no error code.
     pub fn missing_token(&self) -> Denial {
         Denial {
+            kind: DenialKind::MissingToken,
             status: 401,
             www_authenticate: Some(self.header(None, true)),
             retry_after: None,
@@ -86,6 +104,7 @@ impl Challenges {
 
     pub fn invalid_token(&self, description: &'static str) -> Denial {
         Denial {
+            kind: DenialKind::InvalidToken,
             status: 401,
             www_authenticate: Some(self.header(Some(("invalid_token", description)), false)),
             retry_after: None,
@@ -94,8 +113,18 @@ impl Challenges {
         }
     }
 
+    /// The IdP refused to exchange the caller's token: to the client, its
+    /// token is not good here.
+    pub fn exchange_refused(&self) -> Denial {
+        Denial {
+            kind: DenialKind::ExchangeRefused,
+            ..self.invalid_token(EXCHANGE_REFUSED)
+        }
+    }
+
     pub fn invalid_request(&self, description: &'static str) -> Denial {
         Denial {
+            kind: DenialKind::InvalidRequest,
             status: 400,
             www_authenticate: Some(self.header(Some(("invalid_request", description)), false)),
             retry_after: None,
@@ -107,6 +136,7 @@ impl Challenges {
     /// 403 naming every required scope, so the client can step up.
     pub fn insufficient_scope(&self) -> Denial {
         Denial {
+            kind: DenialKind::InsufficientScope,
             status: 403,
             www_authenticate: Some(self.header(Some(("insufficient_scope", "insufficient scope")), true)),
             retry_after: None,
@@ -128,6 +158,7 @@ impl Challenges {
             ));
         }
         Denial {
+            kind: DenialKind::InsufficientClaims,
             status: 401,
             www_authenticate: Some(header),
             retry_after: None,
@@ -139,6 +170,7 @@ impl Challenges {
     /// We could not check the token (keys unavailable): not the client's fault.
     pub fn unavailable(&self, description: &'static str) -> Denial {
         Denial {
+            kind: DenialKind::Unavailable,
             status: 503,
             www_authenticate: None,
             retry_after: Some(5),
@@ -155,6 +187,7 @@ fn scope_param(scopes: &[String]) -> Option<String> {
 /// The token exchange failed on the IdP's or our configuration's side.
 pub fn bad_gateway() -> Denial {
     Denial {
+        kind: DenialKind::BadGateway,
         status: 502,
         www_authenticate: None,
         retry_after: None,
@@ -166,6 +199,7 @@ pub fn bad_gateway() -> Denial {
 /// A body the filter must read (a tool call) is larger than `mcp.maxBodyBytes`.
 pub fn payload_too_large() -> Denial {
     Denial {
+        kind: DenialKind::BodyTooLarge,
         status: 413,
         www_authenticate: None,
         retry_after: None,
@@ -177,6 +211,7 @@ pub fn payload_too_large() -> Denial {
 /// The token endpoint did not answer in time.
 pub fn gateway_timeout() -> Denial {
     Denial {
+        kind: DenialKind::Timeout,
         status: 504,
         www_authenticate: None,
         retry_after: None,

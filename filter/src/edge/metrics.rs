@@ -7,7 +7,7 @@
 //! `flush` hands them over on the root context's tick (every 500 ms), since
 //! a hostcall per request would cost more than the rest of a cache hit.
 
-use crate::edge::challenge::{Denial, EXCHANGE_REFUSED, MISSING_TOKEN};
+use crate::edge::challenge::{Denial, DenialKind};
 use crate::host::{Host, MetricKind};
 
 pub const PREFIX: &str = "token_exchange_filter";
@@ -106,17 +106,17 @@ impl Metric {
 impl Metric {
     /// The counter for a refusal.
     pub fn for_denial(d: &Denial) -> Metric {
-        match (d.status, d.error) {
-            (400, _) => Metric::InvalidRequest,
-            (401, "insufficient_claims") => Metric::InsufficientClaims,
-            (401, _) if d.description == MISSING_TOKEN => Metric::MissingToken,
-            (401, _) if d.description == EXCHANGE_REFUSED => Metric::ExchangeRefused,
-            (401, _) => Metric::InvalidToken,
-            (403, _) => Metric::InsufficientScope,
-            (413, _) => Metric::BodyTooLarge,
-            (502, _) => Metric::BadGateway,
-            (504, _) => Metric::Timeout,
-            _ => Metric::Unavailable,
+        match d.kind {
+            DenialKind::MissingToken => Metric::MissingToken,
+            DenialKind::InvalidRequest => Metric::InvalidRequest,
+            DenialKind::InvalidToken => Metric::InvalidToken,
+            DenialKind::InsufficientScope => Metric::InsufficientScope,
+            DenialKind::InsufficientClaims => Metric::InsufficientClaims,
+            DenialKind::BodyTooLarge => Metric::BodyTooLarge,
+            DenialKind::ExchangeRefused => Metric::ExchangeRefused,
+            DenialKind::BadGateway => Metric::BadGateway,
+            DenialKind::Unavailable => Metric::Unavailable,
+            DenialKind::Timeout => Metric::Timeout,
         }
     }
 }
@@ -169,6 +169,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::challenge::{self, Denial, DenialKind, MISSING_TOKEN};
+
+    #[test]
+    fn denials_are_counted_by_their_kind_not_their_wording() {
+        let worded_like_missing = Denial {
+            kind: DenialKind::InvalidToken,
+            description: MISSING_TOKEN,
+            ..challenge::bad_gateway()
+        };
+        assert_eq!(Metric::for_denial(&worded_like_missing), Metric::InvalidToken);
+        assert_eq!(Metric::for_denial(&challenge::gateway_timeout()), Metric::Timeout);
+        assert_eq!(
+            Metric::for_denial(&challenge::payload_too_large()),
+            Metric::BodyTooLarge
+        );
+    }
 
     #[test]
     fn every_metric_is_listed_once_in_order() {

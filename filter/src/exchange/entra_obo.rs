@@ -5,7 +5,7 @@
 //! Entra answers `interaction_required` (or `invalid_grant`) with a `claims`
 //! challenge, which the client must see to step up.
 
-use super::{access_token, bearer_type, jwt_exp, oauth_error, seconds, Exchanged, Failure};
+use super::answer::{access_token, bearer_type, jwt_exp, oauth_error, seconds, Exchanged, Failure};
 use plugin_config::TokenExchange;
 use serde::Deserialize;
 use url::form_urlencoded::Serializer;

@@ -4,7 +4,8 @@
 //! same pause. The forwarded token and its cache lifetime come from this
 //! answer; the federated token is used once and never cached.
 
-use super::{access_token, Call, Exchanged, Failure, Step};
+use super::answer::{access_token, Exchanged, Failure};
+use super::{Call, Step};
 use plugin_config::Impersonation;
 use serde::Deserialize;
 use serde_json::json;

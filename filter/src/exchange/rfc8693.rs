@@ -3,7 +3,7 @@
 //! and resources are sent as repeated parameters; Google STS also takes
 //! `options`.
 
-use super::{access_token, bearer_type, jwt_exp, oauth_error, seconds, Exchanged, Failure};
+use super::answer::{access_token, bearer_type, jwt_exp, oauth_error, seconds, Exchanged, Failure};
 use plugin_config::TokenExchange;
 use serde::Deserialize;
 use url::form_urlencoded::Serializer;

@@ -8,15 +8,14 @@
 //! from the root context.
 
 use crate::exchange::Step;
-use crate::token::verified::TokenHash;
 use crate::token::verify::Principal;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::rc::Rc;
 
-/// The exchange target (an index into the filter's targets) and the subject token's SHA-256.
-pub type Key = (usize, TokenHash);
-
-pub struct Flight {
+/// One exchange in flight. `W` is what each waiting request brings along
+/// (the filter keeps its policy there).
+pub struct Flight<W> {
     /// The callout's token; `None` while orphaned.
     pub token: Option<u32>,
     /// Which callout of the exchange is out (Google's takes two).
@@ -30,31 +29,40 @@ pub struct Flight {
     /// memory only, never logged.
     pub subject: String,
     pub principal: Rc<Principal>,
-    /// The policy of the request that started it (its waiters share the target).
-    pub policy: usize,
-    /// Paused requests, by context id.
-    pub waiters: Vec<u32>,
+    /// Paused requests, by context id, each with what it brought.
+    pub waiters: Vec<(u32, W)>,
 }
 
-#[derive(Default)]
-pub struct Flights {
-    by_key: HashMap<Key, Flight>,
-    by_token: HashMap<u32, Key>,
+/// Flights by key (the filter's: exchange target and subject token's SHA-256)
+/// and by the token of their callout.
+pub struct Flights<K, W> {
+    by_key: HashMap<K, Flight<W>>,
+    by_token: HashMap<u32, K>,
 }
 
-impl Flights {
-    /// Adds `ctx` to the flight for `key`, if there is one.
-    pub fn join(&mut self, key: &Key, ctx: u32) -> bool {
+impl<K, W> Default for Flights<K, W> {
+    fn default() -> Self {
+        Flights {
+            by_key: HashMap::new(),
+            by_token: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash, W> Flights<K, W> {
+    /// Adds `ctx` to the flight for `key`, if there is one; else hands
+    /// `with` back.
+    pub fn join(&mut self, key: &K, ctx: u32, with: W) -> Result<(), W> {
         match self.by_key.get_mut(key) {
             Some(f) => {
-                f.waiters.push(ctx);
-                true
+                f.waiters.push((ctx, with));
+                Ok(())
             }
-            None => false,
+            None => Err(with),
         }
     }
 
-    pub fn start(&mut self, key: Key, flight: Flight) {
+    pub fn start(&mut self, key: K, flight: Flight<W>) {
         if let Some(t) = flight.token {
             self.by_token.insert(t, key);
         }
@@ -62,7 +70,7 @@ impl Flights {
     }
 
     /// The flight a callout answer belongs to, removed.
-    pub fn finish(&mut self, token: u32) -> Option<(Key, Flight)> {
+    pub fn finish(&mut self, token: u32) -> Option<(K, Flight<W>)> {
         let key = self.by_token.remove(&token)?;
         self.by_key.remove(&key).map(|f| (key, f))
     }
@@ -71,7 +79,7 @@ impl Flights {
     pub fn leave(&mut self, ctx: u32) {
         let mut dead = Vec::new();
         for (key, f) in self.by_key.iter_mut() {
-            f.waiters.retain(|w| *w != ctx);
+            f.waiters.retain(|(w, _)| *w != ctx);
             if f.owner == ctx {
                 if let Some(t) = f.token.take() {
                     self.by_token.remove(&t);
@@ -89,7 +97,7 @@ impl Flights {
     }
 
     /// Keys of flights that lost their callout but still have waiters.
-    pub fn orphans(&self) -> Vec<Key> {
+    pub fn orphans(&self) -> Vec<K> {
         self.by_key
             .iter()
             .filter(|(_, f)| f.token.is_none())
@@ -97,13 +105,13 @@ impl Flights {
             .collect()
     }
 
-    pub fn get(&self, key: &Key) -> Option<&Flight> {
+    pub fn get(&self, key: &K) -> Option<&Flight<W>> {
         self.by_key.get(key)
     }
 
     /// Records a restarted callout for an orphaned flight: the exchange
     /// starts over from its first step.
-    pub fn restarted(&mut self, key: &Key, token: u32, owner: u32, now_ms: u64) {
+    pub fn restarted(&mut self, key: &K, token: u32, owner: u32, now_ms: u64) {
         if let Some(f) = self.by_key.get_mut(key) {
             f.token = Some(token);
             f.step = Step::Token;
@@ -114,8 +122,8 @@ impl Flights {
     }
 
     /// Removes and returns the flights `pred` picks, with their keys.
-    pub fn take(&mut self, pred: impl Fn(&Key, &Flight) -> bool) -> Vec<(Key, Flight)> {
-        let keys: Vec<Key> = self
+    pub fn take(&mut self, pred: impl Fn(&K, &Flight<W>) -> bool) -> Vec<(K, Flight<W>)> {
+        let keys: Vec<K> = self
             .by_key
             .iter()
             .filter(|(k, f)| pred(k, f))

@@ -1,3 +1,4 @@
+use super::answer::safe_description;
 use super::*;
 use serde_json::json;
 

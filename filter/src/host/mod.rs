@@ -1,16 +1,19 @@
 //! The few things the filter needs from its proxy, behind a trait so the logic
-//! runs (and is tested) natively. The proxy-wasm implementation is `wasm`;
-//! tests use a mock.
+//! runs (and is tested) natively, and the events the proxy hands the filter
+//! (`Plugin`). The proxy-wasm implementation of both sides is `wasm` (raw
+//! ABI calls in `abi`, header maps in `header_map`); tests use a mock.
 //!
 //! A `Host` is always bound to one *current* stream or root context: header and
 //! response calls act on it, and `switch_to` rebinds it, which is how one
 //! callout's result is delivered to every request that waited for it.
 
+#[cfg(target_arch = "wasm32")]
+mod abi;
 pub mod header_map;
 #[cfg(test)]
 pub mod mock;
 #[cfg(target_arch = "wasm32")]
-mod wasm;
+pub mod wasm;
 
 use plugin_config::Endpoint;
 
@@ -41,6 +44,32 @@ impl CalloutResponse {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// What the proxy should do with the current request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    /// Paused: either waiting, or answered locally.
+    Pause,
+}
+
+/// The proxy's events, as the glue hands them over. One plugin lives per
+/// worker (proxy-wasm VM), shared by its root and stream contexts; `host`
+/// is bound to the context the event is for.
+pub trait Plugin: Sized {
+    /// Builds the plugin from its configuration; `Err` is the one log line
+    /// that says what is wrong and how to fix it.
+    fn configure(config: &[u8], plugin_name: &str) -> Result<Self, String>;
+    /// A request's headers; `body_follows` unless they end the request.
+    fn on_request_headers(&mut self, host: &mut dyn Host, body_follows: bool) -> Action;
+    /// Body data of the current request (`size` bytes buffered so far).
+    fn on_request_body(&mut self, host: &mut dyn Host, size: usize, end_of_stream: bool) -> Action;
+    /// A callout answered (or failed: no headers).
+    fn on_callout(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse);
+    fn on_tick(&mut self, host: &mut dyn Host);
+    /// The stream `id` ended.
+    fn on_done(&mut self, host: &mut dyn Host, id: u32);
 }
 
 pub trait Host {

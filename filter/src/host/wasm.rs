@@ -1,94 +1,77 @@
-//! The proxy-wasm glue: contexts that hand every event to the shared `Filter`,
-//! and a `Host` made of hostcalls that never panic. The SDK's trait methods
-//! unwrap, and its hostcall wrappers for replacing a header, continuing a
-//! stream and sending a local response panic on any status but Ok; since the
-//! filter acts on other streams through `set_effective_context`, those three
-//! are called through the ABI directly here (`abi`), with every status
-//! handled. Headers are read through the ABI too: the SDK's readers unwrap
-//! UTF-8, and a client may send any byte above 0x7f in a header value.
-//! A trap would take down every request on the worker.
+//! The proxy-wasm glue: contexts that hand every event to the worker's one
+//! `Plugin`, and a `Host` made of hostcalls that never panic. The SDK's trait
+//! methods unwrap, and its hostcall wrappers for replacing a header,
+//! continuing a stream and sending a local response panic on any status but
+//! Ok; since the filter acts on other streams through
+//! `set_effective_context`, those three are called through the ABI directly
+//! (`abi`), with every status handled. Headers are read through the ABI too:
+//! the SDK's readers unwrap UTF-8, and a client may send any byte above 0x7f
+//! in a header value. A trap would take down every request on the worker.
 
-use crate::host::header_map;
-use crate::host::{CalloutResponse, Host, MetricKind, MAX_CALLOUT_BODY};
-use crate::request::{Action as FilterAction, Filter};
+use super::abi;
+use super::header_map;
+use super::{Action, CalloutResponse, Host, MetricKind, Plugin, MAX_CALLOUT_BODY};
 use plugin_config::Endpoint;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action as ProxyAction, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 const TICK: Duration = Duration::from_millis(500);
 
-type Shared = Rc<RefCell<Option<Filter>>>;
+type Shared<P> = Rc<RefCell<Option<P>>>;
 
-proxy_wasm::main! {{
+/// Registers `P` as the VM's plugin; called from `proxy_wasm::main!`.
+pub fn start<P: Plugin + 'static>() {
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, filter: Rc::new(RefCell::new(None)) })
+        Box::new(Root::<P> {
+            id,
+            plugin: Rc::new(RefCell::new(None)),
+        })
     });
-}}
-
-struct Root {
-    id: u32,
-    filter: Shared,
 }
 
-/// Runs `f` on the filter, unless it is not configured or already in use (a
+struct Root<P> {
+    id: u32,
+    plugin: Shared<P>,
+}
+
+/// Runs `f` on the plugin, unless it is not configured or already in use (a
 /// re-entrant call must not panic; proxies defer actions, so it should not happen).
-fn with_filter(shared: &Shared, id: u32, f: impl FnOnce(&mut Filter, &mut WasmHost)) {
+fn with_plugin<P>(shared: &Shared<P>, id: u32, f: impl FnOnce(&mut P, &mut WasmHost)) -> bool {
     match shared.try_borrow_mut() {
-        Ok(mut guard) => {
-            if let Some(filter) = guard.as_mut() {
+        Ok(mut guard) => match guard.as_mut() {
+            Some(plugin) => {
                 f(
-                    filter,
+                    plugin,
                     &mut WasmHost {
                         origin: id,
                         current: id,
                     },
                 );
+                true
             }
+            None => false,
+        },
+        Err(_) => {
+            log::error!("re-entrant call into the filter from context {id} ignored");
+            false
         }
-        Err(_) => log::error!("re-entrant call into the filter from context {id} ignored"),
     }
 }
 
-impl Context for Root {
+impl<P: Plugin> Context for Root<P> {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
         let resp = read_callout_response(num_headers, body_size);
-        with_filter(&self.filter, self.id, |f, h| f.on_callout(h, token, &resp));
+        with_plugin(&self.plugin, self.id, |p, h| p.on_callout(h, token, &resp));
     }
 }
 
-impl RootContext for Root {
+impl<P: Plugin + 'static> RootContext for Root<P> {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = abi::buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default();
-        let config = match plugin_config::parse(&bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("token-exchange-filter: invalid configuration: {e}");
-                return false;
-            }
-        };
-        let name = match hostcalls::get_property(vec!["plugin_name"]) {
-            Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-            _ => String::new(),
-        };
-        if hostcalls::set_tick_period(TICK).is_err() {
-            log::error!("token-exchange-filter: could not set the tick period");
-            return false;
-        }
-        match self.filter.try_borrow_mut() {
-            Ok(mut slot) => match Filter::new(&config, &name) {
-                Ok(f) => *slot = Some(f),
-                Err(e) => {
-                    log::error!("token-exchange-filter: invalid configuration: {e}");
-                    return false;
-                }
-            },
-            Err(_) => return false,
-        }
         // Format debug lines only if the proxy would print them.
         if let Ok(level) = hostcalls::get_log_level() {
             log::set_max_level(match level {
@@ -99,41 +82,39 @@ impl RootContext for Root {
                 LogLevel::Error | LogLevel::Critical => log::LevelFilter::Error,
             });
         }
-        log::info!(
-            "token-exchange-filter configured: issuer {}, {}",
-            config.oidc.issuer,
-            config.oidc.keys
-        );
-        let rule_targets = config.rules.iter().filter_map(|r| match &r.action {
-            plugin_config::RuleAction::Apply {
-                exchange: plugin_config::RuleExchange::Replace(t),
-                ..
-            } => Some(t.as_ref()),
-            _ => None,
-        });
-        for t in config.token_exchange.iter().chain(rule_targets) {
-            log::info!("exchanging tokens at {} via cluster {}", t.token.url, t.token.cluster);
-            if t.secret_inline {
-                log::warn!(
-                    "tokenExchange.clientSecret is set inline: for local demos only; \
-                     use clientSecretEnv with vm_config.environment_variables or vmConfig.env"
-                );
+        let bytes = abi::buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default();
+        let name = match hostcalls::get_property(vec!["plugin_name"]) {
+            Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            _ => String::new(),
+        };
+        if hostcalls::set_tick_period(TICK).is_err() {
+            log::error!("token-exchange-filter: could not set the tick period");
+            return false;
+        }
+        let plugin = match P::configure(&bytes, &name) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("token-exchange-filter: invalid configuration: {e}");
+                return false;
             }
+        };
+        match self.plugin.try_borrow_mut() {
+            Ok(mut slot) => {
+                *slot = Some(plugin);
+                true
+            }
+            Err(_) => false,
         }
-        if !config.rules.is_empty() {
-            log::info!("{} route rules; the first match wins", config.rules.len());
-        }
-        true
     }
 
     fn on_tick(&mut self) {
-        with_filter(&self.filter, self.id, |f, h| f.on_tick(h));
+        with_plugin(&self.plugin, self.id, |p, h| p.on_tick(h));
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             id,
-            filter: self.filter.clone(),
+            plugin: self.plugin.clone(),
         }))
     }
 
@@ -142,52 +123,51 @@ impl RootContext for Root {
     }
 }
 
-struct Stream {
+struct Stream<P> {
     id: u32,
-    filter: Shared,
+    plugin: Shared<P>,
 }
 
-impl Context for Stream {
+impl<P: Plugin> Context for Stream<P> {
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
         let resp = read_callout_response(num_headers, body_size);
-        with_filter(&self.filter, self.id, |f, h| f.on_callout(h, token, &resp));
+        with_plugin(&self.plugin, self.id, |p, h| p.on_callout(h, token, &resp));
     }
 
     fn on_done(&mut self) -> bool {
-        with_filter(&self.filter, self.id, |f, h| f.on_done(h, self.id));
+        with_plugin(&self.plugin, self.id, |p, h| p.on_done(h, self.id));
         true
     }
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        let mut action = FilterAction::Pause;
-        let mut configured = false;
-        with_filter(&self.filter, self.id, |f, h| {
-            configured = true;
-            action = f.on_request_headers(h, !end_of_stream);
+impl<P: Plugin> HttpContext for Stream<P> {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> ProxyAction {
+        let mut action = Action::Pause;
+        let configured = with_plugin(&self.plugin, self.id, |p, h| {
+            action = p.on_request_headers(h, !end_of_stream);
         });
         if !configured {
             // Never wave a request through unchecked.
             let _ = abi::send_local_response(500, &[], b"token-exchange-filter not configured");
-            return Action::Pause;
+            return ProxyAction::Pause;
         }
-        match action {
-            FilterAction::Continue => Action::Continue,
-            FilterAction::Pause => Action::Pause,
-        }
+        proxy_action(action)
     }
 
     /// Held only for a tool call whose scopes depend on the body.
-    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        let mut action = FilterAction::Continue;
-        with_filter(&self.filter, self.id, |f, h| {
-            action = f.on_request_body(h, size, end_of_stream)
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> ProxyAction {
+        let mut action = Action::Continue;
+        with_plugin(&self.plugin, self.id, |p, h| {
+            action = p.on_request_body(h, size, end_of_stream)
         });
-        match action {
-            FilterAction::Continue => Action::Continue,
-            FilterAction::Pause => Action::Pause,
-        }
+        proxy_action(action)
+    }
+}
+
+fn proxy_action(action: Action) -> ProxyAction {
+    match action {
+        Action::Continue => ProxyAction::Continue,
+        Action::Pause => ProxyAction::Pause,
     }
 }
 
@@ -338,178 +318,5 @@ impl Host for WasmHost {
 
     fn record_metric(&mut self, id: u32, value: u64) {
         let _ = abi::record_metric(id, value);
-    }
-}
-
-/// The ABI calls whose SDK wrappers panic on an unexpected status or on
-/// invalid UTF-8 (metrics included).
-mod abi {
-    use proxy_wasm::types::{BufferType, MapType, Status, StreamType};
-
-    const OK: u32 = Status::Ok as u32;
-    const NOT_FOUND: u32 = Status::NotFound as u32;
-
-    // Same imports as the SDK's, declared with plain integers so that any
-    // status the host returns is representable.
-    #[allow(clashing_extern_declarations)]
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_replace_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-        fn proxy_continue_stream(stream_type: u32) -> u32;
-        fn proxy_get_buffer_bytes(
-            buffer_type: u32,
-            start: usize,
-            max_size: usize,
-            return_data: *mut *mut u8,
-            return_size: *mut usize,
-        ) -> u32;
-        fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-        fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
-        fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-        fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
-        fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
-        fn proxy_get_header_map_value(
-            map_type: u32,
-            key_data: *const u8,
-            key_size: usize,
-            return_data: *mut *mut u8,
-            return_size: *mut usize,
-        ) -> u32;
-        fn proxy_send_local_response(
-            status_code: u32,
-            details_data: *const u8,
-            details_size: usize,
-            body_data: *const u8,
-            body_size: usize,
-            headers_data: *const u8,
-            headers_size: usize,
-            grpc_status: i32,
-        ) -> u32;
-    }
-
-    fn check(status: u32) -> Result<(), u32> {
-        if status == OK {
-            Ok(())
-        } else {
-            Err(status)
-        }
-    }
-
-    pub fn replace_request_header(name: &str, value: &str) -> Result<(), u32> {
-        // SAFETY: pointers and lengths describe live, immutable buffers for the call.
-        check(unsafe {
-            proxy_replace_header_map_value(
-                MapType::HttpRequestHeaders as u32,
-                name.as_ptr(),
-                name.len(),
-                value.as_ptr(),
-                value.len(),
-            )
-        })
-    }
-
-    /// A request header's value as bytes; `None` if absent.
-    pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, u32> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: the name's pointer and length describe a live buffer; the
-        // host writes a pointer and a length into our two locals.
-        let status = unsafe {
-            proxy_get_header_map_value(
-                MapType::HttpRequestHeaders as u32,
-                name.as_ptr(),
-                name.len(),
-                &mut data,
-                &mut size,
-            )
-        };
-        if status == NOT_FOUND {
-            return Ok(None);
-        }
-        check(status)?;
-        Ok(Some(take(data, size)))
-    }
-
-    /// A whole header map in the ABI's encoding (see `header_map::decode`).
-    pub fn header_map(map_type: MapType) -> Result<Vec<u8>, u32> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: the host writes a pointer and a length into our two locals.
-        check(unsafe { proxy_get_header_map_pairs(map_type as u32, &mut data, &mut size) })?;
-        Ok(take(data, size))
-    }
-
-    /// Takes ownership of a buffer the host returned.
-    fn take(data: *mut u8, size: usize) -> Vec<u8> {
-        if data.is_null() {
-            return Vec::new();
-        }
-        // SAFETY: the host allocated `size` bytes with the SDK's
-        // proxy_on_memory_allocate (a boxed slice of exactly `size`) and hands
-        // them to us, as the SDK's own readers assume.
-        unsafe { Vec::from_raw_parts(data, size, size) }
-    }
-
-    /// Up to `max` bytes of a buffer from its start; empty if there is none.
-    pub fn buffer(kind: BufferType, max: usize) -> Result<Vec<u8>, u32> {
-        let mut data: *mut u8 = std::ptr::null_mut();
-        let mut size: usize = 0;
-        // SAFETY: the host writes a pointer and a length into our two locals.
-        let status = unsafe { proxy_get_buffer_bytes(kind as u32, 0, max, &mut data, &mut size) };
-        if status == NOT_FOUND {
-            return Ok(Vec::new());
-        }
-        check(status)?;
-        Ok(take(data, size))
-    }
-
-    pub fn define_metric(kind: u32, name: &str) -> Result<u32, u32> {
-        let mut id: u32 = 0;
-        // SAFETY: the name's pointer and length describe a live buffer; the host writes one u32.
-        check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
-        Ok(id)
-    }
-
-    pub fn increment_metric(id: u32, delta: i64) -> Result<(), u32> {
-        // SAFETY: no pointers.
-        check(unsafe { proxy_increment_metric(id, delta) })
-    }
-
-    pub fn record_metric(id: u32, value: u64) -> Result<(), u32> {
-        // SAFETY: no pointers.
-        check(unsafe { proxy_record_metric(id, value) })
-    }
-
-    pub fn remove_request_header(name: &str) -> Result<(), u32> {
-        // SAFETY: the name's pointer and length describe a live buffer for the call.
-        check(unsafe { proxy_remove_header_map_value(MapType::HttpRequestHeaders as u32, name.as_ptr(), name.len()) })
-    }
-
-    pub fn continue_request() -> Result<(), u32> {
-        // SAFETY: no pointers.
-        check(unsafe { proxy_continue_stream(StreamType::HttpRequest as u32) })
-    }
-
-    pub fn send_local_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), u32> {
-        let map = crate::host::header_map::encode(headers);
-        // SAFETY: pointers and lengths describe live, immutable buffers for the call.
-        check(unsafe {
-            proxy_send_local_response(
-                status,
-                std::ptr::null(),
-                0,
-                body.as_ptr(),
-                body.len(),
-                map.as_ptr(),
-                map.len(),
-                -1,
-            )
-        })
     }
 }

@@ -30,6 +30,9 @@ const MIN_MAX_AGE_MS: u64 = 30_000;
 /// Retry back-off after a failed fetch: 1 s, doubling, capped.
 const RETRY_MIN_MS: u64 = 1_000;
 const RETRY_MAX_MS: u64 = 10_000;
+/// How long past its callout timeout a fetch (and its lease) may run before
+/// it is given up: the proxy's own timeout answers first.
+const LEASE_GRACE_MS: u64 = 1_000;
 
 struct InFlight {
     token: u32,
@@ -52,6 +55,19 @@ pub enum Fetch {
     /// Another worker had already published newer keys; they are loaded now.
     Adopted,
     /// No fetch could be started (back-off after failures, or the callout was refused).
+    Failed,
+}
+
+/// What a callout answer meant to the key cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Not our callout.
+    NotOurs,
+    /// A discovery step: the fetch goes on with the next callout.
+    Continuing,
+    /// Usable keys came back (or a newer copy was adopted on the way).
+    Fetched,
+    /// The fetch failed.
     Failed,
 }
 
@@ -211,12 +227,10 @@ impl JwksCache {
         }
     }
 
-    /// Handles a callout answer. `None` if the callout was not ours, or was
-    /// a discovery step after which the fetch goes on; else whether usable
-    /// keys came back.
-    pub fn on_response(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) -> Option<bool> {
+    /// Handles a callout answer.
+    pub fn on_response(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) -> Answer {
         if self.in_flight.as_ref().map(|f| f.token) != Some(token) {
-            return None;
+            return Answer::NotOurs;
         }
         self.in_flight = None;
         self.release_lease(host);
@@ -229,14 +243,14 @@ impl JwksCache {
                     Outcome::Fallback => {}
                     Outcome::Failed => {
                         self.failed(now);
-                        return Some(false);
+                        return Answer::Failed;
                     }
                 }
                 // The next callout at once, under a fresh lease.
                 return match self.start(host, now) {
-                    Fetch::Pending => None,
-                    Fetch::Adopted => Some(true),
-                    Fetch::Failed => Some(false),
+                    Fetch::Pending => Answer::Continuing,
+                    Fetch::Adopted => Answer::Fetched,
+                    Fetch::Failed => Answer::Failed,
                 };
             }
         };
@@ -253,12 +267,12 @@ impl JwksCache {
                     log::warn!("could not publish JWKS in shared data; this worker keeps its copy");
                 }
                 self.adopt(keys, now, refresh_at);
-                Some(true)
+                Answer::Fetched
             }
             Err(why) => {
                 log::warn!("JWKS fetch from {url} failed: {why}");
                 self.failed(now);
-                Some(false)
+                Answer::Failed
             }
         }
     }
@@ -292,7 +306,7 @@ impl JwksCache {
         };
         let now = host.now_ms();
         if let Some(f) = &self.in_flight {
-            if now > f.started_ms + FETCH_TIMEOUT_MS + 1_000 {
+            if now > f.started_ms + FETCH_TIMEOUT_MS + LEASE_GRACE_MS {
                 self.in_flight = None;
                 self.release_lease(host);
                 self.failed(now);
@@ -331,7 +345,7 @@ impl JwksCache {
         if held_until > now {
             return false;
         }
-        let until = now + FETCH_TIMEOUT_MS + 1_000;
+        let until = now + FETCH_TIMEOUT_MS + LEASE_GRACE_MS;
         host.shared_set(&self.lease_key, &until.to_le_bytes(), cas)
     }
 

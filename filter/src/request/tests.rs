@@ -1,8 +1,11 @@
 use super::*;
+use crate::exchange::Exchanged;
 use crate::host::mock::{ok, Mock, Shared, ROOT};
 use crate::host::CalloutResponse;
+use crate::host::Plugin;
 use crate::keys::cache::KID_REFETCH_INTERVAL_MS;
 use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1, RSA2};
+use crate::token::verify::Principal;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::*;
@@ -1374,7 +1377,7 @@ fn the_body_is_judged_after_a_paused_request_goes_on() {
     // A client that leaves leaves nothing behind.
     post(&mut f, &mut m, 3, &admin, tool_call("delete_repo"));
     f.on_done(&mut m, 3);
-    assert!(f.gates.is_empty());
+    assert!(f.gate.is_empty());
 }
 
 #[test]
@@ -1399,6 +1402,43 @@ fn older_keys_from_another_worker_do_not_decide_a_waiting_unseen_kid() {
     let c = m2.callouts.last().unwrap().clone();
     f2.on_callout(&mut m2, c.token, &ok(&keys_k2()));
     assert!(m2.stream(2).resumed);
+}
+
+#[test]
+fn a_gated_request_is_decided_once_at_its_body_or_its_end() {
+    let (mut f, mut m) = (tools_filter(false), Mock::new());
+    warm(&mut f, &mut m);
+    let counts = |f: &mut Filter, m: &mut Mock| {
+        m.enter(ROOT);
+        f.on_tick(m);
+        (
+            m.metric("token_exchange_filter.requests.allowed"),
+            m.metric("token_exchange_filter.requests.insufficient_scope"),
+        )
+    };
+    // Refused at the body: one denial, and no allow at the headers.
+    post(&mut f, &mut m, 2, &good(), tool_call("delete_repo"));
+    assert_eq!(counts(&mut f, &mut m), (0, 0), "not decided while the body is to come");
+    m.enter(2);
+    let n = m.stream(2).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Pause);
+    assert_eq!(counts(&mut f, &mut m), (0, 1));
+    // Allowed at the body: one allow.
+    let admin = token(RSA1, "k1", "mcp:tools:call repo:admin");
+    post(&mut f, &mut m, 3, &admin, tool_call("delete_repo"));
+    m.enter(3);
+    let n = m.stream(3).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
+    assert_eq!(counts(&mut f, &mut m), (1, 1));
+    f.on_done(&mut m, 3);
+    // No body ever judged (the client left): its headers went on, so it
+    // counts as allowed when it ends, once.
+    post(&mut f, &mut m, 4, &admin, tool_call("delete_repo"));
+    assert_eq!(counts(&mut f, &mut m), (1, 1));
+    f.on_done(&mut m, 4);
+    f.on_done(&mut m, 4);
+    assert_eq!(counts(&mut f, &mut m), (2, 1));
+    assert!(f.gate.is_empty());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::host::mock::{ok, Callout, Mock, Shared, ROOT};
+use crate::host::Plugin;
 use crate::request::{Action, Filter};
 use crate::support::logsafe::{excerpt, MAX_EXCERPT};
 use crate::testkeys::{claims, jwks, rsa, rsa_jwk, RSA1};
@@ -332,4 +333,23 @@ fn excerpts_are_escaped_and_bounded() {
     assert_eq!(excerpt(&long), format!("{}...", "x".repeat(MAX_EXCERPT)));
     assert_eq!(cut("ééé", 2), "éé");
     assert_eq!(cut("ab", 5), "ab");
+}
+
+#[test]
+fn discovery_steps_are_answers_to_the_key_fetch() {
+    use crate::keys::cache::{Answer, Fetch, JwksCache};
+    let config = json!({"oidc": {"issuer": ISS, "audience": "mcpserver"}}).to_string();
+    let config = plugin_config::parse(config.as_bytes()).unwrap();
+    let (mut cache, mut m) = (JwksCache::new(&config.oidc, "tef:"), Mock::new());
+    assert_eq!(cache.fetch(&mut m), Fetch::Pending);
+    let step = m.callouts.last().unwrap().token;
+    assert_eq!(cache.on_response(&mut m, step + 100, &ok(&keys())), Answer::NotOurs);
+    let meta = metadata(ISS, "http://127.0.0.1:9000/mcp/jwks");
+    assert_eq!(
+        cache.on_response(&mut m, step, &meta),
+        Answer::Continuing,
+        "the metadata answer is the fetch's own, not an unknown callout"
+    );
+    let jwks = m.callouts.last().unwrap().token;
+    assert_eq!(cache.on_response(&mut m, jwks, &ok(&keys())), Answer::Fetched);
 }

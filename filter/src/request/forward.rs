@@ -1,0 +1,347 @@
+//! The forwarding phase: a request that passed validation goes on as it
+//! came, or with its policy's exchanged token, from the cache or from an
+//! exchange that concurrent requests for the same user and target share.
+//! A flight that lands releases every request waiting on it, decided.
+
+use crate::edge::challenge::{self, Denial};
+use crate::edge::metrics::{Metric, Metrics};
+use crate::exchange::singleflight::{Flight, Flights};
+use crate::exchange::token_cache::{Put, TokenCache};
+use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step};
+use crate::host::{CalloutResponse, Host};
+use crate::request::outcome::{CacheUse, Forwarded, Outcome, Passed, Who};
+use crate::request::policy::{Policies, PolicyId, TargetId};
+use crate::support::logsafe::excerpt;
+use crate::token::verified::{TokenHash, Verified};
+use crate::token::verify::Principal;
+use std::rc::Rc;
+
+/// How long past its own timeout an exchange callout may stay unanswered
+/// before the flight is failed: the proxy's timeout answers first.
+const CALLOUT_GRACE_MS: u64 = 2_000;
+
+type Key = (TargetId, TokenHash);
+
+/// What a callout answer meant to the flights.
+pub enum Answered {
+    /// No flight made that callout.
+    NotOurs,
+    /// The flight made its next callout, in the same pause.
+    InFlight,
+    Landed(Landed),
+}
+
+/// Requests an exchange released: where they are, and what each gets.
+pub struct Landed {
+    pub waiters: Vec<(u32, PolicyId)>,
+    /// The exchanged token, or the denial every waiter gets.
+    pub result: Result<(Verified, Forwarded), (Denial, Who)>,
+}
+
+impl Landed {
+    /// The outcome for one waiter.
+    pub fn outcome(&self, policy: PolicyId) -> Outcome {
+        match &self.result {
+            Ok((verified, forwarded)) => Outcome::Allow(Passed {
+                verified: verified.clone(),
+                policy,
+                forwarded: Some(forwarded.clone()),
+            }),
+            Err((d, who)) => Outcome::Deny(d.clone(), Some(who.clone())),
+        }
+    }
+}
+
+pub struct Forward {
+    policies: Rc<Policies>,
+    /// One per exchange target, by `TargetId`.
+    caches: Vec<TokenCache>,
+    flights: Flights<Key, PolicyId>,
+    /// `cache.expirySkewSeconds`, in ms.
+    skew_ms: u64,
+    /// The clock skew validation allows, seconds.
+    clock_skew_s: u64,
+}
+
+impl Forward {
+    pub fn new(policies: Rc<Policies>, prefix: &str, max_entries: u32, skew_ms: u64, clock_skew_s: u64) -> Forward {
+        let n = policies.targets().count();
+        let caches = policies
+            .targets()
+            .map(|(_, x)| TokenCache::new(prefix, max_entries, x.params_digest(), n))
+            .collect();
+        Forward {
+            policies,
+            caches,
+            flights: Flights::default(),
+            skew_ms,
+            clock_skew_s,
+        }
+    }
+
+    /// After validation: go on as is, or with a cached exchanged token, or
+    /// join or start the exchange for this token and the policy's target.
+    pub fn forward(&mut self, host: &mut dyn Host, token: &str, mut passed: Passed, metrics: &mut Metrics) -> Outcome {
+        let Some(target) = self.policies.policy(passed.policy).target else {
+            return Outcome::Allow(passed);
+        };
+        let policies = Rc::clone(&self.policies);
+        let x = policies.target(target);
+        let now = host.now_ms();
+        let hash = passed.verified.hash;
+        if let Some(value) = self.cache(target).and_then(|c| c.get(host, &hash, now)) {
+            log::debug!("{} cache=hit", exchange_line(x, passed.principal()));
+            metrics.inc(Metric::CacheHit);
+            passed.forwarded = Some(Forwarded {
+                target,
+                value,
+                cache: CacheUse::Hit,
+                latency_ms: None,
+            });
+            return Outcome::Allow(passed);
+        }
+        metrics.inc(Metric::CacheMiss);
+        let key = (target, hash);
+        let ctx = host.context_id();
+        let Err(policy) = self.flights.join(&key, ctx, passed.policy) else {
+            return Outcome::Wait;
+        };
+        match start(host, x, token) {
+            Ok(id) => {
+                let flight = Flight {
+                    token: Some(id),
+                    step: Step::Token,
+                    owner: host.origin_id(),
+                    started_ms: now,
+                    begun_ms: now,
+                    subject: token.to_string(),
+                    principal: Rc::clone(&passed.verified.principal),
+                    waiters: vec![(ctx, policy)],
+                };
+                self.flights.start(key, flight);
+                Outcome::Wait
+            }
+            Err(f) => {
+                log::warn!(
+                    "{} outcome={} cache=miss",
+                    exchange_line(x, passed.principal()),
+                    f.outcome()
+                );
+                metrics.inc(Metric::ExchangesFailed);
+                Outcome::Deny(self.denial(&f), None)
+            }
+        }
+    }
+
+    pub fn on_callout(
+        &mut self,
+        host: &mut dyn Host,
+        token: u32,
+        resp: &CalloutResponse,
+        metrics: &mut Metrics,
+    ) -> Answered {
+        let Some((key, flight)) = self.flights.finish(token) else {
+            return Answered::NotOurs;
+        };
+        match self.land(host, key, flight, resp, metrics) {
+            Some(landed) => Answered::Landed(landed),
+            None => Answered::InFlight,
+        }
+    }
+
+    /// Restarts flights whose owner went away, and fails those that will
+    /// never be answered.
+    pub fn on_tick(&mut self, host: &mut dyn Host, metrics: &mut Metrics) -> Vec<Landed> {
+        if self.flights.is_empty() {
+            return Vec::new();
+        }
+        let now = host.now_ms();
+        for key in self.flights.orphans() {
+            let restarted = match self.flights.get(&key) {
+                Some(f) => start(host, self.policies.target(key.0), &f.subject),
+                None => continue,
+            };
+            match restarted {
+                Ok(id) => {
+                    log::debug!("restarted an exchange whose owner went away");
+                    self.flights.restarted(&key, id, host.origin_id(), now);
+                }
+                Err(f) => log::warn!("could not restart an orphaned exchange: {}", f.outcome()),
+            }
+        }
+        let policies = &self.policies;
+        let stuck = self.flights.take(|key, f| {
+            let limit = policies.target(key.0).config().timeout_ms + CALLOUT_GRACE_MS;
+            f.token.is_none() || now.saturating_sub(f.started_ms) > limit
+        });
+        stuck
+            .into_iter()
+            .filter_map(|(key, flight)| self.land(host, key, flight, &CalloutResponse::default(), metrics))
+            .collect()
+    }
+
+    /// The stream `ctx` ended: it waits no more, and a flight it owned lost its callout.
+    pub fn leave(&mut self, ctx: u32) {
+        self.flights.leave(ctx);
+    }
+
+    fn cache(&mut self, target: TargetId) -> Option<&mut TokenCache> {
+        self.caches.get_mut(target.index())
+    }
+
+    /// A callout of a flight answered (or never will: an empty answer):
+    /// make the next callout in the same pause (`None`), or cache the token
+    /// and release every waiter.
+    fn land(
+        &mut self,
+        host: &mut dyn Host,
+        key: Key,
+        mut flight: Flight<PolicyId>,
+        resp: &CalloutResponse,
+        metrics: &mut Metrics,
+    ) -> Option<Landed> {
+        let (target, hash) = key;
+        let policies = Rc::clone(&self.policies);
+        let x = policies.target(target);
+        let now = host.now_ms();
+        let elapsed = now.saturating_sub(flight.started_ms);
+        let latency = now.saturating_sub(flight.begun_ms);
+        let result = match x.answer(flight.step, resp, elapsed, &flight.subject) {
+            Ok(Next::Done(ex)) => Ok(ex),
+            Ok(Next::Then(call)) => match send(host, &call, x.config().timeout_ms) {
+                Ok(id) => {
+                    flight.token = Some(id);
+                    flight.step = call.step;
+                    flight.owner = host.origin_id();
+                    flight.started_ms = now;
+                    self.flights.start(key, flight);
+                    return None;
+                }
+                Err(f) => Err(f),
+            },
+            Err(f) => Err(f),
+        };
+        let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok".to_string());
+        let line = exchange_line(x, &flight.principal);
+        let waiters = flight.waiters.len();
+        log::info!("{line} outcome={outcome} cache=miss latency_ms={latency} waiters={waiters}");
+        metrics.inc(if result.is_ok() {
+            Metric::ExchangesOk
+        } else {
+            Metric::ExchangesFailed
+        });
+        metrics.record(host, Metric::ExchangeLatency, latency);
+        let verified = Verified {
+            principal: Rc::clone(&flight.principal),
+            hash,
+        };
+        let result = match result {
+            Ok(ex) => Ok(self.keep(host, target, verified, &ex, latency, metrics)),
+            Err(f) => {
+                let who = Who {
+                    principal: verified.principal,
+                    target: Some(target),
+                };
+                Err((self.denial(&f), who))
+            }
+        };
+        Some(Landed {
+            waiters: flight.waiters,
+            result,
+        })
+    }
+
+    /// Caches an exchanged token (until `cache_until`) and says how it is forwarded.
+    fn keep(
+        &mut self,
+        host: &mut dyn Host,
+        target: TargetId,
+        verified: Verified,
+        ex: &Exchanged,
+        latency: u64,
+        metrics: &mut Metrics,
+    ) -> (Verified, Forwarded) {
+        let now = host.now_ms();
+        let value: Rc<str> = format!("Bearer {}", ex.access_token).into();
+        let until = cache_until(ex, &verified.principal, self.clock_skew_s, self.skew_ms, now);
+        let stored = self
+            .cache(target)
+            .map(|c| c.put(host, &verified.hash, &value, until, now));
+        if stored == Some(Put::Evicted) {
+            metrics.inc(Metric::CacheOverwrite);
+        }
+        let forwarded = Forwarded {
+            target,
+            value,
+            cache: CacheUse::Miss,
+            latency_ms: Some(latency),
+        };
+        (verified, forwarded)
+    }
+
+    /// The answer to an exchange failure. The IdP's `invalid_scope` concerns
+    /// the exchange's scopes, not the route's, so its 403 names the default ones.
+    fn denial(&self, f: &Failure) -> Denial {
+        let challenges = &self.policies.default().challenges;
+        match f {
+            Failure::InvalidGrant => challenges.exchange_refused(),
+            Failure::InsufficientScope => challenges.insufficient_scope(),
+            Failure::ClaimsChallenge(claims) => challenges.insufficient_claims(claims.as_deref()),
+            Failure::BadGateway(_) => challenge::bad_gateway(),
+            Failure::Unavailable(_) => challenges.unavailable("token exchange unavailable"),
+            Failure::Timeout => challenge::gateway_timeout(),
+        }
+    }
+}
+
+/// Starts an exchange's first callout.
+fn start(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Result<u32, Failure> {
+    let mut jti = [0u8; 16];
+    if exchanger.signs() && !host.random(&mut jti) {
+        return Err(Failure::Unavailable("no random source for the client assertion".into()));
+    }
+    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+    let call = exchanger.request(subject, host.now_ms(), &jti)?;
+    send(host, &call, exchanger.config().timeout_ms)
+}
+
+fn send(host: &mut dyn Host, call: &Call, timeout_ms: u64) -> Result<u32, Failure> {
+    host.dispatch(call.endpoint, &call.header_pairs(), Some(&call.body), timeout_ms)
+        .ok_or_else(|| {
+            Failure::Unavailable(format!(
+                "callout refused: is cluster {:?} defined?",
+                call.endpoint.cluster
+            ))
+        })
+}
+
+/// Until when (ms) an exchanged token may be served from the cache: the
+/// sooner of the exchanged token's own expiry (`expires_in`, else an
+/// absolute expiry such as Google's `expireTime`, else its JWT `exp`) less
+/// `skew_ms`, and the end of the caller's token's validity
+/// (`exp` plus the clock skew that validation allows).
+///
+/// The skew applies to the exchanged token, which is what the upstream will
+/// check. Subtracting it from the caller's `exp` as well would make every
+/// request in that token's last `expirySkewSeconds` miss the cache and call
+/// the IdP; the caller's token is checked on every request anyway, and the
+/// cache key is its hash, so a cached entry is never reached once it fails.
+pub fn cache_until(ex: &Exchanged, subject: &Principal, clock_skew_s: u64, skew_ms: u64, now_ms: u64) -> u64 {
+    let subject_ms = subject.exp.saturating_add(clock_skew_s).saturating_mul(1000);
+    let issued_ms = match (ex.expires_in, ex.expires_at.or(ex.jwt_exp)) {
+        (Some(s), _) => Some(now_ms.saturating_add(s.saturating_mul(1000))),
+        (None, Some(at)) => Some(at.saturating_mul(1000)),
+        (None, None) => None,
+    };
+    issued_ms.map_or(subject_ms, |i| i.saturating_sub(skew_ms).min(subject_ms))
+}
+
+/// The exchange log line's fixed part: who, through which client, for which target.
+fn exchange_line(exchanger: &Exchanger, p: &Principal) -> String {
+    format!(
+        "exchange sub={} client={} audience={}",
+        excerpt(p.sub.as_deref().unwrap_or("-")),
+        excerpt(p.client.as_deref().unwrap_or("-")),
+        exchanger.target_name()
+    )
+}

@@ -1,0 +1,178 @@
+//! The body gate: a POST to the MCP endpoint may call a tool that needs
+//! scopes of its own (`mcp.toolScopes`), so its body must be judged. Envoy
+//! delivers a body to a proxy-wasm filter only after its headers went on,
+//! so the headers (with the exchanged token) reach the upstream first; the
+//! body, which is the call, is held until it is judged, and a refusal
+//! resets the upstream request before any of it is sent.
+//!
+//! A gated request is decided once: when its body is judged, or, if no
+//! body ever comes, when it ends.
+
+use crate::edge::challenge::{self, Denial};
+use crate::edge::tools::{BodyError, Tools};
+use crate::host::Host;
+use crate::request::outcome::{Passed, Who};
+use crate::request::policy::Policies;
+use crate::support::logsafe::excerpt;
+use plugin_config::Mcp;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A gated request, by context id.
+enum Held {
+    /// Its headers are still being decided.
+    Open,
+    /// Its headers went on; its body decides.
+    Passed(Passed),
+}
+
+/// What the gate makes of body data.
+pub enum Body {
+    /// Not a gated request: the body goes on.
+    NotHeld,
+    /// Keep buffering until the whole body is here.
+    Buffer,
+    /// The call may go on: the request's decision, now to be recorded.
+    Allowed(Passed),
+    Refused(Denial, Option<Who>),
+}
+
+pub struct Gate {
+    policies: Rc<Policies>,
+    /// `None` without `mcp.toolScopes`: nothing is ever gated.
+    tools: Option<Tools>,
+    held: HashMap<u32, Held>,
+}
+
+impl Gate {
+    pub fn new(policies: Rc<Policies>, mcp: Option<&Mcp>) -> Gate {
+        Gate {
+            policies,
+            tools: mcp.and_then(Tools::new),
+            held: HashMap::new(),
+        }
+    }
+
+    /// The MCP endpoint, whose POSTs have their body judged; `None`
+    /// without tool scopes.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.tools.as_ref().map(Tools::endpoint)
+    }
+
+    /// Gates the current request: its body will be judged.
+    pub fn open(&mut self, ctx: u32) {
+        self.held.insert(ctx, Held::Open);
+    }
+
+    /// The request `ctx` passed at its headers. A gated one is held for its
+    /// body (`None`); any other is handed back, decided.
+    pub fn hold(&mut self, ctx: u32, passed: Passed) -> Option<Passed> {
+        // Gates exist only with tool scopes: no map lookup on the hot path otherwise.
+        if self.tools.is_none() {
+            return Some(passed);
+        }
+        match self.held.get_mut(&ctx) {
+            Some(held) => {
+                *held = Held::Passed(passed);
+                None
+            }
+            None => Some(passed),
+        }
+    }
+
+    /// The request `ctx` was refused: nothing left to judge.
+    pub fn close(&mut self, ctx: u32) {
+        if self.tools.is_some() {
+            self.held.remove(&ctx);
+        }
+    }
+
+    /// The request `ctx` ended; if it passed but its body never came to be
+    /// judged, its decision is handed back to be recorded.
+    pub fn leave(&mut self, ctx: u32) -> Option<Passed> {
+        match self.held.remove(&ctx)? {
+            Held::Passed(p) => Some(p),
+            Held::Open => None,
+        }
+    }
+
+    /// Body data of the current request, `size` bytes so far.
+    pub fn judge(&mut self, host: &dyn Host, size: usize, end_of_stream: bool) -> Body {
+        let ctx = host.context_id();
+        let Some(tools) = self.tools.as_ref() else {
+            return Body::NotHeld;
+        };
+        if !self.held.contains_key(&ctx) {
+            return Body::NotHeld;
+        }
+        let needed = if size > tools.max_body_bytes {
+            Err(BodyError::TooLarge)
+        } else if !end_of_stream {
+            // Envoy buffers it until the end.
+            return Body::Buffer;
+        } else {
+            let encoded = host
+                .request_header("content-encoding")
+                .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+            match host.request_body(size) {
+                Some(body) if !encoded => tools.required(&body),
+                _ => Err(BodyError::Unreadable),
+            }
+        };
+        let passed = match self.held.remove(&ctx) {
+            Some(Held::Passed(p)) => Some(p),
+            _ => None,
+        };
+        match (needed, passed) {
+            (Err(e), passed) => {
+                let d = match e {
+                    BodyError::TooLarge => challenge::payload_too_large(),
+                    BodyError::Unreadable => self
+                        .policies
+                        .default()
+                        .challenges
+                        .invalid_request("request body is not readable JSON"),
+                };
+                log::info!("rejected: {}", d.description);
+                Body::Refused(d, passed.as_ref().map(who))
+            }
+            (Ok(needed), Some(p)) if p.principal().has_scopes(&needed) => Body::Allowed(p),
+            (Ok(needed), Some(p)) => {
+                log::info!(
+                    "rejected: the tool needs scopes {}; sub={}",
+                    needed.join(" "),
+                    excerpt(p.principal().sub.as_deref().unwrap_or("-"))
+                );
+                Body::Refused(self.insufficient(&p, &needed), Some(who(&p)))
+            }
+            // Its headers never passed: cannot happen, but never let a
+            // call through unjudged.
+            (Ok(_), None) => Body::Refused(self.policies.default().challenges.insufficient_scope(), None),
+        }
+    }
+
+    /// Whether no request is held (tests: nothing leaks).
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// 403 naming the route's scopes and the tool's, so the client can step up.
+    fn insufficient(&self, p: &Passed, needed: &[String]) -> Denial {
+        let policy = self.policies.policy(p.policy);
+        let mut scopes = policy.required_scopes.clone();
+        for n in needed {
+            if !scopes.contains(n) {
+                scopes.push(n.clone());
+            }
+        }
+        policy.challenges.with_scopes(&scopes).insufficient_scope()
+    }
+}
+
+fn who(p: &Passed) -> Who {
+    Who {
+        principal: Rc::clone(p.principal()),
+        target: p.forwarded.as_ref().map(|f| f.target),
+    }
+}

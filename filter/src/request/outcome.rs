@@ -1,0 +1,87 @@
+//! What a phase decided about a request. Phases return these and never act
+//! on the request themselves; `apply` is the one place that does.
+
+use crate::edge::challenge::Denial;
+use crate::request::policy::{PolicyId, TargetId};
+use crate::token::verified::Verified;
+use crate::token::verify::Principal;
+use std::rc::Rc;
+
+#[derive(Clone)]
+pub enum Outcome {
+    /// The request may go on.
+    Allow(Passed),
+    /// Paused until a callout answers (the issuer's keys, or an exchange).
+    Wait,
+    /// Refused with this answer; who it was, when known.
+    Deny(Denial, Option<Who>),
+    /// Passes upstream without being judged.
+    Pass(Unjudged),
+    /// The filter answers it itself (RFC 9728 metadata).
+    Answer(Reply),
+}
+
+/// A local answer that is not a refusal.
+#[derive(Clone)]
+pub struct Reply {
+    pub status: u32,
+    pub headers: &'static [(&'static str, &'static str)],
+    pub body: Rc<str>,
+}
+
+/// Why a request passes unjudged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unjudged {
+    /// A `skip` rule.
+    SkipRoute,
+    /// A CORS preflight: it never carries credentials.
+    Preflight,
+}
+
+/// A request that passed validation (and its exchange, if any).
+#[derive(Clone)]
+pub struct Passed {
+    pub verified: Verified,
+    pub policy: PolicyId,
+    /// The exchanged token to forward, once the policy's exchange is done.
+    pub forwarded: Option<Forwarded>,
+}
+
+impl Passed {
+    pub fn principal(&self) -> &Rc<Principal> {
+        &self.verified.principal
+    }
+}
+
+/// The exchanged token a request forwards, and how it was had.
+#[derive(Clone)]
+pub struct Forwarded {
+    pub target: TargetId,
+    /// `Bearer <token>`, ready for the target's header.
+    pub value: Rc<str>,
+    pub cache: CacheUse,
+    /// How long the exchange took, when this request waited for it.
+    pub latency_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    Hit,
+    Miss,
+}
+
+impl CacheUse {
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+        }
+    }
+}
+
+/// Who a refused request was, once its token was checked.
+#[derive(Clone)]
+pub struct Who {
+    pub principal: Rc<Principal>,
+    pub target: Option<TargetId>,
+}
