@@ -8,6 +8,8 @@
 //! Everything here is deterministic: the keys come from fixed bytes, never
 //! from a random source, so a crash reproduces from its input alone.
 
+pub mod paths;
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jwt_simple::prelude::*;
