@@ -54,7 +54,8 @@ pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) 
             return Ok(Target { route, gated: false });
         }
     }
-    let path = path.split(['?', '#']).next().unwrap_or_default().as_bytes();
+    let path = path.as_bytes();
+    let path = path.split(|&b| b == b'?' || b == b'#').next().unwrap_or(path);
     let rewrites = reading::rewrites(path).map_err(Refusal::Unjudgeable)?;
     let decide = |r: &Reading| {
         let route = routes.select(authority, |prefix| r.starts_with(prefix));
@@ -70,7 +71,9 @@ pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) 
         } else {
             Cow::Owned(reading::rewrite(path, with))
         };
-        if Reading::all(&text).iter().any(|r| decide(r) != exact) {
+        let [as_is, folded] = Reading::all(&text);
+        // The exact text as it is was decided first.
+        if (!with.is_empty() && decide(&as_is) != exact) || decide(&folded) != exact {
             return Err(Refusal::Ambiguous);
         }
     }
