@@ -95,7 +95,7 @@ fn check(rules: &[Rule], authority: &str, raw: &str, gate: Option<&str>, got: Re
     {
         if gate.is_none() || *route == Route::Skip {
             let want = Target {
-                route: *route,
+                route: Some(*route),
                 gated: false,
             };
             assert_eq!(got, Ok(want), "{raw:?} is not the path's business");
@@ -106,7 +106,7 @@ fn check(rules: &[Rule], authority: &str, raw: &str, gate: Option<&str>, got: Re
         assert_eq!(
             got,
             Ok(Target {
-                route: Route::Policy(0),
+                route: None,
                 gated: false
             }),
             "{raw:?}: no rule for the host"
@@ -157,11 +157,11 @@ fn decide(rules: &[Rule], authority: &str, gate: Option<&str>, r: &str, fold: bo
         .iter()
         .filter(|x| x.hosts.is_empty() || x.hosts.iter().any(|h| h == authority))
         .find(|x| x.prefix.is_none_or(under))
-        .map_or(Route::Policy(0), |x| x.route);
+        .map(|x| x.route);
     let is_endpoint = |e: &str| same(r, e) || same(r, &format!("{e}/"));
     Target {
         route,
-        gated: route != Route::Skip && gate.is_some_and(is_endpoint),
+        gated: route != Some(Route::Skip) && gate.is_some_and(is_endpoint),
     }
 }
 

@@ -34,20 +34,30 @@ pub enum Answered {
 /// Requests an exchange released: where they are, and what each gets.
 pub struct Landed {
     pub waiters: Vec<(u32, PolicyId)>,
-    /// The exchanged token, or the denial every waiter gets.
-    pub result: Result<(Verified, Forwarded), (Denial, Who)>,
+    verified: Verified,
+    target: TargetId,
+    /// The exchanged token, or why there is none.
+    result: Result<Forwarded, Failure>,
+    policies: Rc<Policies>,
 }
 
 impl Landed {
-    /// The outcome for one waiter.
+    /// The outcome for one waiter, on its own route.
     pub fn outcome(&self, policy: PolicyId) -> Outcome {
         match &self.result {
-            Ok((verified, forwarded)) => Outcome::Allow(Passed {
-                verified: verified.clone(),
+            Ok(forwarded) => Outcome::Allow(Passed {
+                verified: self.verified.clone(),
                 policy,
                 forwarded: Some(forwarded.clone()),
             }),
-            Err((d, who)) => Outcome::Deny(d.clone(), Some(who.clone())),
+            Err(f) => {
+                let who = Who {
+                    policy: Some(policy),
+                    principal: Some(Rc::clone(&self.verified.principal)),
+                    target: Some(self.target),
+                };
+                Outcome::Deny(denial(&self.policies, f, policy), who)
+            }
         }
     }
 }
@@ -59,23 +69,23 @@ pub struct Forward {
     flights: Flights<Key, PolicyId>,
     /// `cache.expirySkewSeconds`, in ms.
     skew_ms: u64,
-    /// The clock skew validation allows, seconds.
-    clock_skew_s: u64,
 }
 
 impl Forward {
-    pub fn new(policies: Rc<Policies>, prefix: &str, max_entries: u32, skew_ms: u64, clock_skew_s: u64) -> Forward {
+    /// `plugin` names the shared-data keys: Istio gives all plugins on a
+    /// proxy one keyspace.
+    pub fn new(policies: Rc<Policies>, plugin: &str, max_entries: u32, skew_ms: u64) -> Forward {
         let n = policies.targets().count();
+        let prefix = format!("tef:{plugin}:");
         let caches = policies
             .targets()
-            .map(|(_, x)| TokenCache::new(prefix, max_entries, x.params_digest(), n))
+            .map(|x| TokenCache::new(&prefix, max_entries, x.params_digest(), n))
             .collect();
         Forward {
             policies,
             caches,
             flights: Flights::default(),
             skew_ms,
-            clock_skew_s,
         }
     }
 
@@ -128,7 +138,8 @@ impl Forward {
                     f.outcome()
                 );
                 metrics.inc(Metric::ExchangesFailed);
-                Outcome::Deny(self.denial(&f), None)
+                let denial = denial(&self.policies, &f, passed.policy);
+                Outcome::Deny(denial, Who::passed(&passed, Some(target)))
             }
         }
     }
@@ -196,16 +207,68 @@ impl Forward {
         &mut self,
         host: &mut dyn Host,
         key: Key,
-        mut flight: Flight<PolicyId>,
+        flight: Flight<PolicyId>,
         resp: &CalloutResponse,
         metrics: &mut Metrics,
     ) -> Option<Landed> {
         let (target, hash) = key;
+        let (flight, result) = self.advance(host, key, flight, resp)?;
         let policies = Rc::clone(&self.policies);
-        let x = policies.target(target);
+        let now = host.now_ms();
+        let latency = now.saturating_sub(flight.begun_ms);
+        let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok".to_string());
+        let line = exchange_line(policies.target(target), &flight.principal);
+        let waiters = flight.waiters.len();
+        log::info!("{line} outcome={outcome} cache=miss latency_ms={latency} waiters={waiters}");
+        metrics.inc(if result.is_ok() {
+            Metric::ExchangesOk
+        } else {
+            Metric::ExchangesFailed
+        });
+        metrics.record(host, Metric::ExchangeLatency, latency);
+        // The cache must not outlive the caller's token as the strictest
+        // of the waiting routes checks it.
+        let clock_skew_s = flight
+            .waiters
+            .iter()
+            .map(|(_, p)| policies.verifier(policies.policy(*p).verifier).skew())
+            .min()
+            .unwrap_or(0);
+        let result = result.map(|ex| {
+            let value: Rc<str> = format!("Bearer {}", ex.access_token).into();
+            let until = cache_until(&ex, &flight.principal, clock_skew_s, self.skew_ms, now);
+            self.store(host, target, &hash, &value, until, metrics);
+            Forwarded {
+                target,
+                value,
+                cache: CacheUse::Miss,
+                latency_ms: Some(latency),
+            }
+        });
+        Some(Landed {
+            waiters: flight.waiters,
+            verified: Verified {
+                principal: flight.principal,
+                hash,
+            },
+            target,
+            result,
+            policies,
+        })
+    }
+
+    /// Reads a flight's answer: the exchange's result, or `None` once its
+    /// next callout went out in the same pause.
+    fn advance(
+        &mut self,
+        host: &mut dyn Host,
+        key: Key,
+        mut flight: Flight<PolicyId>,
+        resp: &CalloutResponse,
+    ) -> Option<(Flight<PolicyId>, Result<Exchanged, Failure>)> {
+        let x = self.policies.target(key.0);
         let now = host.now_ms();
         let elapsed = now.saturating_sub(flight.started_ms);
-        let latency = now.saturating_sub(flight.begun_ms);
         let result = match x.answer(flight.step, resp, elapsed, &flight.subject) {
             Ok(Next::Done(ex)) => Ok(ex),
             Ok(Next::Then(call)) => match send(host, &call, x.config().timeout_ms) {
@@ -221,76 +284,37 @@ impl Forward {
             },
             Err(f) => Err(f),
         };
-        let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok".to_string());
-        let line = exchange_line(x, &flight.principal);
-        let waiters = flight.waiters.len();
-        log::info!("{line} outcome={outcome} cache=miss latency_ms={latency} waiters={waiters}");
-        metrics.inc(if result.is_ok() {
-            Metric::ExchangesOk
-        } else {
-            Metric::ExchangesFailed
-        });
-        metrics.record(host, Metric::ExchangeLatency, latency);
-        let verified = Verified {
-            principal: Rc::clone(&flight.principal),
-            hash,
-        };
-        let result = match result {
-            Ok(ex) => Ok(self.keep(host, target, verified, &ex, latency, metrics)),
-            Err(f) => {
-                let who = Who {
-                    principal: verified.principal,
-                    target: Some(target),
-                };
-                Err((self.denial(&f), who))
-            }
-        };
-        Some(Landed {
-            waiters: flight.waiters,
-            result,
-        })
+        Some((flight, result))
     }
 
-    /// Caches an exchanged token (until `cache_until`) and says how it is forwarded.
-    fn keep(
+    /// Caches an exchanged token until `until_ms`.
+    fn store(
         &mut self,
         host: &mut dyn Host,
         target: TargetId,
-        verified: Verified,
-        ex: &Exchanged,
-        latency: u64,
+        hash: &TokenHash,
+        value: &Rc<str>,
+        until_ms: u64,
         metrics: &mut Metrics,
-    ) -> (Verified, Forwarded) {
+    ) {
         let now = host.now_ms();
-        let value: Rc<str> = format!("Bearer {}", ex.access_token).into();
-        let until = cache_until(ex, &verified.principal, self.clock_skew_s, self.skew_ms, now);
-        let stored = self
-            .cache(target)
-            .map(|c| c.put(host, &verified.hash, &value, until, now));
+        let stored = self.cache(target).map(|c| c.put(host, hash, value, until_ms, now));
         if stored == Some(Put::Evicted) {
             metrics.inc(Metric::CacheOverwrite);
         }
-        let forwarded = Forwarded {
-            target,
-            value,
-            cache: CacheUse::Miss,
-            latency_ms: Some(latency),
-        };
-        (verified, forwarded)
     }
+}
 
-    /// The answer to an exchange failure. The IdP's `invalid_scope` concerns
-    /// the exchange's scopes, not the route's, so its 403 names the default ones.
-    fn denial(&self, f: &Failure) -> Denial {
-        let challenges = &self.policies.default().challenges;
-        match f {
-            Failure::InvalidGrant => challenges.exchange_refused(),
-            Failure::InsufficientScope => challenges.insufficient_scope(),
-            Failure::ClaimsChallenge(claims) => challenges.insufficient_claims(claims.as_deref()),
-            Failure::BadGateway(_) => challenge::bad_gateway(),
-            Failure::Unavailable(_) => challenges.unavailable("token exchange unavailable"),
-            Failure::Timeout => challenge::gateway_timeout(),
-        }
+/// The answer to an exchange failure on `policy`'s route.
+fn denial(policies: &Policies, f: &Failure, policy: PolicyId) -> Denial {
+    let challenges = &policies.policy(policy).challenges;
+    match f {
+        Failure::InvalidGrant => challenges.exchange_refused(),
+        Failure::InsufficientScope => challenges.insufficient_scope(),
+        Failure::ClaimsChallenge(claims) => challenges.insufficient_claims(claims.as_deref()),
+        Failure::BadGateway(_) => challenge::bad_gateway(),
+        Failure::Unavailable(_) => challenges.unavailable("token exchange unavailable"),
+        Failure::Timeout => challenge::gateway_timeout(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Which policy a request gets: the first `rules` entry whose match fits
-//! its `:authority` and `:path`, else the default (the top-level sections).
+//! Which rule a request meets: the first `rules` entry whose match fits
+//! its `:authority` and `:path`, if any (else the top-level policy applies).
 //!
 //! Without rules nothing is read. Paths are matched through a test the
 //! caller gives (`select`), once for every reading of the path
@@ -11,7 +11,7 @@ use plugin_config::Match;
 pub enum Route {
     /// Let the request through untouched.
     Skip,
-    /// Apply policy `n` (0 is the default).
+    /// Apply policy `n` of the policy table.
     Policy(usize),
 }
 
@@ -49,12 +49,13 @@ impl Routes {
             .is_some_and(|(m, _)| m.path_prefix.is_some())
     }
 
-    /// The route for a request to `authority` (empty when not read) whose
-    /// path starts with a prefix when `starts_with` says so.
-    pub fn select(&self, authority: &str, starts_with: impl Fn(&str) -> bool) -> Route {
+    /// The route of the first rule that fits a request to `authority`
+    /// (empty when not read) whose path starts with a prefix when
+    /// `starts_with` says so; `None` if no rule does.
+    pub fn select(&self, authority: &str, starts_with: impl Fn(&str) -> bool) -> Option<Route> {
         self.for_host(authority)
             .find(|(m, _)| m.path_prefix.as_deref().is_none_or(&starts_with))
-            .map_or(Route::Policy(0), |(_, r)| *r)
+            .map(|(_, r)| *r)
     }
 
     fn for_host<'a>(&'a self, authority: &'a str) -> impl Iterator<Item = &'a (Match, Route)> {
@@ -66,7 +67,7 @@ impl Routes {
 
 /// `pattern` (lower-case, from the config) against the request's authority,
 /// ignoring case; without a port in the pattern, the authority's port is ignored.
-fn host_matches(pattern: &str, authority: &str) -> bool {
+pub fn host_matches(pattern: &str, authority: &str) -> bool {
     let (name, port) = split_port(pattern);
     let (req_name, req_port) = split_port(authority);
     if port.is_some() && port != req_port {
@@ -104,7 +105,7 @@ mod tests {
     }
 
     /// The route by the exact text (`request::path` adds the other readings).
-    fn select(routes: &Routes, authority: &str, path: &str) -> Route {
+    fn select(routes: &Routes, authority: &str, path: &str) -> Option<Route> {
         routes.select(authority, |p| path.starts_with(p))
     }
 
@@ -112,7 +113,7 @@ mod tests {
     fn no_rules_is_the_default_and_needs_no_headers() {
         let routes = Routes::new(vec![]);
         assert!(!routes.by_host() && !routes.by_path() && !routes.path_decides(""));
-        assert_eq!(select(&routes, "", ""), Route::Policy(0));
+        assert_eq!(select(&routes, "", ""), None);
         let routes = Routes::new(vec![(m(&["h"], None), Route::Skip)]);
         assert!(routes.by_host() && !routes.by_path());
     }
@@ -125,26 +126,28 @@ mod tests {
             (m(&["*.example.org"], None), Route::Policy(2)),
             (m(&[], Some("/github/")), Route::Policy(3)),
         ]);
-        assert_eq!(select(&routes, "API.example.com:443", "/github/x"), Route::Policy(1));
-        assert_eq!(select(&routes, "other.example.com", "/github/x"), Route::Policy(3));
-        assert_eq!(select(&routes, "api.example.com", "/healthz"), Route::Skip);
-        assert_eq!(select(&routes, "a.b.example.org", "/mcp"), Route::Policy(2));
         assert_eq!(
-            select(&routes, "example.org", "/mcp"),
-            Route::Policy(0),
-            "*. needs a label"
+            select(&routes, "API.example.com:443", "/github/x"),
+            Some(Route::Policy(1))
         );
-        assert_eq!(select(&routes, "api.example.com", "/mcp"), Route::Policy(0));
+        assert_eq!(
+            select(&routes, "other.example.com", "/github/x"),
+            Some(Route::Policy(3))
+        );
+        assert_eq!(select(&routes, "api.example.com", "/healthz"), Some(Route::Skip));
+        assert_eq!(select(&routes, "a.b.example.org", "/mcp"), Some(Route::Policy(2)));
+        assert_eq!(select(&routes, "example.org", "/mcp"), None, "*. needs a label");
+        assert_eq!(select(&routes, "api.example.com", "/mcp"), None);
     }
 
     #[test]
     fn ports_match_only_when_the_pattern_has_one() {
         let routes = Routes::new(vec![(m(&["api.example.com:8443", "*"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "x", "/"), Route::Skip, "* matches any host");
+        assert_eq!(select(&routes, "x", "/"), Some(Route::Skip), "* matches any host");
         let routes = Routes::new(vec![(m(&["api.example.com:8443"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "api.example.com:8443", "/"), Route::Skip);
-        assert_eq!(select(&routes, "api.example.com", "/"), Route::Policy(0));
-        assert_eq!(select(&routes, "api.example.com:443", "/"), Route::Policy(0));
+        assert_eq!(select(&routes, "api.example.com:8443", "/"), Some(Route::Skip));
+        assert_eq!(select(&routes, "api.example.com", "/"), None);
+        assert_eq!(select(&routes, "api.example.com:443", "/"), None);
     }
 
     #[test]

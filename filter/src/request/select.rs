@@ -1,23 +1,25 @@
 //! The first phase: which policy a request gets. RFC 9728 metadata requests
-//! are answered here, before any rule is matched; then the rules pick the
-//! policy (or a skip) from `:authority` and `:path`, read only when
-//! something needs them, since each read is a call into the proxy, and
-//! whether the body gate judges the request. The path is judged on every
-//! common reading of it (`request::path`): one servers may read as a path
-//! decided differently gets 400.
+//! are answered here, before any rule is matched, each resource's at its
+//! own well-known path (and host, where two hosts share a path); then the
+//! rules pick the policy (or a skip) from `:authority` and `:path`, read
+//! only when something needs them, since each read is a call into the proxy,
+//! and whether the body gate judges the request. The path is judged on
+//! every common reading of it (`request::path`): one servers may read as a
+//! path decided differently gets 400.
 
 use crate::edge::challenge::metadata_document;
 use crate::host::Host;
-use crate::request::outcome::{Outcome, Reply, Unjudged};
+use crate::request::outcome::{Outcome, Reply, Unjudged, Who};
 use crate::request::policy::{Policies, PolicyId, Selection};
-use plugin_config::Oidc;
+use crate::request::routes::host_matches;
 use std::rc::Rc;
 
 /// Metadata is public: any page may read it.
 const ANY_ORIGIN: (&str, &str) = ("access-control-allow-origin", "*");
 
-/// The RFC 9728 document and the path it is served at.
-struct Metadata {
+/// An RFC 9728 document and where it is served.
+struct Document {
+    host: String,
     path: String,
     body: Rc<str>,
 }
@@ -31,19 +33,24 @@ pub struct Route {
 
 pub struct Select {
     policies: Rc<Policies>,
-    metadata: Option<Metadata>,
+    documents: Vec<Document>,
     /// The MCP endpoint, with tool scopes: the gate looks at the path too.
     gate: Option<String>,
 }
 
 impl Select {
-    pub fn new(policies: Rc<Policies>, oidc: &Oidc, gate: Option<&str>) -> Select {
+    pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata], gate: Option<&str>) -> Select {
+        let documents = metadata
+            .iter()
+            .map(|m| Document {
+                host: m.host.clone(),
+                path: m.path.clone(),
+                body: metadata_document(m).into(),
+            })
+            .collect();
         Select {
             policies,
-            metadata: oidc.resource.as_ref().map(|r| Metadata {
-                path: r.metadata_path.clone(),
-                body: metadata_document(r, &oidc.issuer).into(),
-            }),
+            documents,
             gate: gate.map(String::from),
         }
     }
@@ -52,7 +59,7 @@ impl Select {
     /// `body_follows` unless its headers end it.
     pub fn route(&self, host: &dyn Host, body_follows: bool) -> Result<Route, Outcome> {
         let routes = self.policies.routes();
-        let path = if self.metadata.is_some() || routes.by_path() || self.gate.is_some() {
+        let path = if !self.documents.is_empty() || routes.by_path() || self.gate.is_some() {
             host.request_header(":path")
         } else {
             None
@@ -71,14 +78,18 @@ impl Select {
         match self.policies.select(&authority, &path, gate) {
             Ok((Selection::Policy(policy), gated)) => Ok(Route { policy, gated }),
             Ok((Selection::Skip, _)) => Err(Outcome::Pass(Unjudged::SkipRoute)),
+            Ok((Selection::Nothing, _)) => {
+                log::warn!("rejected: no rule matched and there is no top-level policy");
+                let d = self.policies.fallback_challenges().invalid_request("no route");
+                Err(Outcome::Deny(d, Who::default()))
+            }
             Err(refusal) => {
                 log::info!("rejected: {}", refusal.description());
                 let d = self
                     .policies
-                    .default()
-                    .challenges
+                    .fallback_challenges()
                     .invalid_request(refusal.description());
-                Err(Outcome::Deny(d, None))
+                Err(Outcome::Deny(d, Who::default()))
             }
         }
     }
@@ -86,10 +97,19 @@ impl Select {
     /// The answer to an RFC 9728 metadata request, which needs no
     /// authentication; `None` for any other request.
     fn metadata(&self, host: &dyn Host, path: Option<&str>) -> Option<Reply> {
-        let meta = self.metadata.as_ref()?;
-        if path?.split('?').next() != Some(meta.path.as_str()) {
-            return None;
-        }
+        let path = path?.split('?').next()?;
+        let mut at_path = self.documents.iter().filter(|d| d.path == path);
+        let first = at_path.next()?;
+        let doc = match at_path.next() {
+            None => first,
+            // Two hosts serve this path: the request's host says which.
+            Some(_) => {
+                let authority = host.request_header(":authority").unwrap_or_default();
+                self.documents
+                    .iter()
+                    .find(|d| d.path == path && host_matches(&d.host, &authority))?
+            }
+        };
         Some(match host.request_header(":method").as_deref().unwrap_or_default() {
             "GET" | "HEAD" => Reply {
                 status: 200,
@@ -98,7 +118,7 @@ impl Select {
                     ("cache-control", "max-age=300"),
                     ANY_ORIGIN,
                 ],
-                body: Rc::clone(&meta.body),
+                body: Rc::clone(&doc.body),
             },
             "OPTIONS" => Reply {
                 status: 204,

@@ -18,7 +18,8 @@ use std::borrow::Cow;
 /// What a request's path decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
-    pub route: Route,
+    /// The rule's route; `None` when no rule fits (the top-level policy).
+    pub route: Option<Route>,
     /// The body must be read: a tool with scopes may be called in it.
     pub gated: bool,
 }
@@ -50,7 +51,7 @@ impl Refusal {
 pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) -> Result<Target, Refusal> {
     if !routes.path_decides(authority) {
         let route = routes.select(authority, |_| false);
-        if gate.is_none() || route == Route::Skip {
+        if gate.is_none() || route == Some(Route::Skip) {
             return Ok(Target { route, gated: false });
         }
     }
@@ -61,7 +62,7 @@ pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) 
         let route = routes.select(authority, |prefix| r.starts_with(prefix));
         Target {
             route,
-            gated: route != Route::Skip && gate.is_some_and(|endpoint| r.is(endpoint)),
+            gated: route != Some(Route::Skip) && gate.is_some_and(|endpoint| r.is(endpoint)),
         }
     };
     let exact = decide(&Reading::exact(path));
@@ -94,12 +95,21 @@ mod tests {
     }
 
     fn to(route: Route) -> Result<Target, Refusal> {
-        Ok(Target { route, gated: false })
+        Ok(Target {
+            route: Some(route),
+            gated: false,
+        })
     }
+
+    /// No rule fits: the top-level policy.
+    const DEFAULT: Result<Target, Refusal> = Ok(Target {
+        route: None,
+        gated: false,
+    });
 
     const AMBIGUOUS: Result<Target, Refusal> = Err(Refusal::Ambiguous);
     const GATED: Result<Target, Refusal> = Ok(Target {
-        route: Route::Policy(0),
+        route: None,
         gated: true,
     });
 
@@ -110,9 +120,9 @@ mod tests {
         assert_eq!(at("/admin/users?x=/../"), to(Route::Policy(1)));
         assert_eq!(at("/admin"), to(Route::Policy(1)), "/admin/ covers /admin");
         assert_eq!(at("/admin/./users"), to(Route::Policy(1)), "every reading agrees");
-        assert_eq!(at("/public//x"), to(Route::Policy(0)));
-        assert_eq!(at("/public/../x"), to(Route::Policy(0)));
-        assert_eq!(at("/administrator"), to(Route::Policy(0)));
+        assert_eq!(at("/public//x"), DEFAULT);
+        assert_eq!(at("/public/../x"), DEFAULT);
+        assert_eq!(at("/administrator"), DEFAULT);
         for variant in [
             "/Admin/users",
             "/ADMIN",
@@ -157,9 +167,9 @@ mod tests {
         let post = |p: &str| target(&routes, "", p, Some("/mcp"));
         assert_eq!(post("/mcp"), GATED);
         assert_eq!(post("/mcp/?session=1"), GATED, "with or without a trailing slash");
-        assert_eq!(post("/mcpx"), to(Route::Policy(0)));
-        assert_eq!(post("/mcp/tools"), to(Route::Policy(0)));
-        assert_eq!(post("/other%2Fx"), to(Route::Policy(0)), "no reading is the endpoint");
+        assert_eq!(post("/mcpx"), DEFAULT);
+        assert_eq!(post("/mcp/tools"), DEFAULT);
+        assert_eq!(post("/other%2Fx"), DEFAULT, "no reading is the endpoint");
         for variant in [
             "/MCP",
             "/Mcp/",
@@ -174,7 +184,7 @@ mod tests {
             assert_eq!(post(variant), AMBIGUOUS, "{variant}");
         }
         // Without a gate (not a POST with a body) the path is never read.
-        assert_eq!(target(&routes, "", "/MCP%zz", None), to(Route::Policy(0)));
+        assert_eq!(target(&routes, "", "/MCP%zz", None), DEFAULT);
     }
 
     #[test]
