@@ -32,13 +32,11 @@ import sys
 
 import pytest
 
-from conftest import CLIENT, SECRET, plugin_config
-from harness import (
-    MCP_AUDIENCE, MCP_SCOPE, ROOT, WASM, Backend, Cleanup, EnvoyProcess, IdP, Proc, call, envoy_config, free_port,
-    wait_port,
-)
+from constants import ADMIN_SCOPE as ADMIN
+from constants import CLIENT, MCP_AUDIENCE, MCP_SCOPE, SECRET
+from harness import MCP_DIR, WASM, Backend, Cleanup, EnvoyProcess, IdP, Proc, call, envoy_config, free_port, wait_port
+from stacks import clients_for, plugin_config
 
-ADMIN = "mcp:admin"
 GATEWAY = "mcp.gateway.test"  # the Host the MCP servers accept
 OTHER = "other.example"  # a host no rule or gate looks at the path of
 RESOURCE = "urn:test:paths"
@@ -87,15 +85,15 @@ class Upstreams:
     def __init__(self, cleanup):
         self.idp = IdP(cleanup, "mcp-as", resources={
             RESOURCE: {"audience": MCP_AUDIENCE, "scope": f"{MCP_SCOPE} {ADMIN}"},
-        }, clients=[{"client_id": CLIENT, "client_secret": SECRET}]).start()
+        }, clients=clients_for(CLIENT)).start()
         self.echo = Backend(cleanup)
         self.ports = {"express": free_port(), "python": free_port()}
         express = cleanup.add(Proc(
-            "mcp-express", ["node", "express-server.mjs"], cwd=ROOT / "tests" / "mcp",
+            "mcp-express", ["node", "express-server.mjs"], cwd=MCP_DIR,
             env={"MCP_PORT": str(self.ports["express"]), "ALLOWED_HOSTS": GATEWAY},
         ))
         python = cleanup.add(Proc("mcp-python", [
-            sys.executable, str(ROOT / "tests" / "mcp" / "python_server.py"), str(self.ports["python"]), GATEWAY,
+            sys.executable, str(MCP_DIR / "python_server.py"), str(self.ports["python"]), GATEWAY,
         ]))
         for server, proc in (("express", express), ("python", python)):
             wait_port(self.ports[server], proc.proc, proc.log)
