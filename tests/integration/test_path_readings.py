@@ -45,7 +45,8 @@ SETTINGS = {"plain": {}, "istio": {"normalize_path": True, "merge_slashes": Fals
 
 # POSTs that some server may route to /mcp: 403 where every reading is the
 # endpoint (the gate judged the call), else 400 (ambiguous). Envoy's
-# normalize_path turns the second group into /mcp or /mcp/ before the filter.
+# normalize_path turns the second group into /mcp or /mcp/ before the filter
+# (/a/..;/mcp on 1.40, not on 1.36).
 JUDGED = ["/mcp/", "/mcp?x=1"]
 NORMALIZED_TO_MCP = ["/%6Dcp", "/%6dcp", "/m%63p/", "/x/../mcp", "/./mcp", "/mcp/.", "/%2e/mcp", "/mcp\\", "/a/..;/mcp"]
 AMBIGUOUS = ["/MCP", "/Mcp/", "/mcp;x=1", "/mcp/;x", "//mcp", "/mcp//", "/mcp%2F", "/mcp%2f", "/mcp%5C"]
@@ -66,7 +67,8 @@ NORMALIZED = [
     ("/MCP", "/MCP"),
     ("/mcp//x//", "/mcp//x//"),
     ("/mcp;x/y;z", "/mcp;x/y;z"),
-    ("/a/..;x/b", "/b"),
+    # Envoy 1.40 reads `..;x` as a dot segment, 1.36 does not.
+    ("/a/..;x/b", ("/b", "/a/..;x/b")),
     ("/a/%2e%2e;/b", "/a/..;/b"),
     ("/mcp%2F%2f", "/mcp%2F%2f"),
     ("/mcp%5c", "/mcp%5c"),
@@ -143,6 +145,13 @@ class Gateway:
             "accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18",
         })
 
+    def forwarded(self, path):
+        """The path Envoy hands the filter and the upstream for `path` (not
+        starting with `//`, which the echo backend's http.server merges)."""
+        status, _, body = self.get(path, host=OTHER)
+        assert status == 200, body
+        return json.loads(body)["path"]
+
     def get(self, path, token=None, host=GATEWAY, method="GET", body=None):
         headers = {"host": host}
         if token:
@@ -209,7 +218,7 @@ def test_no_variant_of_the_endpoint_runs_the_gated_tool(gw, up, server):
     before = up.runs(server)
     for path in JUDGED + NORMALIZED_TO_MCP + AMBIGUOUS:
         status, headers, body = gw.post(server, path, up.lax, "whoami")
-        judged = path in JUDGED or (gw.setting == "istio" and path in NORMALIZED_TO_MCP)
+        judged = path in JUDGED or (path in NORMALIZED_TO_MCP and gw.forwarded(path) in ("/mcp", "/mcp/"))
         if judged and status == 307 and server == "python":
             # The gate sends a judged request's headers on before its body;
             # Starlette may answer /mcp/ with its redirect to /mcp first.
@@ -250,7 +259,5 @@ def test_an_unrelated_host_is_untouched(gw, up):
 def test_envoy_normalizes_paths_as_the_readme_says(gw):
     """What the filter sees (and the upstream gets) under each setting."""
     for sent, normalized in NORMALIZED:
-        status, _, body = gw.get(sent, host=OTHER)
-        assert status == 200, (gw.setting, sent, body)
         expected = normalized if gw.setting == "istio" else sent
-        assert json.loads(body)["path"] == expected, (gw.setting, sent)
+        assert gw.forwarded(sent) in ((expected,) if isinstance(expected, str) else expected), (gw.setting, sent)
