@@ -1616,7 +1616,11 @@ fn another_hosts_well_known_path_is_that_hosts_own() {
             (":path", "/.well-known/oauth-protected-resource/github/mcp"),
         ],
     );
-    assert_eq!(f.on_request_headers(&mut m, false), Action::Continue, "skipped like the rest of that host");
+    assert_eq!(
+        f.on_request_headers(&mut m, false),
+        Action::Continue,
+        "skipped like the rest of that host"
+    );
     assert!(m.sent(2).is_none());
 }
 
