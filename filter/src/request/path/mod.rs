@@ -49,8 +49,9 @@ impl Refusal {
 /// `path` (`:path`, query included). `gate` is the MCP endpoint when the
 /// request is a POST with a body and tools have scopes.
 pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) -> Result<Target, Refusal> {
-    if !routes.path_decides(authority) {
-        let route = routes.select(authority, |_| false);
+    let rules = routes.for_host(authority);
+    if !rules.path_decides() {
+        let route = rules.select(|_| false);
         if gate.is_none() || route == Some(Route::Skip) {
             return Ok(Target { route, gated: false });
         }
@@ -59,7 +60,7 @@ pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) 
     let path = path.split(|&b| b == b'?' || b == b'#').next().unwrap_or(path);
     let rewrites = reading::rewrites(path).map_err(Refusal::Unjudgeable)?;
     let decide = |r: &Reading| {
-        let route = routes.select(authority, |prefix| r.starts_with(prefix));
+        let route = rules.select(|prefix| r.starts_with(prefix));
         Target {
             route,
             gated: route != Some(Route::Skip) && gate.is_some_and(|endpoint| r.is(endpoint)),
