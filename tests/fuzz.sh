@@ -61,8 +61,10 @@ start=$(date +%s)
 cargo fuzz build -O -s none >&2
 echo "    built in $(( $(date +%s) - start ))s" >&2
 
-logs="$cache/logs"
-mkdir -p "$logs"
+# Logs and exit codes are this run's own: two runs at once (two checkouts,
+# one cache) must not read each other's results. The corpus is shared.
+mkdir -p "$cache/logs"
+logs="$(mktemp -d "$cache/logs/run.XXXXXX")"
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
 bin="$root/fuzz/target/$host/release"
