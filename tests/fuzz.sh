@@ -65,6 +65,8 @@ echo "    built in $(( $(date +%s) - start ))s" >&2
 # one cache) must not read each other's results. The corpus is shared.
 mkdir -p "$cache/logs"
 logs="$(mktemp -d "$cache/logs/run.XXXXXX")"
+# Keep the last few runs' logs, not every run's.
+ls -dt "$cache"/logs/run.* 2>/dev/null | tail -n +6 | xargs -r rm -rf
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
 bin="$root/fuzz/target/$host/release"
