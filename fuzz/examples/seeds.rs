@@ -8,7 +8,7 @@ use jwt_simple::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use token_exchange_filter::exchange::Step;
+use token_exchange_filter::exchange::{Stamp, Step};
 use token_exchange_filter::host::CalloutResponse;
 use token_exchange_fuzz::*;
 
@@ -233,7 +233,7 @@ fn main() {
         body: ok(json!({})).into_bytes(),
         truncated: false,
     };
-    if let Err(f) = exchangers()[0].answer(Step::Token, &answer, 10, SUBJECT) {
+    if let Err(f) = exchangers()[0].answer(Step::Token, &answer, 10, SUBJECT, &Stamp { now_ms: 0, jti: "jti-1".into() }) {
         panic!("the token endpoint seed is refused: {f:?}");
     }
     write(

@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use token_exchange_filter::exchange::{Next, Step};
+use token_exchange_filter::exchange::{Next, Stamp, Step};
 use token_exchange_filter::host::CalloutResponse;
 use token_exchange_fuzz::{exchangers, SUBJECT};
 
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         body: body.to_vec(),
         truncated: flags & 16 != 0,
     };
-    match ex.answer(step, &resp, elapsed_ms, SUBJECT) {
+    match ex.answer(step, &resp, elapsed_ms, SUBJECT, &Stamp { now_ms: 0, jti: "jti-1".into() }) {
         Ok(Next::Done(e)) => {
             // It goes into a request header as `Bearer <token>`.
             assert!(!e.access_token.is_empty());
