@@ -19,7 +19,8 @@ import json
 import os
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from httpd import HttpServer, json_answer  # tests/httpd.py
 
 JWKS_URL = os.environ.get("BACKEND_JWKS_URL")
 ISSUER = os.environ.get("BACKEND_ISSUER")
@@ -61,73 +62,36 @@ def claims(authorization):
         return None
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self):
-        global _count
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        status = 200
-        global _mismatches
-        if self.path == "/_requests":
-            body = {"requests": _count, "mismatches": _mismatches}
-        elif _jwks is not None:
-            with _lock:
-                _count += 1
-            claims_, error = verify(self.headers.get("authorization"))
-            if error:
-                status, body = 401, {
-                    "error": "invalid_token",
-                    "detail": error,
-                    "headers": [[k.lower(), v] for k, v in self.headers.items()],
-                }
-                print(f"backend: rejected: {error}", flush=True)
-            else:
-                if MARKER and self.headers.get(MARKER) != claims_.get("sub"):
-                    with _lock:
-                        _mismatches += 1
-                    print(f"backend: MISMATCH marker={self.headers.get(MARKER)!r} sub={claims_.get('sub')!r}",
-                          flush=True)
-                body = {
-                    "method": self.command,
-                    "path": self.path,
-                    "headers": [[k.lower(), v] for k, v in self.headers.items()],
-                    "verified_claims": claims_,
-                }
-                print("backend: verified token " + " ".join(
-                    f"{k}={claims_.get(k)}" for k in ("iss", "aud", "sub", "scope")), flush=True)
-        else:
-            with _lock:
-                _count += 1
-            body = {
-                "method": self.command,
-                "path": self.path,
-                "headers": [[k.lower(), v] for k, v in self.headers.items()],
-                "token_claims": claims(self.headers.get("authorization")),
-            }
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_OPTIONS = _answer
-
-    def log_message(self, fmt, *args):
-        pass
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default backlog of 5 drops connections when Envoy opens dozens at once.
-    request_queue_size = 256
+def answer(req):
+    global _count, _mismatches
+    headers = [[k.lower(), v] for k, v in req.headers.items()]
+    if req.path == "/_requests":
+        return json_answer({"requests": _count, "mismatches": _mismatches})
+    with _lock:
+        _count += 1
+    if _jwks is None:
+        return json_answer({
+            "method": req.method,
+            "path": req.path,
+            "headers": headers,
+            "token_claims": claims(req.headers.get("authorization")),
+        })
+    claims_, error = verify(req.headers.get("authorization"))
+    if error:
+        print(f"backend: rejected: {error}", flush=True)
+        return json_answer({"error": "invalid_token", "detail": error, "headers": headers}, 401)
+    if MARKER and req.headers.get(MARKER) != claims_.get("sub"):
+        with _lock:
+            _mismatches += 1
+        print(f"backend: MISMATCH marker={req.headers.get(MARKER)!r} sub={claims_.get('sub')!r}", flush=True)
+    print("backend: verified token " + " ".join(
+        f"{k}={claims_.get(k)}" for k in ("iss", "aud", "sub", "scope")), flush=True)
+    return json_answer({"method": req.method, "path": req.path, "headers": headers, "verified_claims": claims_})
 
 
 if __name__ == "__main__":
     port = int(sys.argv[1])
-    server = Server(("127.0.0.1", port), Handler)
+    # A backlog of 256: Envoy opens dozens of connections at once.
+    server = HttpServer(answer, port=port, backlog=256)
     print(f"backend listening on 127.0.0.1:{port}", flush=True)
-    server.serve_forever()
+    server.join()

@@ -52,24 +52,20 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
-# npm packages for the demo IdP, reinstalled only when the lockfile changes.
-stamp="tests/idp/node_modules/.lock.sha256"
-want="$(sha256sum tests/idp/package-lock.json | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing the IdP's npm packages"
-  (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error >&2)
-  echo "$want" > "$stamp"
-fi
-
-# npm packages for the MCP server and clients (tests/mcp/: the official
-# TypeScript SDK, mcp-remote), reinstalled only when the lockfile changes.
-stamp="tests/mcp/node_modules/.lock.sha256"
-want="$(sha256sum tests/mcp/package-lock.json | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing the MCP server's and clients' npm packages"
-  (cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error >&2)
-  echo "$want" > "$stamp"
-fi
+# The npm packages of directory $1 (what they are for: $2), reinstalled
+# only when its lockfile changes.
+npm_packages() {
+  local stamp="$1/node_modules/.lock.sha256" want
+  want="$(sha256sum "$1/package-lock.json" | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing the npm packages of $2"
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    echo "$want" > "$stamp"
+  fi
+}
+npm_packages tests/idp "the demo IdP"
+# The official TypeScript SDK (MCP server and clients) and mcp-remote.
+npm_packages tests/mcp "the MCP server and clients"
 
 say "building target/wasm32-wasip1/release/token_exchange_filter.wasm"
 cargo build --release --target wasm32-wasip1 -p token-exchange-filter >&2

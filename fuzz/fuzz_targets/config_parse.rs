@@ -14,16 +14,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(config) = plugin_config::parse_with_env(data, &env) else {
         return;
     };
-    assert_eq!(config.fingerprint.len(), 64);
-    let _ = Verifier::new(&config.oidc);
+    if let Some(oidc) = &config.oidc {
+        let _ = Verifier::new(oidc);
+    }
     let mut exchanges: Vec<_> = config.token_exchange.iter().collect();
     for rule in &config.rules {
-        if let RuleAction::Apply {
-            exchange: RuleExchange::Replace(te),
-            ..
-        } = &rule.action
-        {
-            exchanges.push(te);
+        if let RuleAction::Apply { oidc, exchange } = &rule.action {
+            let _ = Verifier::new(oidc);
+            if let RuleExchange::Replace(te) = exchange {
+                exchanges.push(te);
+            }
         }
     }
     for te in exchanges {

@@ -189,7 +189,7 @@ pub fn keyset() -> &'static KeySet {
 
 pub fn verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
-    V.get_or_init(|| Verifier::new(&parse_config(&config_json()).oidc))
+    V.get_or_init(|| Verifier::new(parse_config(&config_json()).oidc.as_ref().expect("the fuzz config has oidc")))
 }
 
 /// One exchanger per entry of `exchange_sections`.

@@ -13,6 +13,7 @@ mod error;
 mod exchange;
 mod field;
 mod keys;
+mod metadata;
 mod oidc;
 mod raw;
 mod rules;
@@ -26,19 +27,21 @@ pub use exchange::{
 };
 pub use field::token_type_name;
 pub use keys::{Discovery, KeySource};
+pub use metadata::Metadata;
 pub use oidc::{
     Oidc, Resource, DEFAULT_CLOCK_SKEW_SECONDS, DEFAULT_JWKS_REFRESH_SECONDS, MAX_CLOCK_SKEW_SECONDS,
     MAX_JWKS_REFRESH_SECONDS, MIN_JWKS_REFRESH_SECONDS,
 };
 pub use rules::{Action as RuleAction, Exchange as RuleExchange, Match, Rule};
 
-use raw::RawConfig;
-use sha2::{Digest, Sha256};
+use raw::{RawConfig, RawOidc};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub oidc: Oidc,
+    /// The top-level section; `None` where it is partial or absent, which
+    /// only a config whose last rule matches every request may do.
+    pub oidc: Option<Oidc>,
     /// Without it, the filter validates only.
     pub token_exchange: Option<TokenExchange>,
     pub cache: Cache,
@@ -50,9 +53,8 @@ pub struct Config {
     pub audit: bool,
     pub claim_to_headers: Vec<ClaimHeader>,
     pub mcp: Option<Mcp>,
-    /// Hex SHA-256 of the canonical JSON: any change to the config changes it,
-    /// so state keyed by it (shared data) never outlives the config that made it.
-    pub fingerprint: String,
+    /// Every protected resource's RFC 9728 document.
+    pub metadata: Vec<Metadata>,
 }
 
 /// Parses and validates the plugin configuration (Envoy's `configuration`
@@ -70,14 +72,12 @@ pub fn parse_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Res
     if !value.is_object() {
         return Err(ConfigError::new("", "configuration must be a JSON object"));
     }
-    // serde_json's maps are sorted, so this text is canonical.
-    let fingerprint = hex(&Sha256::digest(value.to_string().as_bytes()));
     let raw: RawConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         ConfigError::new(path, describe_serde_error(e.inner()))
     })?;
-    validate(raw, fingerprint, env)
+    validate(raw, env)
 }
 
 /// Turns serde's message into one that reads well after a field path.
@@ -98,18 +98,38 @@ fn describe_serde_error(e: &serde_json::Error) -> String {
     }
 }
 
-fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let oidc = oidc::oidc(raw.oidc, "oidc")?;
-    let allow_http = oidc.allow_http;
+fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let catch_all = raw.rules.last().is_some_and(rules::matches_everything);
+    let top = match raw.oidc {
+        Some(o) => o,
+        None if catch_all => RawOidc::default(),
+        None => {
+            return Err(ConfigError::new(
+                "oidc",
+                "is required, unless the last rule matches every request ({\"match\": {}}) and every \
+                 rule that is not skipped has a complete oidc of its own",
+            ))
+        }
+    };
+    // A partial top-level section is only a base for the rules' own, and
+    // only where no request can fall through to it.
+    let oidc = if top.is_complete() || !catch_all {
+        Some(oidc::oidc(top.clone(), "oidc")?)
+    } else {
+        None
+    };
+    let allow_http = top.insecure_allow_http.unwrap_or(false);
     let token_exchange = raw
         .token_exchange
         .map(|t| exchange::token_exchange(t, "tokenExchange", allow_http, env))
         .transpose()?;
     let cache = exchange::cache(raw.cache)?;
-    let rules = rules::rules(raw.rules, allow_http, env)?;
+    let rules = rules::rules(raw.rules, &top, env)?;
+    let metadata = metadata::documents(sections(oidc.as_ref(), &rules))?;
     let cors = edge::cors(raw.cors)?;
     let claim_to_headers = edge::claim_headers(raw.claim_to_headers)?;
-    let mcp = edge::mcp(raw.mcp, oidc.resource.as_ref())?;
+    let first_resource = sections(oidc.as_ref(), &rules).find_map(|(_, o)| o.resource.as_ref());
+    let mcp = edge::mcp(raw.mcp, first_resource)?;
 
     Ok(Config {
         token_exchange,
@@ -119,13 +139,19 @@ fn validate(raw: RawConfig, fingerprint: String, env: &dyn Fn(&str) -> Option<St
         audit: raw.audit.unwrap_or(true),
         claim_to_headers,
         mcp,
+        metadata,
         oidc,
-        fingerprint,
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Every validated `oidc` section with its path: the top-level one, then
+/// each rule's.
+fn sections<'a>(top: Option<&'a Oidc>, rules: &'a [Rule]) -> impl Iterator<Item = (String, &'a Oidc)> {
+    let rule_sections = rules.iter().enumerate().filter_map(|(i, r)| match &r.action {
+        RuleAction::Apply { oidc, .. } => Some((format!("rules[{i}].oidc"), oidc.as_ref())),
+        RuleAction::Skip => None,
+    });
+    top.map(|o| ("oidc".to_string(), o)).into_iter().chain(rule_sections)
 }
 
 #[cfg(test)]

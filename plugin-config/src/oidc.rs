@@ -6,7 +6,7 @@ use crate::endpoint;
 use crate::error::ConfigError;
 use crate::field::{non_empty, scope_list, token_type_name};
 use crate::keys::{Discovery, KeySource};
-use crate::raw::RawOidc;
+use crate::raw::{OneOrMany, RawOidc};
 
 #[derive(Debug, Clone)]
 pub struct Oidc {
@@ -31,6 +31,8 @@ pub struct Oidc {
 #[derive(Debug, Clone)]
 pub struct Resource {
     pub url: String,
+    /// The URL's host, lower-case, with its port when one is written.
+    pub host: String,
     /// Request path the filter answers with the metadata document.
     pub metadata_path: String,
     /// Absolute URL of that document, as advertised in challenges.
@@ -46,23 +48,29 @@ pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
-/// Validates an `oidc` section found at `at` (`oidc`), so every error names
-/// its real path.
+/// Validates an `oidc` section found at `at` (`oidc`, or a rule's merged
+/// one, `rules[2].oidc`), so every error names its real path.
 pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
-    let allow_http = o.insecure_allow_http;
-
-    non_empty(&field("issuer"), &o.issuer)?;
-    let issuer_url = endpoint::parse_url(&field("issuer"), &o.issuer, allow_http)?;
+    let allow_http = o.insecure_allow_http.unwrap_or(false);
+    let Some(issuer) = o.issuer.clone() else {
+        return Err(ConfigError::new(
+            field("issuer"),
+            "is required: the URL of the token issuer",
+        ));
+    };
+    non_empty(&field("issuer"), &issuer)?;
+    let issuer_url = endpoint::parse_url(&field("issuer"), &issuer, allow_http)?;
     let keys = key_source(&o, &issuer_url, &field)?;
-    let audiences = o.audience.into_vec();
+    let audiences = o.audience.map(OneOrMany::into_vec).unwrap_or_default();
     if audiences.is_empty() {
         return Err(ConfigError::new(field("audience"), "must name at least one audience"));
     }
     for (i, a) in audiences.iter().enumerate() {
         non_empty(&format!("{}[{i}]", field("audience")), a)?;
     }
-    scope_list(&field("requiredScopes"), &o.required_scopes)?;
+    let required_scopes = o.required_scopes.unwrap_or_default();
+    scope_list(&field("requiredScopes"), &required_scopes)?;
     let clock_skew_seconds = o.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
     within(
         &field("clockSkewSeconds"),
@@ -84,15 +92,15 @@ pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
     let resource = protected_resource(
         o.resource_url.as_deref(),
         o.scopes_supported,
-        &o.required_scopes,
+        &required_scopes,
         &field,
         allow_http,
     )?;
     Ok(Oidc {
-        issuer: o.issuer,
+        issuer,
         audiences,
         keys,
-        required_scopes: o.required_scopes,
+        required_scopes,
         clock_skew_seconds,
         resource,
         jwks_refresh_seconds,
@@ -103,7 +111,7 @@ pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
 
 /// `jwksUrl`, else discovery from the issuer; `jwksCluster` serves either.
 fn key_source(o: &RawOidc, issuer: &url::Url, field: &dyn Fn(&str) -> String) -> Result<KeySource, ConfigError> {
-    let allow_http = o.insecure_allow_http;
+    let allow_http = o.insecure_allow_http.unwrap_or(false);
     if let Some(c) = &o.jwks_cluster {
         non_empty(&field("jwksCluster"), c)?;
     }
@@ -186,8 +194,13 @@ fn resource(url: &url::Url, configured: &str, scopes_supported: Vec<String>) -> 
     let origin = url.origin().ascii_serialization();
     // The configured string, not url's re-serialization, which adds a trailing
     // slash to a bare origin: `resource` must match what clients were told.
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     Resource {
         url: configured.to_string(),
+        host: match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        },
         metadata_url: format!("{origin}{metadata_path}"),
         metadata_path,
         scopes_supported,

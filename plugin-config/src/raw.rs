@@ -12,7 +12,9 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawConfig {
-    pub oidc: RawOidc,
+    /// Required, unless the last rule matches every request and every rule
+    /// that is not skipped completes it with its own `oidc`.
+    pub oidc: Option<RawOidc>,
     pub token_exchange: Option<RawTokenExchange>,
     pub cache: Option<RawCache>,
     #[serde(default)]
@@ -120,24 +122,51 @@ pub struct RawCache {
     pub expiry_skew_seconds: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An `oidc` section, or a rule's partial one: every key is optional here,
+/// since a rule's keys are merged over the top-level ones before the
+/// result is validated.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawOidc {
-    pub issuer: String,
-    pub audience: OneOrMany,
+    pub issuer: Option<String>,
+    pub audience: Option<OneOrMany>,
     pub jwks_url: Option<String>,
     pub jwks_cluster: Option<String>,
-    #[serde(default)]
-    pub required_scopes: Vec<String>,
+    pub required_scopes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "number::opt_u64")]
     pub clock_skew_seconds: Option<u64>,
     pub resource_url: Option<String>,
     pub scopes_supported: Option<Vec<String>>,
     #[serde(default, deserialize_with = "number::opt_u64")]
     pub jwks_refresh_seconds: Option<u64>,
-    #[serde(default)]
-    pub insecure_allow_http: bool,
+    pub insecure_allow_http: Option<bool>,
     pub allowed_token_types: Option<Vec<String>>,
+}
+
+impl RawOidc {
+    /// `self`'s keys over `base`'s, key by key.
+    pub fn over(&self, base: &RawOidc) -> RawOidc {
+        let b = base.clone();
+        let s = self.clone();
+        RawOidc {
+            issuer: s.issuer.or(b.issuer),
+            audience: s.audience.or(b.audience),
+            jwks_url: s.jwks_url.or(b.jwks_url),
+            jwks_cluster: s.jwks_cluster.or(b.jwks_cluster),
+            required_scopes: s.required_scopes.or(b.required_scopes),
+            clock_skew_seconds: s.clock_skew_seconds.or(b.clock_skew_seconds),
+            resource_url: s.resource_url.or(b.resource_url),
+            scopes_supported: s.scopes_supported.or(b.scopes_supported),
+            jwks_refresh_seconds: s.jwks_refresh_seconds.or(b.jwks_refresh_seconds),
+            insecure_allow_http: s.insecure_allow_http.or(b.insecure_allow_http),
+            allowed_token_types: s.allowed_token_types.or(b.allowed_token_types),
+        }
+    }
+
+    /// Whether the keys every `oidc` needs are there.
+    pub fn is_complete(&self) -> bool {
+        self.issuer.is_some() && self.audience.is_some()
+    }
 }
 
 /// One entry of `rules`: which requests it matches, and what it changes.
@@ -148,6 +177,9 @@ pub struct RawRule {
     pub matcher: RawMatch,
     #[serde(default)]
     pub skip: bool,
+    /// Merged over the top-level `oidc`.
+    pub oidc: Option<RawOidc>,
+    /// An alias of `oidc.requiredScopes`.
     pub required_scopes: Option<Vec<String>>,
     /// Absent: the top-level `tokenExchange`; `null`: validate only.
     #[serde(default, deserialize_with = "present")]
@@ -171,7 +203,7 @@ where
 }
 
 /// `audience` (and `resource`) may be one string or a list of them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),

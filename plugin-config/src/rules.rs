@@ -5,7 +5,8 @@
 use crate::error::ConfigError;
 use crate::exchange::{self, TokenExchange};
 use crate::field::{non_empty, scope_list};
-use crate::raw::RawRule;
+use crate::oidc::{self, Oidc};
+use crate::raw::{RawOidc, RawRule};
 
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -27,10 +28,10 @@ pub struct Match {
 pub enum Action {
     /// Let the request through untouched: no validation, no exchange.
     Skip,
-    /// Validate, and exchange as `exchange` says.
+    /// Validate against `oidc`, and exchange as `exchange` says.
     Apply {
-        /// Replaces `oidc.requiredScopes` when set.
-        required_scopes: Option<Vec<String>>,
+        /// The rule's `oidc` merged over the top-level one, validated.
+        oidc: Box<Oidc>,
         exchange: Exchange,
     },
 }
@@ -44,20 +45,23 @@ pub enum Exchange {
     Replace(Box<TokenExchange>),
 }
 
-pub fn rules(
-    raw: Vec<RawRule>,
-    allow_http: bool,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<Rule>, ConfigError> {
+/// Validates `rules`; `top` is the top-level `oidc` as written (perhaps
+/// partial), which each rule's own keys are merged over.
+pub fn rules(raw: Vec<RawRule>, top: &RawOidc, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Rule>, ConfigError> {
     raw.into_iter()
         .enumerate()
-        .map(|(i, r)| rule(r, &format!("rules[{i}]"), allow_http, env))
+        .map(|(i, r)| rule(r, &format!("rules[{i}]"), top, env))
         .collect()
 }
 
-fn rule(raw: RawRule, at: &str, allow_http: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<Rule, ConfigError> {
+/// Whether a rule matches every request: the catch-all that may stand last.
+pub fn matches_everything(raw: &RawRule) -> bool {
+    raw.matcher.hosts.is_none() && raw.matcher.path_prefix.is_none()
+}
+
+fn rule(raw: RawRule, at: &str, top: &RawOidc, env: &dyn Fn(&str) -> Option<String>) -> Result<Rule, ConfigError> {
     let mut matcher = Match::default();
-    if let Some(hosts) = raw.matcher.hosts {
+    if let Some(hosts) = &raw.matcher.hosts {
         if hosts.is_empty() {
             return Err(ConfigError::new(
                 format!("{at}.match.hosts"),
@@ -68,7 +72,7 @@ fn rule(raw: RawRule, at: &str, allow_http: bool, env: &dyn Fn(&str) -> Option<S
             matcher.hosts.push(host_pattern(&format!("{at}.match.hosts[{i}]"), h)?);
         }
     }
-    if let Some(p) = raw.matcher.path_prefix {
+    if let Some(p) = raw.matcher.path_prefix.clone() {
         if !p.starts_with('/') || p.contains(['?', '#']) {
             return Err(ConfigError::new(
                 format!("{at}.match.pathPrefix"),
@@ -79,40 +83,54 @@ fn rule(raw: RawRule, at: &str, allow_http: bool, env: &dyn Fn(&str) -> Option<S
     }
 
     let action = if raw.skip {
-        if raw.required_scopes.is_some() || raw.token_exchange.is_some() {
+        if raw.required_scopes.is_some() || raw.token_exchange.is_some() || raw.oidc.is_some() {
             return Err(ConfigError::new(
                 format!("{at}.skip"),
-                "a skipped route is neither validated nor exchanged; remove requiredScopes and tokenExchange, \
-                 or remove skip",
+                "a skipped route is neither validated nor exchanged; remove requiredScopes, oidc and \
+                 tokenExchange, or remove skip",
             ));
         }
         Action::Skip
     } else {
-        if raw.required_scopes.is_none() && raw.token_exchange.is_none() {
+        if raw.required_scopes.is_none() && raw.token_exchange.is_none() && raw.oidc.is_none() {
             return Err(ConfigError::new(
                 at,
-                "changes nothing; give it skip: true, requiredScopes, or tokenExchange (null to validate only)",
+                "changes nothing; give it skip: true, oidc, requiredScopes, or tokenExchange (null to validate only)",
             ));
         }
-        if let Some(s) = &raw.required_scopes {
-            scope_list(&format!("{at}.requiredScopes"), s)?;
-        }
+        let oidc = merged_oidc(&raw, at, top)?;
         let exchange = match raw.token_exchange {
             None => Exchange::Default,
             Some(None) => Exchange::None,
             Some(Some(t)) => Exchange::Replace(Box::new(exchange::token_exchange(
                 t,
                 &format!("{at}.tokenExchange"),
-                allow_http,
+                oidc.allow_http,
                 env,
             )?)),
         };
         Action::Apply {
-            required_scopes: raw.required_scopes,
+            oidc: Box::new(oidc),
             exchange,
         }
     };
     Ok(Rule { matcher, action })
+}
+
+/// The rule's `oidc` (with `requiredScopes`, its alias) over the top-level one.
+fn merged_oidc(raw: &RawRule, at: &str, top: &RawOidc) -> Result<Oidc, ConfigError> {
+    let mut own = raw.oidc.clone().unwrap_or_default();
+    if let Some(s) = &raw.required_scopes {
+        if own.required_scopes.is_some() {
+            return Err(ConfigError::new(
+                format!("{at}.requiredScopes"),
+                "is an alias of oidc.requiredScopes, which is set too; keep one",
+            ));
+        }
+        scope_list(&format!("{at}.requiredScopes"), s)?;
+        own.required_scopes = Some(s.clone());
+    }
+    oidc::oidc(own.over(top), &format!("{at}.oidc"))
 }
 
 /// `host`, `*.suffix` (one or more labels) or `*`, optionally with `:port`;

@@ -30,14 +30,14 @@ fn err_with(path: &str, value: serde_json::Value) -> ConfigError {
 #[test]
 fn full_example_parses_with_defaults() {
     let c = parse_value(&base()).unwrap();
-    assert_eq!(c.oidc.audiences, vec!["mcpserver"]);
-    assert_eq!(c.oidc.clock_skew_seconds, 60);
-    assert_eq!(c.oidc.jwks_refresh_seconds, 600);
-    match &c.oidc.keys {
+    assert_eq!(c.oidc.as_ref().unwrap().audiences, vec!["mcpserver"]);
+    assert_eq!(c.oidc.as_ref().unwrap().clock_skew_seconds, 60);
+    assert_eq!(c.oidc.as_ref().unwrap().jwks_refresh_seconds, 600);
+    match &c.oidc.as_ref().unwrap().keys {
         KeySource::Jwks(e) => assert_eq!(e.cluster, "outbound|443||idp.example.com"),
         other => panic!("{other:?}"),
     }
-    let r = c.oidc.resource.unwrap();
+    let r = c.oidc.unwrap().resource.unwrap();
     assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource/mcp");
     assert_eq!(
         r.metadata_url,
@@ -51,14 +51,17 @@ fn full_example_parses_with_defaults() {
 fn audience_list_accepted() {
     let mut v = base();
     v["oidc"]["audience"] = serde_json::json!(["a", "b"]);
-    assert_eq!(parse_value(&v).unwrap().oidc.audiences, vec!["a", "b"]);
+    assert_eq!(
+        parse_value(&v).unwrap().oidc.as_ref().unwrap().audiences,
+        vec!["a", "b"]
+    );
 }
 
 #[test]
 fn metadata_url_for_bare_origin_and_port() {
     let mut v = base();
     v["oidc"]["resourceUrl"] = "https://mcp.example.com".into();
-    let r = parse_value(&v).unwrap().oidc.resource.unwrap();
+    let r = parse_value(&v).unwrap().oidc.unwrap().resource.unwrap();
     assert_eq!(r.metadata_path, "/.well-known/oauth-protected-resource");
     assert_eq!(
         r.metadata_url,
@@ -66,7 +69,7 @@ fn metadata_url_for_bare_origin_and_port() {
     );
     assert_eq!(r.url, "https://mcp.example.com");
     v["oidc"]["resourceUrl"] = "http://127.0.0.1:8080/a/b/".into();
-    let r = parse_value(&v).unwrap().oidc.resource.unwrap();
+    let r = parse_value(&v).unwrap().oidc.unwrap().resource.unwrap();
     assert_eq!(
         r.metadata_url,
         "http://127.0.0.1:8080/.well-known/oauth-protected-resource/a/b"
@@ -93,8 +96,16 @@ fn missing_required_field_named() {
     let mut v = base();
     v["oidc"].as_object_mut().unwrap().remove("issuer");
     let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "oidc.issuer");
+    assert!(e.message.contains("is required"), "{e}");
+    v.as_object_mut().unwrap().remove("oidc");
+    let e = parse_value(&v).unwrap_err();
     assert_eq!(e.path, "oidc");
-    assert!(e.message.contains("missing field `issuer`"), "{e}");
+    assert!(
+        e.message
+            .contains("is required, unless the last rule matches every request"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -122,8 +133,8 @@ fn without_jwks_url_keys_are_discovered_from_the_issuer() {
     let mut v = base();
     v["oidc"].as_object_mut().unwrap().remove("jwksUrl");
     let c = parse_value(&v).unwrap();
-    let KeySource::Discovery(d) = &c.oidc.keys else {
-        panic!("{:?}", c.oidc.keys)
+    let KeySource::Discovery(d) = &c.oidc.as_ref().unwrap().keys else {
+        panic!("{:?}", c.oidc.as_ref().unwrap().keys)
     };
     assert_eq!(
         d.openid.url,
@@ -138,7 +149,10 @@ fn without_jwks_url_keys_are_discovered_from_the_issuer() {
     assert!(!d.allow_http);
     // null means the same as left out.
     v["oidc"]["jwksUrl"] = serde_json::Value::Null;
-    assert_eq!(parse_value(&v).unwrap().oidc.keys, c.oidc.keys);
+    assert_eq!(
+        parse_value(&v).unwrap().oidc.as_ref().unwrap().keys,
+        c.oidc.as_ref().unwrap().keys
+    );
 }
 
 #[test]
@@ -147,7 +161,7 @@ fn jwks_cluster_without_jwks_url_serves_discovery_and_keys() {
     v["oidc"].as_object_mut().unwrap().remove("jwksUrl");
     v["oidc"]["jwksCluster"] = "idp".into();
     v["oidc"]["insecureAllowHttp"] = true.into();
-    let KeySource::Discovery(d) = parse_value(&v).unwrap().oidc.keys else {
+    let KeySource::Discovery(d) = parse_value(&v).unwrap().oidc.unwrap().keys else {
         panic!("discovery expected")
     };
     assert_eq!((d.openid.cluster.as_str(), d.oauth.cluster.as_str()), ("idp", "idp"));
@@ -253,16 +267,6 @@ fn not_json_or_not_object() {
     assert!(parse(b"{").unwrap_err().message.contains("not valid JSON"));
     assert!(parse(b"[]").unwrap_err().message.contains("JSON object"));
     assert!(parse(b"").is_err());
-}
-
-#[test]
-fn fingerprint_is_canonical_and_tracks_changes() {
-    let a = parse(br#"{"oidc":{"issuer":"https://i","audience":"a","jwksUrl":"https://i/k"}}"#).unwrap();
-    let b = parse(br#"{ "oidc": { "jwksUrl": "https://i/k", "audience": "a", "issuer": "https://i" } }"#).unwrap();
-    let c = parse(br#"{"oidc":{"issuer":"https://i","audience":"b","jwksUrl":"https://i/k"}}"#).unwrap();
-    assert_eq!(a.fingerprint, b.fingerprint);
-    assert_ne!(a.fingerprint, c.fingerprint);
-    assert_eq!(a.fingerprint.len(), 64);
 }
 
 fn with_exchange(te: serde_json::Value) -> serde_json::Value {
@@ -466,8 +470,8 @@ fn whole_numbers_written_as_doubles_are_accepted() {
         "tokenExchange":{"tokenUrl":"https://i/t","timeoutMs":5000.0},
         "cache":{"maxEntries":1e+06,"expirySkewSeconds":0.0}}"#;
     let c = parse_with_env(text.as_bytes(), &env_has_secret).unwrap();
-    assert_eq!(c.oidc.clock_skew_seconds, 30);
-    assert_eq!(c.oidc.jwks_refresh_seconds, 600);
+    assert_eq!(c.oidc.as_ref().unwrap().clock_skew_seconds, 30);
+    assert_eq!(c.oidc.as_ref().unwrap().jwks_refresh_seconds, 600);
     assert_eq!(c.token_exchange.unwrap().timeout_ms, 5000);
     assert_eq!(c.cache.max_entries, 1_000_000);
     assert_eq!(c.cache.expiry_skew_seconds, 0);
@@ -514,9 +518,14 @@ fn rules_parse_in_order_with_their_actions() {
     assert_eq!(c.rules[0].matcher.path_prefix.as_deref(), Some("/github/"));
     match &c.rules[0].action {
         RuleAction::Apply {
-            required_scopes: None,
+            oidc,
             exchange: RuleExchange::Replace(t),
         } => {
+            assert_eq!(
+                oidc.required_scopes,
+                c.oidc.as_ref().unwrap().required_scopes,
+                "inherited"
+            );
             assert_eq!(t.audiences, vec!["github"]);
             assert_eq!(t.token.cluster, "outbound|443||gh.example.com");
         }
@@ -526,16 +535,16 @@ fn rules_parse_in_order_with_their_actions() {
     assert!(c.rules[1].matcher.hosts.is_empty());
     match &c.rules[2].action {
         RuleAction::Apply {
-            required_scopes: Some(s),
+            oidc,
             exchange: RuleExchange::Default,
-        } => assert_eq!(s, &vec!["admin".to_string()]),
+        } => assert_eq!(oidc.required_scopes, vec!["admin".to_string()]),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
         c.rules[3].action,
         RuleAction::Apply {
-            required_scopes: None,
-            exchange: RuleExchange::None
+            exchange: RuleExchange::None,
+            ..
         }
     ));
 }
@@ -1056,4 +1065,143 @@ fn edge_errors_name_their_path() {
     v["oidc"].as_object_mut().unwrap().remove("resourceUrl");
     v["mcp"] = serde_json::json!({"toolScopes": {"t": ["a"]}});
     assert_eq!(parse_value(&v).unwrap_err().path, "mcp.path");
+}
+
+// ---------------------------------------------------------------------------
+// Many protected resources on one filter (issue 16).
+
+/// Two MCP servers on one host, each with its own authorization server,
+/// and a catch-all that leaves every other request alone.
+fn two_servers() -> serde_json::Value {
+    serde_json::json!({
+        "oidc": {"requiredScopes": ["mcp:tools:call"], "insecureAllowHttp": true},
+        "rules": [
+            {"match": {"hosts": ["mcp.example.com"], "pathPrefix": "/github/"},
+             "oidc": {"issuer": "https://gh-as.example.com", "audience": "https://mcp.example.com/github/mcp",
+                      "resourceUrl": "https://mcp.example.com/github/mcp", "requiredScopes": ["repo:read"]}},
+            {"match": {"hosts": ["mcp.example.com"], "pathPrefix": "/jira/"},
+             "oidc": {"issuer": "https://login.example.org/tenant/v2.0", "audience": "api://jira-mcp",
+                      "resourceUrl": "https://mcp.example.com/jira/mcp"}},
+            {"match": {}, "skip": true}
+        ]
+    })
+}
+
+fn rule_oidc(c: &Config, i: usize) -> &Oidc {
+    match &c.rules[i].action {
+        RuleAction::Apply { oidc, .. } => oidc,
+        RuleAction::Skip => panic!("rule {i} is a skip"),
+    }
+}
+
+#[test]
+fn rules_merge_their_oidc_over_the_top_level_key_by_key() {
+    let c = parse_value(&two_servers()).unwrap();
+    assert!(c.oidc.is_none(), "partial, and never reached behind the catch-all");
+    let (gh, jira) = (rule_oidc(&c, 0), rule_oidc(&c, 1));
+    assert_eq!(gh.issuer, "https://gh-as.example.com");
+    assert_eq!(gh.required_scopes, vec!["repo:read"]);
+    assert_eq!(jira.required_scopes, vec!["mcp:tools:call"], "inherited");
+    assert!(jira.allow_http, "inherited");
+    assert_eq!(jira.audiences, vec!["api://jira-mcp"]);
+    let docs: Vec<(&str, &str, &str)> = c
+        .metadata
+        .iter()
+        .map(|m| (m.host.as_str(), m.path.as_str(), m.issuer.as_str()))
+        .collect();
+    assert_eq!(
+        docs,
+        vec![
+            (
+                "mcp.example.com",
+                "/.well-known/oauth-protected-resource/github/mcp",
+                "https://gh-as.example.com"
+            ),
+            (
+                "mcp.example.com",
+                "/.well-known/oauth-protected-resource/jira/mcp",
+                "https://login.example.org/tenant/v2.0"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn the_top_level_oidc_is_required_unless_a_catch_all_ends_the_rules() {
+    let mut v = two_servers();
+    v["rules"].as_array_mut().unwrap().pop();
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(
+        e.path, "oidc.issuer",
+        "requests no rule matches would get the top-level policy"
+    );
+    // A catch-all that is not skipped must be complete itself.
+    let mut v = two_servers();
+    v["rules"][2] = serde_json::json!({"match": {}, "requiredScopes": ["x"]});
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "rules[2].oidc.issuer");
+    // Every rule that is not skipped needs a complete merged oidc.
+    let mut v = two_servers();
+    v["rules"][1]["oidc"].as_object_mut().unwrap().remove("audience");
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "rules[1].oidc.audience");
+    assert!(e.message.contains("at least one audience"), "{e}");
+}
+
+#[test]
+fn rule_oidc_errors_name_the_rule() {
+    for (key, value, path) in [
+        ("audience", serde_json::json!([]), "rules[1].oidc.audience"),
+        ("jwksUrl", serde_json::json!("keys"), "rules[1].oidc.jwksUrl"),
+        (
+            "clockSkewSeconds",
+            serde_json::json!(9000),
+            "rules[1].oidc.clockSkewSeconds",
+        ),
+        (
+            "resourceUrl",
+            serde_json::json!("https://h/mcp?x=1"),
+            "rules[1].oidc.resourceUrl",
+        ),
+        ("issuerr", serde_json::json!("x"), "rules[1].oidc.issuerr"),
+    ] {
+        let mut v = two_servers();
+        v["rules"][1]["oidc"][key] = value;
+        assert_eq!(parse_value(&v).unwrap_err().path, path, "{key}");
+    }
+    let mut v = two_servers();
+    v["rules"][0]["requiredScopes"] = serde_json::json!(["a"]);
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "rules[0].requiredScopes");
+    assert!(e.message.contains("alias of oidc.requiredScopes"), "{e}");
+    let mut v = two_servers();
+    v["rules"][2]["oidc"] = serde_json::json!({"audience": "x"});
+    assert_eq!(parse_value(&v).unwrap_err().path, "rules[2].skip");
+}
+
+#[test]
+fn one_resource_one_issuer_and_one_place_per_document() {
+    let mut v = two_servers();
+    v["rules"][1]["oidc"]["resourceUrl"] = "https://mcp.example.com/github/mcp".into();
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "rules[1].oidc.resourceUrl");
+    assert!(e.message.contains("is also the resource of rules[0].oidc"), "{e}");
+    // Two spellings of one place.
+    let mut v = two_servers();
+    v["rules"][1]["oidc"]["resourceUrl"] = "https://MCP.example.com/github/mcp/".into();
+    let e = parse_value(&v).unwrap_err();
+    assert_eq!(e.path, "rules[1].oidc.resourceUrl");
+    assert!(e.message.contains("would be described at"), "{e}");
+    // Two hosts that each serve /mcp are two places.
+    let mut v = two_servers();
+    v["rules"][0]["oidc"]["resourceUrl"] = "https://a.example.com/mcp".into();
+    v["rules"][1]["oidc"]["resourceUrl"] = "https://b.example.com/mcp".into();
+    assert_eq!(parse_value(&v).unwrap().metadata.len(), 2);
+    // Routes of one resource share its document, with all their scopes.
+    let mut v = two_servers();
+    v["rules"][1]["oidc"] = serde_json::json!({"issuer": "https://gh-as.example.com",
+        "audience": "x", "resourceUrl": "https://mcp.example.com/github/mcp", "requiredScopes": ["repo:write"]});
+    let c = parse_value(&v).unwrap();
+    assert_eq!(c.metadata.len(), 1);
+    assert_eq!(c.metadata[0].scopes_supported, vec!["repo:read", "repo:write"]);
 }

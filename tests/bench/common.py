@@ -9,10 +9,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
+from constants import (  # noqa: E402
+    BACKEND_API,
+    BACKEND_AUDIENCE,
+    BACKEND_SCOPE,
+    EXCHANGE_GRANT,
+    GW_CLIENT,
+    GW_SECRET,
+    MCP_AUDIENCE,
+    MCP_SCOPE,
+    SHIPPED_SECRET_ENV,
+)
 from harness import ENVOY, IdP  # noqa: E402
+from stacks import start_backend_as  # noqa: E402
 
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-SECRET_ENV = "TOKEN_EXCHANGE_CLIENT_SECRET"
+GRANT = EXCHANGE_GRANT
+SECRET_ENV = SHIPPED_SECRET_ENV
 
 
 def pct(xs, p):
@@ -43,21 +55,19 @@ def envoy_version():
 
 
 def authorization_servers(cleanup, resource, clients):
-    """The MCP AS (hour-long tokens for `resource`, audience mcpserver, so a
-    run cannot outlast its tokens) and the backend AS that exchanges them for
-    audience backend, with client gw / gw-secret. Returns (mcp, backend_as,
-    oidc section, config with tokenExchange, the secret's value)."""
+    """The MCP AS (hour-long tokens for `resource`, audience MCP_AUDIENCE, so
+    a run cannot outlast its tokens) and the backend AS that exchanges them
+    (hour-long too) for BACKEND_AUDIENCE, with its default client. Returns
+    (mcp, backend_as, oidc section, config with tokenExchange, the secret's
+    value)."""
     mcp = IdP(cleanup, "bench-mcp-as",
-              resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call", "ttl": 3600}},
+              resources={resource: {"audience": MCP_AUDIENCE, "scope": MCP_SCOPE, "ttl": 3600}},
               clients=clients).start()
-    backend_as = IdP(cleanup, "bench-backend-as",
-                     resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read",
-                                                              "ttl": 3600}},
-                     clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
-                     extra_env={"IDP_TRUST_ISSUER": mcp.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"}).start()
-    oidc = {"issuer": mcp.issuer, "audience": "mcpserver", "jwksUrl": f"{mcp.issuer}/jwks",
-            "requiredScopes": ["mcp:tools:call"]}
+    backend_as = start_backend_as(cleanup, mcp, "bench-backend-as", resources={
+        BACKEND_API: {"audience": BACKEND_AUDIENCE, "scope": BACKEND_SCOPE, "ttl": 3600}})
+    oidc = {"issuer": mcp.issuer, "audience": MCP_AUDIENCE, "jwksUrl": f"{mcp.issuer}/jwks",
+            "requiredScopes": [MCP_SCOPE]}
     exchange = {"oidc": oidc, "tokenExchange": {
-        "tokenUrl": f"{backend_as.issuer}/token", "clientId": "gw", "clientSecretEnv": SECRET_ENV,
-        "audience": "backend", "scopes": ["backend:read"], "requestedTokenType": "access_token"}}
-    return mcp, backend_as, oidc, exchange, "gw-secret"
+        "tokenUrl": f"{backend_as.issuer}/token", "clientId": GW_CLIENT, "clientSecretEnv": SECRET_ENV,
+        "audience": BACKEND_AUDIENCE, "scopes": [BACKEND_SCOPE], "requestedTokenType": "access_token"}}
+    return mcp, backend_as, oidc, exchange, GW_SECRET

@@ -20,7 +20,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from common import SECRET_ENV, authorization_servers, pct, timed
+from constants import MCP_SCOPE
 from harness import WASM, Cleanup, Envoy, free_port
+from stacks import clients_for
 
 N = 2000
 ROUNDS = 3
@@ -44,12 +46,12 @@ def _measure(cleanup, USERS, REQS, latency=True):
     resource = f"http://127.0.0.1:{validate_port}/mcp"
     users = [f"u{i:03d}" for i in range(USERS)]
     mcp, backend_as, oidc, exchange, secret = authorization_servers(
-        cleanup, resource, [{"client_id": u, "client_secret": "s"} for u in users])
+        cleanup, resource, clients_for(*users))
     clusters = {f"outbound|{p}||127.0.0.1": p for p in (mcp.port, backend_as.port)}
     Envoy(cleanup, 1, {"oidc": oidc}, clusters, port=validate_port, concurrency=2, direct_response=True,
           log_level="warning", extra_listeners=[(exchange_port, exchange)],
           env={SECRET_ENV: secret}).wait_ready()
-    tokens = {u: mcp.token(u, "s", resource, "mcp:tools:call") for u in users}
+    tokens = {u: mcp.token(u, f"{u}-secret", resource, MCP_SCOPE) for u in users}
 
     # 1. IdP calls for USERS x REQS.
     jobs = [u for _ in range(REQS) for u in users]

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
 from common import GRANT, SECRET_ENV, authorization_servers, envoy_version, pct, timed_request  # noqa: E402
+from constants import BACKEND_AUDIENCE, BACKEND_SCOPE, GW_CLIENT, MCP_AUDIENCE, MCP_SCOPE  # noqa: E402
 from harness import ENVOY, ROOT, WASM, WORK, Cleanup, Proc, call, free_port, wait_port  # noqa: E402
 
 FLOOR = ROOT / "target" / "wasm32-wasip1" / "release" / "wasm_floor.wasm"
@@ -100,7 +101,7 @@ def wasm_filter(wasm, config, vm_id, env_keys=()):
 
 
 def jwt_authn(issuer, jwks, cache):
-    provider = {"issuer": issuer, "audiences": ["mcpserver"], "forward": True,
+    provider = {"issuer": issuer, "audiences": [MCP_AUDIENCE], "forward": True,
                 "local_jwks": {"inline_string": json.dumps(jwks)}}
     if cache:
         provider["jwt_cache_config"] = {"jwt_cache_size": 1000}
@@ -235,7 +236,7 @@ def mint(idp, client, resource, n, threads=8):
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda _: idp.token(client, f"{client}-secret", resource, "mcp:tools:call"), range(n)))
+        return list(pool.map(lambda _: idp.token(client, f"{client}-secret", resource, MCP_SCOPE), range(n)))
 
 
 def profile(pid, port, token, seconds, path):
@@ -290,7 +291,7 @@ def run_throughput(args, cleanup, report):
     clusters = [cluster("upstream", upstream)] + [cluster(f"outbound|{p}||127.0.0.1", p)
                                                    for p in (mcp.port, backend_as.port)]
     under_test = start_envoy(cleanup, "under-test", listeners, clusters, core=0, env={SECRET_ENV: secret})
-    token = mcp.token("bench", "bench-secret", resource, "mcp:tools:call")
+    token = mcp.token("bench", "bench-secret", resource, MCP_SCOPE)
     for key, _ in VARIANTS:
         status = call(ports[key], "/mcp", headers={"authorization": f"Bearer {token}"})[0]
         assert status == 200, (key, status)
@@ -337,7 +338,7 @@ def run_throughput(args, cleanup, report):
     import http.client
     import urllib.parse
 
-    basic = base64.b64encode(f"gw:{secret}".encode()).decode()
+    basic = base64.b64encode(f"{GW_CLIENT}:{secret}".encode()).decode()
     direct_tokens = mint(mcp, "bench", resource, len(serial))
     envoy_conn = http.client.HTTPConnection("127.0.0.1", ports["exchange"])
     base_conn = http.client.HTTPConnection("127.0.0.1", ports["nofilter"])
@@ -346,9 +347,9 @@ def run_throughput(args, cleanup, report):
     lat1, base1, idp_us = [], [], []
     for cold_token, direct_token in zip(serial, direct_tokens):
         lat1.append(timed_request(envoy_conn, "GET", "/mcp", {"authorization": f"Bearer {cold_token}"}))
-        body = urllib.parse.urlencode({"grant_type": GRANT, "subject_token": direct_token, "audience": "backend",
+        body = urllib.parse.urlencode({"grant_type": GRANT, "subject_token": direct_token, "audience": BACKEND_AUDIENCE,
                                        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-                                       "scope": "backend:read", "requested_token_type":
+                                       "scope": BACKEND_SCOPE, "requested_token_type":
                                        "urn:ietf:params:oauth:token-type:access_token"})
         idp_us.append(timed_request(idp_conn, "POST", "/token", {
             "authorization": f"Basic {basic}", "content-type": "application/x-www-form-urlencoded"}, body))
@@ -386,16 +387,16 @@ def run_memory(cleanup, report, users=100_000, churn=300_000):
     pub = key.public_key()
     jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(pub))
     jwk.update({"kid": "mem", "alg": "EdDSA", "use": "sig"})
-    exchanged = jwt.encode({"sub": "x" * 20, "aud": "backend", "scope": "backend:read", "pad": "p" * 400,
+    exchanged = jwt.encode({"sub": "x" * 20, "aud": BACKEND_AUDIENCE, "scope": BACKEND_SCOPE, "pad": "p" * 400,
                             "exp": int(time.time()) + 3600}, key, algorithm="EdDSA")
     answer = json.dumps({"access_token": exchanged, "token_type": "Bearer", "expires_in": 3600,
                          "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"})
     idp = upstream_envoy(cleanup, [("/jwks", json.dumps({"keys": [jwk]})), ("/token", answer)])
     issuer = f"http://127.0.0.1:{idp}"
     port = free_port()
-    cfg = {"oidc": {"issuer": issuer, "audience": "mcpserver", "jwksUrl": f"{issuer}/jwks"},
-           "tokenExchange": {"tokenUrl": f"{issuer}/token", "clientId": "gw",
-                             "clientSecretEnv": SECRET_ENV, "audience": "backend"},
+    cfg = {"oidc": {"issuer": issuer, "audience": MCP_AUDIENCE, "jwksUrl": f"{issuer}/jwks"},
+           "tokenExchange": {"tokenUrl": f"{issuer}/token", "clientId": GW_CLIENT,
+                             "clientSecretEnv": SECRET_ENV, "audience": BACKEND_AUDIENCE},
            "cache": {"maxEntries": users, "expirySkewSeconds": 30}}
     env_keys = [SECRET_ENV]
     proc = start_envoy(cleanup, "memory", [listener("mem", port, [wasm_filter(WASM, cfg, "tef", env_keys)])],
@@ -405,7 +406,7 @@ def run_memory(cleanup, report, users=100_000, churn=300_000):
     now = int(time.time())
 
     def tokens(start, count):
-        return [jwt.encode({"iss": issuer, "aud": "mcpserver", "sub": f"user{i}", "iat": now, "exp": now + 3600},
+        return [jwt.encode({"iss": issuer, "aud": MCP_AUDIENCE, "sub": f"user{i}", "iat": now, "exp": now + 3600},
                            key, algorithm="EdDSA", headers={"kid": "mem"}) for i in range(start, start + count)]
 
     drive(port, tokens(10**9, 1), 1)

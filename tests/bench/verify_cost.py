@@ -14,7 +14,9 @@ import statistics
 import sys
 
 from common import envoy_version, pct, timed
+from constants import MCP_AUDIENCE, MCP_SCOPE
 from harness import WASM, Cleanup, Envoy, IdP, free_port
+from stacks import clients_for
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -26,13 +28,13 @@ def main():
     try:
         port = free_port()
         resource = f"http://127.0.0.1:{port}/mcp"
-        idp = IdP(cleanup, "bench-as", resources={resource: {"audience": "mcpserver", "scope": "mcp:tools:call"}},
-                  clients=[{"client_id": "bench", "client_secret": "bench-secret"}]).start()
-        config = {"oidc": {"issuer": idp.issuer, "audience": "mcpserver", "jwksUrl": f"{idp.issuer}/jwks",
-                           "requiredScopes": ["mcp:tools:call"]}}
+        idp = IdP(cleanup, "bench-as", resources={resource: {"audience": MCP_AUDIENCE, "scope": MCP_SCOPE}},
+                  clients=clients_for("bench")).start()
+        config = {"oidc": {"issuer": idp.issuer, "audience": MCP_AUDIENCE, "jwksUrl": f"{idp.issuer}/jwks",
+                           "requiredScopes": [MCP_SCOPE]}}
         envoy = Envoy(cleanup, 1, config, {f"outbound|{idp.port}||127.0.0.1": idp.port}, port=port,
                       concurrency=1, direct_response=True, log_level="warning").wait_ready()
-        tokens = [idp.token("bench", "bench-secret", resource, "mcp:tools:call") for _ in range(N * ROUNDS + 1)]
+        tokens = [idp.token("bench", "bench-secret", resource, MCP_SCOPE) for _ in range(N * ROUNDS + 1)]
         conn = http.client.HTTPConnection("127.0.0.1", envoy.port)
         timed(conn, tokens[-1])  # loads the keys
         cold, cached = [], []

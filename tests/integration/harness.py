@@ -21,16 +21,21 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# tests/: httpd.py, faults.py and standins/ are imported from there.
+sys.path.insert(0, str(ROOT / "tests"))
+
+from constants import SHIPPED_SECRET_ENV  # noqa: E402
+from httpd import HttpServer  # noqa: E402
+
 WORK = ROOT / "tests" / ".work"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "token_exchange_filter.wasm"
 ENVOY = Path(sys.prefix) / "bin" / "envoy"
-MCP_AUDIENCE = "mcpserver"
+MCP_DIR = ROOT / "tests" / "mcp"
 # What the filter must never log, gathered as the tests run: every token an
 # IdP issued to a test, and every value passed to an Envoy's environment
 # (where the secrets are). test_zz_no_secrets_in_logs.py scans for them.
 ISSUED_TOKENS = set()
 ENVOY_SECRETS = set()
-MCP_SCOPE = "mcp:tools:call"
 
 
 _HANDED_OUT = set()
@@ -69,6 +74,17 @@ def tail(path, n=40):
         return "(no log)"
 
 
+def stop_process(proc):
+    """Terminates `proc` (a Popen) if it still runs; kills it after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Proc:
     """A child process with its log file; stop() is idempotent."""
 
@@ -82,13 +98,7 @@ class Proc:
         self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._fh.close()
 
     def text(self):
@@ -286,7 +296,7 @@ class Envoy(EnvoyProcess):
         self.port = port or free_port()
         admin = free_port()
         env = dict(env or {})
-        env.setdefault("TOKEN_EXCHANGE_CLIENT_SECRET", "unused")
+        env.setdefault(SHIPPED_SECRET_ENV, "unused")
         listeners = [(self.port, plugin_config)] + list(extra_listeners)
         doc = envoy_config(listeners, admin, backend_port, clusters, direct_response, env_keys=env)
         super().__init__(cleanup, "envoy", doc, admin, concurrency, log_level, env)
@@ -301,7 +311,19 @@ class Envoy(EnvoyProcess):
         return call(port or self.port, path, method=method, headers=h)
 
 
-class BrokenTokenEndpoint:
+# What each path of BrokenTokenEndpoint answers: (status, content type, body).
+BROKEN_ANSWERS = {
+    "garbage": (200, "text/plain", b"this is not json"),
+    "oversize": (200, "application/json", json.dumps({
+        "access_token": "x" * 100_000, "token_type": "Bearer",
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()),
+    "500": (500, "application/json", b'{"error":"server_error"}'),
+    "hang": (200, "application/json", b"{}"),
+    "odd-header": (400, "application/json", b'{"error":"invalid_grant"}'),
+}
+
+
+class BrokenTokenEndpoint(HttpServer):
     """A token endpoint that misbehaves as its path says, for the failure rows
     no real IdP produces on demand: /garbage (200, not JSON), /oversize (200,
     100 KB of JSON), /500, /hang (answers after 5 s), /reset (closes the
@@ -309,49 +331,36 @@ class BrokenTokenEndpoint:
     above 0x7f in a header value). Runs in a thread of the test process."""
 
     def __init__(self):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    @staticmethod
+    def answer(req):
+        mode = req.path.strip("/")
+        if mode == "reset":
+            return None
+        if mode == "hang":
+            time.sleep(5)
+        status, ctype, body = BROKEN_ANSWERS.get(mode, (404, "text/plain", b""))
+        headers = [("content-type", ctype)]
+        if mode == "odd-header":
+            headers.insert(0, ("x-odd", "caf\xe9 \xff"))  # sent as latin-1 bytes
+        return status, headers, body
 
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                mode = self.path.strip("/")
-                if mode == "reset":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if mode == "hang":
-                    time.sleep(5)
-                status, ctype, body = {
-                    "garbage": (200, "text/plain", b"this is not json"),
-                    "oversize": (200, "application/json", json.dumps({
-                        "access_token": "x" * 100_000, "token_type": "Bearer",
-                        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()),
-                    "500": (500, "application/json", b'{"error":"server_error"}'),
-                    "hang": (200, "application/json", b"{}"),
-                    "odd-header": (400, "application/json", b'{"error":"invalid_grant"}'),
-                }.get(mode, (404, "text/plain", b""))
-                self.send_response(status)
-                if mode == "odd-header":
-                    self.send_header("x-odd", "caf\xe9 \xff")  # sent as latin-1 bytes
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
+class McpServer:
+    """The MCP server (tests/mcp/server.mjs, the official TypeScript SDK on
+    Express): its `whoami` tool calls the backend on `backend_port` with the
+    Authorization header the MCP request carried."""
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def __init__(self, cleanup, backend_port):
+        self.port = free_port()
+        self.proc = cleanup.add(Proc("mcp-server", ["node", "server.mjs"], cwd=MCP_DIR, env={
+            "MCP_PORT": str(self.port), "BACKEND_URL": f"http://127.0.0.1:{backend_port}"}))
+        wait_port(self.port, self.proc.proc, self.proc.log)
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def seen(self):
+        """Every Authorization value the MCP server received."""
+        return json.loads(call(self.port, "/_seen")[2])
 
 
 def call(port, path, method="GET", headers=None, body=None, header_list=None, timeout=30):

@@ -11,49 +11,39 @@ and Envoy's RSS at start and end.
 """
 
 import argparse
-import json
+import http.client
 import random
 import sys
 import threading
 import time
-import http.client
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import mcp_resources, plugin_config  # noqa: E402
-from harness import MCP_SCOPE, Backend, Cleanup, Envoy, IdP, call, free_port  # noqa: E402
+from constants import BACKEND_API, BACKEND_AUDIENCE, BACKEND_SCOPE  # noqa: E402
+from harness import Cleanup, call  # noqa: E402
+from stacks import Stack, clients_for, mcp_resources  # noqa: E402
 
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 MARKER = "x-load-user"
 
 
-class LoadStack:
+class LoadStack(Stack):
+    """The exchange stack with `users` clients, hour-long tokens, a backend
+    that checks every request's marker against its token, and `max_entries`
+    cache slots."""
+
     def __init__(self, cleanup, users, max_entries):
-        port = free_port()
-        resource, resources = mcp_resources(port)
-        resources[resource]["ttl"] = 3600
         self.users = [f"u{i:05d}" for i in range(users)]
-        self.mcp_as = IdP(cleanup, "load-mcp-as", resources=resources,
-                          clients=[{"client_id": u, "client_secret": "s"} for u in self.users]).start()
-        self.backend_as = IdP(
-            cleanup, "load-backend-as",
-            resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read", "ttl": 3600}},
-            clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [GRANT]}],
-            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"},
-        ).start()
-        self.backend = Backend(cleanup, verify_with=self.backend_as, audience="backend", marker=MARKER)
-        cfg = plugin_config(self.mcp_as, port)
-        cfg["tokenExchange"] = {"tokenUrl": f"{self.backend_as.issuer}/token", "clientId": "gw",
-                                "clientSecretEnv": "GW_SECRET", "audience": "backend"}
-        cfg["cache"] = {"maxEntries": max_entries}
-        clusters = {f"outbound|{p}||127.0.0.1": p for p in (self.mcp_as.port, self.backend_as.port)}
-        self.envoy = Envoy(cleanup, self.backend.port, cfg, clusters, port=port, log_level="warning",
-                           env={"GW_SECRET": "gw-secret"}).wait_ready()
+        super().__init__(
+            cleanup, prefix="load-", clients=clients_for(*self.users),
+            resources=lambda url: mcp_resources(url, ttl=3600), exchange=True,
+            backend_as={"resources": {BACKEND_API: {"audience": BACKEND_AUDIENCE, "scope": BACKEND_SCOPE,
+                                                    "ttl": 3600}}},
+            marker=MARKER, token_exchange={"scopes": None}, sections={"cache": {"maxEntries": max_entries}},
+            log_level="warning")
         with ThreadPoolExecutor(8) as pool:
-            self.tokens = dict(zip(self.users, pool.map(
-                lambda u: self.mcp_as.token(u, "s", resource, MCP_SCOPE), self.users)))
+            self.tokens = dict(zip(self.users, pool.map(self.token, self.users)))
 
     def rss_mib(self):
         for line in Path(f"/proc/{self.envoy.proc.proc.pid}/status").read_text().splitlines():

@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from conftest import CLIENT, SECRET, Stack
-from harness import MCP_AUDIENCE, MCP_SCOPE, WASM, WORK, IdP, b64url, call, decode_part
+from constants import MCP_AUDIENCE, MCP_SCOPE
+from harness import WORK, b64url, call, decode_part
+from stacks import Stack, merged
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-MCP_RESOURCE = "urn:test:mcp"
 
 
 # --- keys ------------------------------------------------------------------
@@ -137,18 +137,13 @@ class Ctx:
 
     @property
     def issuer(self):
-        return self.stack.idp.issuer
+        return self.stack.mcp_as.issuer
 
     def claims(self, **over):
         now = int(time.time())
         c = {"iss": self.issuer, "sub": "forger", "aud": MCP_AUDIENCE, "iat": now, "exp": now + 300,
              "scope": MCP_SCOPE, "client_id": "forger", "jti": uuid.uuid4().hex}
-        for k, v in over.items():
-            if v is DROP:
-                c.pop(k, None)
-            else:
-                c[k] = v
-        return c
+        return merged(c, over, remove=DROP)
 
     def header(self, alg="RS256", kid="main", **extra):
         h = {"alg": alg, "typ": "at+jwt"}
@@ -163,9 +158,13 @@ class Ctx:
     def key(self, name="main"):
         return private_key({"main": self.main, "ps": self.ps, "ec": self.ecj}[name])
 
+    def rs256(self, header=None, payload=None):
+        """`header` and `payload` (the defaults if not given) signed RS256 with `main`."""
+        return jws(header or self.header(), payload or self.claims(), "RS256", self.key())
+
     def good(self, **over):
         """A correctly signed RS256 token with `main`, claims overridden."""
-        return jws(self.header(), self.claims(**over), "RS256", self.key())
+        return self.rs256(payload=self.claims(**over))
 
     def public_pem(self):
         return self.key().public_key().public_bytes(serialization.Encoding.PEM,
@@ -177,7 +176,7 @@ class Ctx:
 
     def published(self, name="main"):
         kid = self.kid(name)
-        return next(k for k in self.stack.idp.jwks()["keys"] if k["kid"] == kid)
+        return next(k for k in self.stack.mcp_as.jwks()["keys"] if k["kid"] == kid)
 
 
 DROP = object()
@@ -309,7 +308,7 @@ def _no_raw_newline_in_log(ctx, status, headers, body):
 
 
 CASES = [
-    Case("control-idp-token", lambda c: c.stack.idp.token(CLIENT, SECRET, MCP_RESOURCE, MCP_SCOPE), PASS),
+    Case("control-idp-token", lambda c: c.stack.token(), PASS),
     Case("control-forged-rs256-main", lambda c: c.good(), PASS),
     # --- algorithms
     Case("alg-none", lambda c: compact(c.header("none"), c.claims())),
@@ -317,7 +316,7 @@ CASES = [
     Case("alg-NONE", lambda c: compact(c.header("NONE"), c.claims())),
     Case("alg-none-no-kid", lambda c: compact(c.header("none", None), c.claims())),
     Case("alg-none-with-rs256-signature",
-         lambda c: with_signature(c.good(), jws(c.header("none"), c.claims(), "RS256", c.key()).split(".")[2])),
+         lambda c: with_signature(c.good(), c.rs256(c.header("none")).split(".")[2])),
 ] + [
     Case(f"alg-{alg.lower()}-keyed-with-public-{form}",
          (lambda alg, form: lambda c: jws(c.header(alg), c.claims(), alg, {
@@ -340,15 +339,15 @@ CASES = [
     Case("es256-attacker-key-on-ec-kid", lambda c: jws(c.header("ES256", "ec"), c.claims(), "ES256", c.attacker_ec)),
     Case("es256-header-on-rsa-kid", lambda c: jws(c.header("ES256", "main"), c.claims(), "ES256", c.attacker_ec)),
     Case("eddsa-header-on-rsa-kid", lambda c: jws(c.header("EdDSA", "main"), c.claims(), "EdDSA", c.attacker_ed)),
-    Case("rs256-header-on-ec-kid", lambda c: jws(c.header("RS256", "ec"), c.claims(), "RS256", c.key())),
+    Case("rs256-header-on-ec-kid", lambda c: c.rs256(c.header("RS256", "ec"))),
     # --- key selection (unseen kids: sent together, see Case.batch)
-    Case("kid-path-traversal", lambda c: jws(c.header(kid="../../../../etc/passwd"), c.claims(), "RS256", c.key()),
+    Case("kid-path-traversal", lambda c: c.rs256(c.header(kid="../../../../etc/passwd")),
          batch=True),
-    Case("kid-nul-byte", lambda c: jws(c.header(kid=c.main["kid"] + "\u0000"), c.claims(), "RS256", c.key()),
+    Case("kid-nul-byte", lambda c: c.rs256(c.header(kid=c.main["kid"] + "\u0000")),
          batch=True),
-    Case("kid-empty-string", lambda c: jws(c.header(kid=""), c.claims(), "RS256", c.key()), batch=True),
-    Case("kid-4kib", lambda c: jws(c.header(kid="k" * 4096), c.claims(), "RS256", c.key()), batch=True),
-    Case("no-kid-bad-signature", lambda c: tamper(jws(c.header(kid=None), c.claims(), "RS256", c.key()))),
+    Case("kid-empty-string", lambda c: c.rs256(c.header(kid="")), batch=True),
+    Case("kid-4kib", lambda c: c.rs256(c.header(kid="k" * 4096)), batch=True),
+    Case("no-kid-bad-signature", lambda c: tamper(c.rs256(c.header(kid=None)))),
     Case("no-kid-attacker-signature", lambda c: jws(c.header(kid=None), c.claims(), "RS256", c.attacker)),
     Case("no-kid-ps256-attacker-signature", lambda c: jws(c.header("PS256", None), c.claims(), "PS256", c.attacker)),
     # --- untrusted key-carrying headers: real kid, signed by the attacker's key
@@ -362,10 +361,9 @@ CASES = [
          lambda c: jws(c.header(kid=None, jwk=attacker_public_jwk(c)), c.claims(), "RS256", c.attacker)),
     Case("x5c-attacker-cert", lambda c: jws(c.header(x5c=[attacker_cert(c)]), c.claims(), "RS256", c.attacker)),
     Case("crit-unknown-extension",
-         lambda c: jws(c.header(crit=["urn:example:attack"], **{"urn:example:attack": True}), c.claims(),
-                       "RS256", c.key())),
-    Case("crit-b64-false", lambda c: jws(c.header(crit=["b64"], b64=False), c.claims(), "RS256", c.key())),
-    Case("crit-empty-list", lambda c: jws(c.header(crit=[]), c.claims(), "RS256", c.key())),
+         lambda c: c.rs256(c.header(crit=["urn:example:attack"], **{"urn:example:attack": True}))),
+    Case("crit-b64-false", lambda c: c.rs256(c.header(crit=["b64"], b64=False))),
+    Case("crit-empty-list", lambda c: c.rs256(c.header(crit=[]))),
     # --- malformed compact serialization
     Case("signature-empty", lambda c: with_signature(c.good(), "")),
     Case("signature-stripped-2-segments", lambda c: c.good().rsplit(".", 1)[0]),
@@ -389,64 +387,52 @@ CASES = [
     Case("dots-10000", lambda c: "." * 10_000),
     # --- JSON
     Case("header-dup-alg-rs256-then-none",
-         lambda c: jws(f'{{"alg":"RS256","typ":"at+jwt","kid":"{c.main["kid"]}","alg":"none"}}', c.claims(),
-                       "RS256", c.key())),
+         lambda c: c.rs256(f'{{"alg":"RS256","typ":"at+jwt","kid":"{c.main["kid"]}","alg":"none"}}')),
     Case("header-dup-alg-none-then-rs256",
-         lambda c: jws(f'{{"alg":"none","typ":"at+jwt","kid":"{c.main["kid"]}","alg":"RS256"}}', c.claims(),
-                       "RS256", c.key())),
+         lambda c: c.rs256(f'{{"alg":"none","typ":"at+jwt","kid":"{c.main["kid"]}","alg":"RS256"}}')),
     Case("header-dup-kid-good-then-bad",
-         lambda c: jws(f'{{"alg":"RS256","kid":"{c.main["kid"]}","kid":"{c.ps["kid"]}"}}', c.claims(),
-                       "RS256", c.key())),
+         lambda c: c.rs256(f'{{"alg":"RS256","kid":"{c.main["kid"]}","kid":"{c.ps["kid"]}"}}')),
     Case("header-dup-kid-bad-then-good",
-         lambda c: jws(f'{{"alg":"RS256","kid":"{c.ps["kid"]}","kid":"{c.main["kid"]}"}}', c.claims(),
-                       "RS256", c.key())),
+         lambda c: c.rs256(f'{{"alg":"RS256","kid":"{c.ps["kid"]}","kid":"{c.main["kid"]}"}}')),
     Case("payload-dup-iss-good-then-bad",
-         lambda c: jws(c.header(), raw_claims(c, ("iss", json.dumps(c.issuer)), ("iss", '"https://evil.example"')),
-                       "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("iss", json.dumps(c.issuer)), ("iss", '"https://evil.example"')))),
     Case("payload-dup-iss-bad-then-good",
-         lambda c: jws(c.header(), raw_claims(c, ("iss", '"https://evil.example"'), ("iss", json.dumps(c.issuer))),
-                       "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("iss", '"https://evil.example"'), ("iss", json.dumps(c.issuer))))),
     Case("payload-dup-aud-good-then-bad",
-         lambda c: jws(c.header(), raw_claims(c, ("aud", '"mcpserver"'), ("aud", '"other-api"')), "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("aud", json.dumps(MCP_AUDIENCE)), ("aud", '"other-api"')))),
     Case("payload-dup-aud-bad-then-good",
-         lambda c: jws(c.header(), raw_claims(c, ("aud", '"other-api"'), ("aud", '"mcpserver"')), "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("aud", '"other-api"'), ("aud", json.dumps(MCP_AUDIENCE))))),
     Case("payload-dup-exp-past-then-future",
-         lambda c: jws(c.header(), raw_claims(c, ("exp", "1000"), ("exp", str(int(time.time()) + 300))),
-                       "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("exp", "1000"), ("exp", str(int(time.time()) + 300))))),
     Case("payload-dup-exp-future-then-past",
-         lambda c: jws(c.header(), raw_claims(c, ("exp", str(int(time.time()) + 300)), ("exp", "1000")),
-                       "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("exp", str(int(time.time()) + 300)), ("exp", "1000")))),
     Case("payload-dup-sub",
-         lambda c: jws(c.header(), raw_claims(c, ("sub", '"alice"'), ("sub", '"admin"')), "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("sub", '"alice"'), ("sub", '"admin"')))),
     Case("payload-dup-scope-none-then-required",
-         lambda c: jws(c.header(), raw_claims(c, ("scope", '"openid"'), ("scope", json.dumps(MCP_SCOPE))),
-                       "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("scope", '"openid"'), ("scope", json.dumps(MCP_SCOPE))))),
     Case("payload-dup-scope-required-then-none",
-         lambda c: jws(c.header(), raw_claims(c, ("scope", json.dumps(MCP_SCOPE)), ("scope", '"openid"')),
-                       "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("scope", json.dumps(MCP_SCOPE)), ("scope", '"openid"')))),
     Case("payload-dup-nested-key",
-         lambda c: jws(c.header(), raw_claims(c, ("act", '{"sub":"a","sub":"b"}')), "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("act", '{"sub":"a","sub":"b"}')))),
     Case("payload-deeply-nested-5000",
-         lambda c: jws(c.header(), raw_claims(c, ("x", deep(5000))), "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("x", deep(5000))))),
     Case("payload-deeply-nested-objects-3000",
-         lambda c: jws(c.header(), raw_claims(c, ("x", '{"a":' * 3000 + "1" + "}" * 3000)), "RS256", c.key())),
+         lambda c: c.rs256(payload=raw_claims(c, ("x", '{"a":' * 3000 + "1" + "}" * 3000)))),
     Case("header-deeply-nested-2000",
-         lambda c: jws(f'{{"alg":"RS256","kid":"{c.main["kid"]}","x":{deep(2000)}}}', c.claims(), "RS256",
-                       c.key())),
+         lambda c: c.rs256(f'{{"alg":"RS256","kid":"{c.main["kid"]}","x":{deep(2000)}}}')),
     Case("header-json-array",
-         lambda c: jws(json.dumps(["RS256", None, c.main["kid"]]), c.claims(), "RS256", c.key())),
+         lambda c: c.rs256(json.dumps(["RS256", None, c.main["kid"]]))),
     Case("payload-json-array",
-         lambda c: jws(c.header(), json.dumps([c.issuer, "forger", MCP_AUDIENCE]), "RS256", c.key())),
-    Case("header-not-json", lambda c: jws("alg=RS256", c.claims(), "RS256", c.key())),
+         lambda c: c.rs256(payload=json.dumps([c.issuer, "forger", MCP_AUDIENCE]))),
+    Case("header-not-json", lambda c: c.rs256("alg=RS256")),
     # --- claim types
     Case("exp-string", lambda c: c.good(exp=str(int(time.time()) + 300))),
     Case("exp-float", lambda c: c.good(exp=time.time() + 300.5)),
     Case("exp-negative", lambda c: c.good(exp=-1)),
-    Case("exp-1e309", lambda c: jws(c.header(), raw_claims(c, ("exp", "1e309")), "RS256", c.key())),
+    Case("exp-1e309", lambda c: c.rs256(payload=raw_claims(c, ("exp", "1e309")))),
     Case("exp-boolean", lambda c: c.good(exp=True)),
     Case("exp-missing", lambda c: c.good(exp=DROP)),
-    Case("exp-u64-overflow", lambda c: jws(c.header(), raw_claims(c, ("exp", "18446744073709551616")), "RS256",
-                                           c.key())),
+    Case("exp-u64-overflow", lambda c: c.rs256(payload=raw_claims(c, ("exp", "18446744073709551616")))),
     Case("aud-empty-list", lambda c: c.good(aud=[])),
     Case("aud-nested-list", lambda c: c.good(aud=[[MCP_AUDIENCE]])),
     Case("aud-missing", lambda c: c.good(aud=DROP)),
@@ -465,14 +451,14 @@ CASES = [
     # --- header and subject
     Case("sub-missing", lambda c: c.good(sub=DROP)),
     Case("sub-empty", lambda c: c.good(sub="")),
-    Case("typ-logout+jwt", lambda c: jws(c.header(typ="logout+jwt"), c.claims(), "RS256", c.key())),
-    Case("typ-secevent+jwt", lambda c: jws(c.header(typ="secevent+jwt"), c.claims(), "RS256", c.key())),
-    Case("typ-dpop+jwt", lambda c: jws(c.header(typ="dpop+jwt"), c.claims(), "RS256", c.key())),
-    Case("typ-JWE", lambda c: jws(c.header(typ="JWE"), c.claims(), "RS256", c.key())),
-    Case("control-typ-JWT", lambda c: jws(c.header(typ="JWT"), c.claims(), "RS256", c.key()), PASS),
-    Case("control-typ-absent", lambda c: jws({"alg": "RS256", "kid": c.main["kid"]}, c.claims(), "RS256", c.key()),
+    Case("typ-logout+jwt", lambda c: c.rs256(c.header(typ="logout+jwt"))),
+    Case("typ-secevent+jwt", lambda c: c.rs256(c.header(typ="secevent+jwt"))),
+    Case("typ-dpop+jwt", lambda c: c.rs256(c.header(typ="dpop+jwt"))),
+    Case("typ-JWE", lambda c: c.rs256(c.header(typ="JWE"))),
+    Case("control-typ-JWT", lambda c: c.rs256(c.header(typ="JWT")), PASS),
+    Case("control-typ-absent", lambda c: c.rs256({"alg": "RS256", "kid": c.main["kid"]}),
          PASS),
-    Case("control-typ-at+jwt", lambda c: jws(c.header(typ="at+jwt"), c.claims(), "RS256", c.key()), PASS),
+    Case("control-typ-at+jwt", lambda c: c.rs256(c.header(typ="at+jwt")), PASS),
     Case("control-sub-with-newline-is-escaped-in-log",
          lambda c: c.good(sub=f"newline-user\n{c.marker} forged log line", client_id=f"cid\n{c.marker}"),
          PASS, check=_no_raw_newline_in_log),
@@ -501,27 +487,20 @@ def _ids():
 
 @pytest.fixture(scope="module")
 def ctx(module_cleanup):
-    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
     WORK.mkdir(parents=True, exist_ok=True)
     main = rsa_private_jwk(f"main-{uuid.uuid4().hex[:8]}", "RS256")
     ps = rsa_private_jwk(f"ps-{uuid.uuid4().hex[:8]}", "PS256")
     ecj = ec_private_jwk(f"ec-{uuid.uuid4().hex[:8]}")
     keys = WORK / f"attacks-{uuid.uuid4().hex[:8]}-keys.json"
     keys.write_text(json.dumps({"keys": [main, ps, ecj]}))
-    resources = {
-        MCP_RESOURCE: {"audience": MCP_AUDIENCE, "scope": f"{MCP_SCOPE} openid"},
-        "urn:test:short": {"audience": MCP_AUDIENCE, "scope": MCP_SCOPE, "ttl": 2},
-    }
-    idp = IdP(module_cleanup, "attack-as", keys=keys, resources=resources,
-              clients=[{"client_id": CLIENT, "client_secret": SECRET}]).start()
-    published = {k["kid"]: k for k in idp.jwks()["keys"]}
+    stack = Stack(module_cleanup, prefix="attack-", keys=keys)
+    published = {k["kid"]: k for k in stack.mcp_as.jwks()["keys"]}
     assert set(published) == {main["kid"], ps["kid"], ecj["kid"]}, published
     assert published[ps["kid"]]["alg"] == "PS256" and published[ecj["kid"]]["alg"] == "ES256"
-    stack = Stack(module_cleanup, idp=idp)
     c = Ctx(stack=stack, main=main, ps=ps, ecj=ecj)
     c.vm_created = wasm_stats(c).get("wasm.envoy.wasm.runtime.v8.created", "")
     assert c.vm_created
-    c.short_token = idp.token(CLIENT, SECRET, "urn:test:short", MCP_SCOPE)
+    c.short_token = stack.token(resource="urn:test:short")
     c.short_first_status = stack.envoy.get(token=c.short_token)[0]
     return c
 
@@ -585,7 +564,7 @@ def wasm_stats(ctx):
 def test_still_healthy_after_the_table(ctx):
     """No row trapped or wedged a worker: good tokens pass on both workers
     (many connections), nothing panicked, V8 reported no failure."""
-    token = ctx.stack.idp.token(CLIENT, SECRET, MCP_RESOURCE, MCP_SCOPE)
+    token = ctx.stack.token()
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda _: ctx.stack.envoy.get(token=token)[0], range(40)))
     assert codes == [200] * 40

@@ -1,8 +1,8 @@
 """Issue 10, browsers: a real browser (headless Chromium, Debian's `chromium`)
 reads the filter's challenge cross-origin.
 
-A page (tests/browser/cors.html) is served by Python's http.server from one
-origin and calls the MCP endpoint, Envoy with the filter, at another. Its
+A page (tests/browser/cors.html) is served from one origin (a file server
+in this process) and calls the MCP endpoint, Envoy with the filter, at another. Its
 POST with content-type application/json is not a "simple" request, so
 Chromium sends a CORS preflight first. The filter lets preflights through
 (they carry no credentials) and the upstream answers them, as an MCP server
@@ -23,107 +23,67 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
 
-from conftest import CLIENT, SECRET, mcp_resources, plugin_config
-from harness import MCP_SCOPE, ROOT, WASM, Envoy, IdP, Proc, free_port, wait_port
+from constants import MCP_SCOPE
+from harness import ROOT
+from httpd import HttpServer, files, json_answer
+from stacks import Stack
 
 PAGES = ROOT / "tests" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-class CorsUpstream:
+class CorsUpstream(HttpServer):
     """The MCP server's stand-in: answers preflights for any origin (echoing
-    the origin, methods and headers asked for) and other requests with JSON
-    saying what arrived, readable by that origin. Records every request."""
+    the origin, methods and headers asked for) and POSTs with JSON saying
+    what arrived, readable by that origin. Records every request."""
 
     def __init__(self):
-        seen = self.seen = []
+        self.seen = []
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _cors(self):
-                origin = self.headers.get("origin")
-                if origin:
-                    self.send_header("access-control-allow-origin", origin)
-                    self.send_header("vary", "Origin")
-
-            def do_OPTIONS(self):
-                seen.append({"method": "OPTIONS", "origin": self.headers.get("origin"),
-                             "request_headers": self.headers.get("access-control-request-headers")})
-                self.send_response(204)
-                self._cors()
-                self.send_header("access-control-allow-methods", "GET, POST, DELETE")
-                asked = self.headers.get("access-control-request-headers")
-                if asked:
-                    self.send_header("access-control-allow-headers", asked)
-                self.send_header("access-control-max-age", "0")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                auth = self.headers.get("authorization")
-                seen.append({"method": "POST", "origin": self.headers.get("origin"), "authorization": auth})
-                body = json.dumps({"upstream": "reached", "bearer": bool(auth and auth.startswith("Bearer "))}).encode()
-                self.send_response(200)
-                self._cors()
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, req):
+        origin = req.headers.get("origin")
+        cors = {"access-control-allow-origin": origin, "vary": "Origin"} if origin else {}
+        if req.method == "OPTIONS":
+            asked = req.headers.get("access-control-request-headers")
+            self.seen.append({"method": "OPTIONS", "origin": origin, "request_headers": asked})
+            headers = {**cors, "access-control-allow-methods": "GET, POST, DELETE"}
+            if asked:
+                headers["access-control-allow-headers"] = asked
+            return 204, {**headers, "access-control-max-age": "0"}, b""
+        if req.method != "POST":
+            return 501, {}, b""
+        auth = req.headers.get("authorization")
+        self.seen.append({"method": "POST", "origin": origin, "authorization": auth})
+        return json_answer({"upstream": "reached", "bearer": bool(auth and auth.startswith("Bearer "))},
+                           headers=cors)
 
 
-class PageServer:
-    """tests/browser/ served by `python -m http.server`: origin http://127.0.0.1:<port>."""
+class PageServer(HttpServer):
+    """tests/browser/ served from origin http://127.0.0.1:<port>."""
 
-    def __init__(self, cleanup):
-        self.port = free_port()
-        self.origin = f"http://127.0.0.1:{self.port}"
-        self.proc = cleanup.add(Proc("pages", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
-                                               "--directory", str(PAGES), str(self.port)]))
-        wait_port(self.port, self.proc.proc, self.proc.log)
+    def __init__(self):
+        super().__init__(files(PAGES))
 
     def url(self, page, **query):
         return f"{self.origin}/{page}?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
 
 
-class BrowserStack:
-    def __init__(self, cleanup):
-        assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
-        assert shutil.which(CHROMIUM), "no chromium: run tests/bootstrap.sh --browser"
-        self.allowed = PageServer(cleanup)
-        self.other = PageServer(cleanup)  # same host, another port: another origin
-        self.envoy_port = free_port()
-        self.resource, resources = mcp_resources(self.envoy_port)
-        self.idp = IdP(cleanup, "mcp-as", resources=resources,
-                       clients=[{"client_id": CLIENT, "client_secret": SECRET}]).start()
-        self.upstream = cleanup.add(CorsUpstream())
-        config = plugin_config(self.idp, self.envoy_port)
-        config["cors"] = {"allowedOrigins": [self.allowed.origin]}
-        clusters = {f"outbound|{self.idp.port}||127.0.0.1": self.idp.port}
-        self.envoy = Envoy(cleanup, self.upstream.port, config, clusters, port=self.envoy_port).wait_ready()
+class BrowserStack(Stack):
+    """The validation stack, its upstream the CORS stand-in, with two page
+    origins of which `cors.allowedOrigins` names one."""
 
-    def token(self):
-        return self.idp.token(CLIENT, SECRET, self.resource, MCP_SCOPE)
+    def __init__(self, cleanup):
+        assert shutil.which(CHROMIUM), "no chromium: run tests/bootstrap.sh --browser"
+        self.allowed = cleanup.add(PageServer())
+        self.other = cleanup.add(PageServer())  # same host, another port: another origin
+        self.upstream = cleanup.add(CorsUpstream())
+        super().__init__(cleanup, upstream=self.upstream.port,
+                         sections={"cors": {"allowedOrigins": [self.allowed.origin]}})
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +124,7 @@ def test_an_allowed_origin_reads_the_challenge_and_the_metadata(bs, tmp_path):
     assert got["resource_metadata"] == metadata_url
     assert got["metadata_status"] == 200
     assert got["metadata"]["resource"] == bs.resource
-    assert got["metadata"]["authorization_servers"] == [bs.idp.issuer]
+    assert got["metadata"]["authorization_servers"] == [bs.mcp_as.issuer]
     # The preflight went through the filter to the upstream, which answered
     # it; the POST itself never got past the filter.
     new = bs.upstream.seen[before:]

@@ -13,61 +13,48 @@ import time
 
 import pytest
 
-from conftest import mcp_resources, plugin_config
-from harness import MCP_SCOPE, Backend, BrokenTokenEndpoint, Envoy, IdP, call, free_port, tamper_signature
+from constants import ADMIN_SCOPE, BACKEND_AUDIENCE, GW_SECRET, MCP_SCOPE
+from harness import BrokenTokenEndpoint, call, free_port, tamper_signature
+from stacks import Stack, clients_for, mcp_resources
 
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ORIGIN = "https://app.example"
 PREFIX = "wasmcustom.token_exchange_filter."
-LISTENERS = ("main", "bad-gateway", "hang", "idp-500", "no-keys")
+LISTENERS = ("main", "bad-gateway", "hang", "idp-500", "no-keys", "own-keys")
 
 
-class Edge:
+class Edge(Stack):
+    """The exchange stack, with an echo backend; `main` has every edge
+    feature on, the others fail in one way each."""
+
     def __init__(self, cleanup):
-        self.ports = {name: free_port() for name in LISTENERS}
-        self.resource, resources = mcp_resources(self.ports["main"])
-        resources[self.resource]["scope"] = f"{MCP_SCOPE} mcp:admin"
-        users = ["alice", "bob", "blocked", "dora"]
-        self.mcp_as = IdP(cleanup, "mcp-as", resources=resources,
-                          clients=[{"client_id": u, "client_secret": f"{u}-secret"} for u in users]).start()
-        self.backend_as = IdP(
-            cleanup, "backend-as",
-            resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
-            clients=[{"client_id": "gw", "client_secret": "gw-secret", "grant_types": [EXCHANGE_GRANT]}],
-            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": "mcpserver",
-                       "IDP_DENY_SUBJECTS": json.dumps(["blocked"])},
-        ).start()
-        self.broken = BrokenTokenEndpoint()
-        cleanup.add(self.broken)
-        self.backend = Backend(cleanup)
-        closed = free_port()
-        exchange = {"tokenUrl": f"{self.backend_as.issuer}/token", "clientId": "gw", "clientSecretEnv": "GW_SECRET",
-                    "audience": "backend", "timeoutMs": 500}
-        broken = f"http://127.0.0.1:{self.broken.port}"
-        configs = {}
-        for name in LISTENERS:
-            cfg = plugin_config(self.mcp_as, self.ports["main"])
-            cfg["tokenExchange"] = dict(exchange)
-            configs[name] = cfg
-        main = configs["main"]
-        main["cors"] = {"allowedOrigins": [ORIGIN]}
-        main["claimToHeaders"] = [{"claim": "sub", "header": "x-user-sub"}]
-        main["mcp"] = {"toolScopes": {"delete_repo": ["mcp:admin"]}, "maxBodyBytes": 512}
-        main["rules"] = [{"match": {"pathPrefix": "/healthz"}, "skip": True}]
-        main["cache"] = {"maxEntries": 1, "expirySkewSeconds": 30}
-        configs["bad-gateway"]["tokenExchange"]["tokenUrl"] = f"{broken}/garbage"
-        configs["hang"]["tokenExchange"]["tokenUrl"] = f"{broken}/hang"
-        configs["idp-500"]["tokenExchange"]["tokenUrl"] = f"{broken}/500"
-        configs["no-keys"]["oidc"]["jwksUrl"] = f"http://127.0.0.1:{closed}/jwks"
-        clusters = {f"outbound|{p}||127.0.0.1": p for p in
-                    (self.mcp_as.port, self.backend_as.port, self.broken.port, closed)}
-        listeners = [(self.ports[n], configs[n]) for n in LISTENERS]
-        self.envoy = Envoy(cleanup, self.backend.port, listeners[0][1], clusters, port=listeners[0][0],
-                           extra_listeners=listeners[1:], env={"GW_SECRET": "gw-secret"}).wait_ready()
+        self.broken = cleanup.add(BrokenTokenEndpoint())
+        self.closed = free_port()
         self.tokens = []
+        super().__init__(cleanup, listeners=LISTENERS, clients=clients_for("alice", "bob", "blocked", "dora"),
+                         resources=lambda url: mcp_resources(url, scope=f"{MCP_SCOPE} {ADMIN_SCOPE}"),
+                         exchange=True, backend_as={"deny": ["blocked"]}, verify=False,
+                         token_exchange={"scopes": None, "timeoutMs": 500},
+                         clusters=[self.broken.port, self.closed])
+
+    def configure(self, name):
+        if name == "main":
+            return {**self.config(),
+                    "cors": {"allowedOrigins": [ORIGIN]},
+                    "claimToHeaders": [{"claim": "sub", "header": "x-user-sub"}],
+                    "mcp": {"toolScopes": {"delete_repo": [ADMIN_SCOPE]}, "maxBodyBytes": 512},
+                    "rules": [{"match": {"pathPrefix": "/healthz"}, "skip": True}],
+                    "cache": {"maxEntries": 1, "expirySkewSeconds": 30}}
+        if name == "no-keys":
+            return self.config(oidc={"jwksUrl": f"http://127.0.0.1:{self.closed}/jwks"})
+        if name == "own-keys":
+            # Keys published under a JWKS URL of its own, first asked for by
+            # test_every_metric_moves (listeners with one issuer and URL share them).
+            return self.config(oidc={"jwksUrl": f"{self.mcp_as.issuer}/jwks?for=own-keys"})
+        broken = {"bad-gateway": "garbage", "hang": "hang", "idp-500": "500"}[name]
+        return self.config(exchange={"tokenUrl": f"{self.broken.origin}/{broken}"})
 
     def token(self, user="alice", scope=MCP_SCOPE):
-        t = self.mcp_as.token(user, f"{user}-secret", self.resource, scope)
+        t = super().token(user, scope)
         self.tokens.append(t)
         return t
 
@@ -91,10 +78,6 @@ def edge(module_cleanup):
     return Edge(module_cleanup)
 
 
-def seen(body):
-    return json.loads(body)
-
-
 def test_preflights_reach_the_upstream_and_refusals_are_readable_cross_origin(edge):
     served = edge.backend.requests()
     status, _, _ = edge.req(method="OPTIONS", headers={"origin": ORIGIN, "access-control-request-method": "POST",
@@ -113,10 +96,10 @@ def test_preflights_reach_the_upstream_and_refusals_are_readable_cross_origin(ed
 def test_claim_headers_come_from_the_token_only(edge):
     status, _, body = edge.req(token=edge.token("alice"), headers={"x-user-sub": "root"})
     assert status == 200, body
-    headers = dict(seen(body)["headers"])
+    headers = dict(json.loads(body)["headers"])
     assert headers["x-user-sub"] == "alice"
     status, _, body = edge.req(path="/healthz", headers={"x-user-sub": "root"})
-    assert "x-user-sub" not in dict(seen(body)["headers"]), "skipped routes lose the client's copy too"
+    assert "x-user-sub" not in dict(json.loads(body)["headers"]), "skipped routes lose the client's copy too"
 
 
 def rpc(name, pad=0):
@@ -125,7 +108,7 @@ def rpc(name, pad=0):
 
 
 def test_tool_scopes_are_checked_from_the_body(edge):
-    plain, admin = edge.token("bob"), edge.token("bob", f"{MCP_SCOPE} mcp:admin")
+    plain, admin = edge.token("bob"), edge.token("bob", f"{MCP_SCOPE} {ADMIN_SCOPE}")
     ctype = {"content-type": "application/json"}
     status, headers, _ = edge.req(method="POST", token=plain, headers=ctype, body=rpc("delete_repo"))
     assert status == 403
@@ -175,6 +158,7 @@ def test_every_metric_moves(edge):
     edge.req("hang", token=alice)
     edge.req("idp-500", token=alice)
     edge.req("no-keys", token=alice)                                    # jwks fetch fails: unavailable
+    edge.req("own-keys", token=alice)                                   # jwks fetch ok
     bob = edge.token("bob")
     for t in (alice, alice, bob):                                       # miss, hit, miss + overwrite (1 slot)
         assert edge.req(token=t)[0] == 200
@@ -211,7 +195,7 @@ def test_audit_lines_hold_decisions_and_never_a_token(edge):
     edge.req()
     lines = [l.split(" audit ", 1)[1] for l in edge.envoy.proc.text().splitlines() if " audit {" in l]
     entries = [json.loads(l) for l in lines]
-    assert any(e["decision"] == "allow" and e["sub"] == "alice" and e["target"] == "backend"
+    assert any(e["decision"] == "allow" and e["sub"] == "alice" and e["target"] == BACKEND_AUDIENCE
                and e["cache"] in ("hit", "miss") and e["iss"] == edge.mcp_as.issuer for e in entries)
     assert any(e["decision"] == "deny" and e["reason"] == "missing bearer token" and e["status"] == 401
                for e in entries)
@@ -220,4 +204,4 @@ def test_audit_lines_hold_decisions_and_never_a_token(edge):
     for t in edge.tokens:
         for part in t.split("."):
             assert not any(part in l for l in wasm_lines if len(part) >= 16), "a token in the log"
-    assert not any("gw-secret" in l for l in wasm_lines)
+    assert not any(GW_SECRET in l for l in wasm_lines)

@@ -14,28 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import mcp_resources, plugin_config
-from harness import (
-    MCP_SCOPE,
-    Backend,
-    BrokenTokenEndpoint,
-    Cleanup,
-    Envoy,
-    IdP,
-    decode_part,
-    free_port,
-)
+from constants import BACKEND_API, BACKEND_AUDIENCE, BACKEND_SCOPE, CLIENT, GW_CLIENT, MCP_AUDIENCE, SECRET
+from harness import BrokenTokenEndpoint, Envoy, IdP, decode_part, free_port
+from stacks import Stack, clients_for, exchange_client, merged, plugin_config
 
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 USERS = [f"user{i:02d}" for i in range(50)]
 SECRETS = {
     "GW_BASIC_SECRET": "basic-secret-&:=+",
     "GW_POST_SECRET": "post-secret",
     "GW_NOGRANT_SECRET": "nogrant-secret",
-    "TESTER_SECRET": "tester-secret",
+    "TESTER_SECRET": SECRET,
     "WRONG_SECRET": "not-the-secret",
 }
-BACKEND_API = "https://api.example.com/"
 SHORT_API = "https://short.example.com/"
 
 # Listener name -> (tokenExchange overrides, cache section). Every listener
@@ -52,7 +42,7 @@ LISTENERS = {
     "bad-target": ({"audience": "no-such-api"}, None),
     "bad-client": ({"clientSecretEnv": "WRONG_SECRET"}, None),
     "unauthorized-client": ({"clientId": "gw-nogrant", "clientSecretEnv": "GW_NOGRANT_SECRET"}, None),
-    "unsupported-grant": ({"tokenUrl": "MCP_AS/token", "clientId": "tester",
+    "unsupported-grant": ({"tokenUrl": "MCP_AS/token", "clientId": CLIENT,
                            "clientSecretEnv": "TESTER_SECRET"}, None),
     "invalid-request": ({"requestedTokenType": "id_token"}, None),
     "garbage": ({"tokenUrl": "BROKEN/garbage"}, None),
@@ -65,94 +55,49 @@ LISTENERS = {
 }
 
 
-class ExchangeStack:
+class ExchangeStack(Stack):
+    """The exchange stack with a listener per LISTENERS row, the broken token
+    endpoint, and a port nothing listens on; the backend AS exchanges slowly
+    enough that concurrent requests really overlap."""
+
     def __init__(self, cleanup):
-        self.ports = {name: free_port() for name in LISTENERS}
-        resource, resources = mcp_resources(self.ports["basic"])
-        self.resource = resource
-        clients = [{"client_id": c, "client_secret": f"{c}-secret"} for c in USERS + ["blocked-user"]]
-        clients.append({"client_id": "tester", "client_secret": SECRETS["TESTER_SECRET"]})
-        self.mcp_as = IdP(cleanup, "mcp-as", resources=resources, clients=clients).start()
-        gw = {"grant_types": [EXCHANGE_GRANT]}
-        self.backend_as = IdP(
-            cleanup,
-            "backend-as",
-            resources={
-                BACKEND_API: {"audience": "backend", "scope": "backend:read backend:write"},
-                SHORT_API: {"audience": "backend", "scope": "backend:read", "ttl": 3},
+        self.broken = cleanup.add(BrokenTokenEndpoint())
+        self.closed = free_port()
+        super().__init__(
+            cleanup, listeners=LISTENERS, clients=clients_for(CLIENT, "blocked-user", *USERS), exchange=True,
+            backend_as={
+                "resources": {
+                    BACKEND_API: {"audience": BACKEND_AUDIENCE, "scope": f"{BACKEND_SCOPE} backend:write"},
+                    SHORT_API: {"audience": BACKEND_AUDIENCE, "scope": BACKEND_SCOPE, "ttl": 3},
+                },
+                "clients": [
+                    exchange_client("gw-basic", SECRETS["GW_BASIC_SECRET"],
+                                    token_endpoint_auth_method="client_secret_basic"),
+                    exchange_client("gw-post", SECRETS["GW_POST_SECRET"],
+                                    token_endpoint_auth_method="client_secret_post"),
+                    {"client_id": "gw-nogrant", "client_secret": SECRETS["GW_NOGRANT_SECRET"]},
+                ],
+                "deny": ["blocked-user"],
+                "delay_ms": 300,
             },
-            clients=[
-                {"client_id": "gw-basic", "client_secret": SECRETS["GW_BASIC_SECRET"],
-                 "token_endpoint_auth_method": "client_secret_basic", **gw},
-                {"client_id": "gw-post", "client_secret": SECRETS["GW_POST_SECRET"],
-                 "token_endpoint_auth_method": "client_secret_post", **gw},
-                {"client_id": "gw-nogrant", "client_secret": SECRETS["GW_NOGRANT_SECRET"]},
-            ],
-            extra_env={
-                "IDP_TRUST_ISSUER": self.mcp_as.issuer,
-                "IDP_TRUST_AUDIENCE": "mcpserver",
-                "IDP_DENY_SUBJECTS": json.dumps(["blocked-user"]),
-                # Slow enough that concurrent requests really overlap.
-                "IDP_EXCHANGE_DELAY_MS": "300",
-            },
-        ).start()
-        self.broken = BrokenTokenEndpoint()
-        cleanup.add(self.broken)
-        closed = free_port()
-        self.backend = Backend(cleanup, verify_with=self.backend_as, audience="backend")
-        bases = {
-            "MCP_AS": self.mcp_as.issuer,
-            "BROKEN": f"http://127.0.0.1:{self.broken.port}",
-            "CLOSED": f"http://127.0.0.1:{closed}",
-        }
-        configs = {}
-        for name, (overrides, cache) in LISTENERS.items():
-            te = {
-                "tokenUrl": f"{self.backend_as.issuer}/token",
-                "clientId": "gw-basic",
-                "clientSecretEnv": "GW_BASIC_SECRET",
-                "audience": "backend",
-                "scopes": ["backend:read"],
-                "requestedTokenType": "access_token",
-                "timeoutMs": 5000,
-            }
-            for k, v in overrides.items():
-                if v is None:
-                    te.pop(k, None)
-                elif isinstance(v, str) and v.split("/")[0] in bases:
-                    head, tail = v.split("/", 1)
-                    te[k] = f"{bases[head]}/{tail}"
-                else:
-                    te[k] = v
-            cfg = plugin_config(self.mcp_as, self.ports["basic"])
-            cfg["tokenExchange"] = te
-            if cache:
-                cfg["cache"] = cache
-            configs[name] = cfg
-        clusters = {
-            f"outbound|{p}||127.0.0.1": p
-            for p in (self.mcp_as.port, self.backend_as.port, self.broken.port, closed)
-        }
-        extra = [(self.ports[n], configs[n]) for n in LISTENERS if n != "basic"]
-        self.envoy = Envoy(cleanup, self.backend.port, configs["basic"], clusters, port=self.ports["basic"],
-                           extra_listeners=extra, env=SECRETS).wait_ready()
+            token_exchange={"clientId": "gw-basic", "clientSecretEnv": "GW_BASIC_SECRET",
+                            "requestedTokenType": "access_token", "timeoutMs": 5000},
+            clusters=[self.broken.port, self.closed], env=SECRETS)
 
-    def token(self, user="tester"):
-        secret = SECRETS["TESTER_SECRET"] if user == "tester" else f"{user}-secret"
-        return self.mcp_as.token(user, secret, self.resource, MCP_SCOPE)
-
-    def get(self, listener, token):
-        return self.envoy.get(token=token, port=self.ports[listener])
+    def configure(self, name):
+        overrides, cache = LISTENERS[name]
+        bases = {"MCP_AS": self.mcp_as.issuer, "BROKEN": self.broken.origin,
+                 "CLOSED": f"http://127.0.0.1:{self.closed}"}
+        for k, v in overrides.items():
+            if isinstance(v, str) and v.split("/")[0] in bases:
+                head, tail = v.split("/", 1)
+                overrides = {**overrides, k: f"{bases[head]}/{tail}"}
+        return merged(self.config(exchange=overrides), {"cache": cache})
 
 
 @pytest.fixture(scope="module")
-def xs():
-    cleanup = Cleanup()
-    try:
-        s = ExchangeStack(cleanup)
-        yield s
-    finally:
-        cleanup.close()
+def xs(module_cleanup):
+    return ExchangeStack(module_cleanup)
 
 
 def seen(body):
@@ -162,15 +107,15 @@ def seen(body):
 def test_exchanged_token_reaches_the_backend_and_the_callers_does_not(xs):
     user = "user00"
     token = xs.token(user)
-    assert decode_part(token, 1)["aud"] == "mcpserver"
+    assert decode_part(token, 1)["aud"] == MCP_AUDIENCE
     code, _, body = xs.get("basic", token)
     assert code == 200, body
     got = seen(body)
     claims = got["verified_claims"]  # verified by the backend against the backend AS
     assert claims["iss"] == xs.backend_as.issuer
-    assert claims["aud"] == "backend"
+    assert claims["aud"] == BACKEND_AUDIENCE
     assert claims["sub"] == user
-    assert claims["scope"] == "backend:read"
+    assert claims["scope"] == BACKEND_SCOPE
     assert claims["client_id"] == "gw-basic"
     authorizations = [v for k, v in got["headers"] if k == "authorization"]
     assert len(authorizations) == 1
@@ -243,19 +188,19 @@ def test_users_never_get_each_others_token(xs):
 FAILURES = [
     # (listener, user, status, error)
     ("basic", "blocked-user", 401, "invalid_token"),  # IdP: invalid_grant
-    ("odd-header", "tester", 401, "invalid_token"),  # invalid_grant, non-UTF-8 header
-    ("bad-scope", "tester", 403, "insufficient_scope"),  # invalid_scope
-    ("bad-target", "tester", 403, "insufficient_scope"),  # invalid_target
-    ("bad-client", "tester", 502, "bad_gateway"),  # invalid_client
-    ("unauthorized-client", "tester", 502, "bad_gateway"),
-    ("unsupported-grant", "tester", 502, "bad_gateway"),
-    ("invalid-request", "tester", 502, "bad_gateway"),
-    ("garbage", "tester", 502, "bad_gateway"),
-    ("oversize", "tester", 502, "bad_gateway"),
-    ("idp-500", "tester", 503, "temporarily_unavailable"),
-    ("reset", "tester", 503, "temporarily_unavailable"),
-    ("refused", "tester", 503, "temporarily_unavailable"),
-    ("hang", "tester", 504, "gateway_timeout"),
+    ("odd-header", CLIENT, 401, "invalid_token"),  # invalid_grant, non-UTF-8 header
+    ("bad-scope", CLIENT, 403, "insufficient_scope"),  # invalid_scope
+    ("bad-target", CLIENT, 403, "insufficient_scope"),  # invalid_target
+    ("bad-client", CLIENT, 502, "bad_gateway"),  # invalid_client
+    ("unauthorized-client", CLIENT, 502, "bad_gateway"),
+    ("unsupported-grant", CLIENT, 502, "bad_gateway"),
+    ("invalid-request", CLIENT, 502, "bad_gateway"),
+    ("garbage", CLIENT, 502, "bad_gateway"),
+    ("oversize", CLIENT, 502, "bad_gateway"),
+    ("idp-500", CLIENT, 503, "temporarily_unavailable"),
+    ("reset", CLIENT, 503, "temporarily_unavailable"),
+    ("refused", CLIENT, 503, "temporarily_unavailable"),
+    ("hang", CLIENT, 504, "gateway_timeout"),
 ]
 
 
@@ -301,7 +246,7 @@ def test_secret_comes_from_the_environment(xs):
 def test_missing_secret_variable_fails_closed(cleanup):
     idp = IdP(cleanup, "mcp-as-min").start()
     cfg = plugin_config(idp, 1)
-    cfg["tokenExchange"] = {"tokenUrl": f"{idp.issuer}/token", "clientId": "gw",
+    cfg["tokenExchange"] = {"tokenUrl": f"{idp.issuer}/token", "clientId": GW_CLIENT,
                             "clientSecretEnv": "NOT_SET_ANYWHERE"}
     envoy = Envoy(cleanup, 1, cfg, {f"outbound|{idp.port}||127.0.0.1": idp.port})
     envoy.proc.proc.wait(timeout=20)
@@ -310,7 +255,7 @@ def test_missing_secret_variable_fails_closed(cleanup):
     assert len(lines) == 1 and "NOT_SET_ANYWHERE" in lines[0], lines
 
 
-def test_config_change_does_not_serve_cached_tokens(xs):
+def test_a_config_change_keeps_the_cache_of_the_targets_it_keeps(xs):
     token = xs.token("user05")
     before = xs.backend_as.exchanges()
     assert xs.get("basic", token)[0] == 200
@@ -318,8 +263,13 @@ def test_config_change_does_not_serve_cached_tokens(xs):
     # Same configuration on another listener: the cache is shared.
     assert xs.get("basic-again", token)[0] == 200
     assert xs.backend_as.exchanges() == before + 1
-    # A changed configuration never reads what the old one cached.
+    # Another config whose exchange target is the same: what was cached for
+    # the target still serves (each entry holds what it depends on).
     assert xs.get("changed", token)[0] == 200
+    assert xs.backend_as.exchanges() == before + 1
+    # Another target (another client): never the old target's token.
+    code, _, body = xs.get("post", token)
+    assert code == 200
     assert xs.backend_as.exchanges() == before + 2
 
 
@@ -333,7 +283,7 @@ def test_external_token_header(xs):
     headers = dict(seen(body)["headers"])
     assert headers["authorization"] == f"Bearer {token}"
     exchanged = headers["x-backend-token"].removeprefix("Bearer ")
-    assert decode_part(exchanged, 1)["aud"] == "backend"
+    assert decode_part(exchanged, 1)["aud"] == BACKEND_AUDIENCE
     assert decode_part(exchanged, 1)["sub"] == "user06"
 
 

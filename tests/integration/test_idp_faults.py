@@ -35,28 +35,18 @@ import random
 import re
 import socket
 import struct
-import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from conftest import plugin_config
-from harness import MCP_AUDIENCE, MCP_SCOPE, WASM, Cleanup, Envoy, IdP, b64url, call, decode_part, free_port
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from faults import FaultProxy  # noqa: E402  (tests/faults.py)
-
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-MCP_RESOURCE = "urn:test:mcp"
-BACKEND_API = "https://api.example.com/"
-SECRETS = {"GW_SECRET": "gw-secret"}
-CLIENT, CLIENT_SECRET = "tester", "tester-secret"
+from constants import CLIENT, MCP_AUDIENCE, MCP_SCOPE, SECRET
+from faults import FaultProxy  # tests/faults.py
+from harness import IdP, b64url, call, decode_part
+from httpd import HttpServer, json_answer
+from stacks import Stack, exchange_client
 
 # The filter's fixed JWKS limits (filter/src/keys/cache.rs, request/).
 FETCH_TIMEOUT_S = 5.0
@@ -93,106 +83,40 @@ SCENARIOS = [(scenario_id("jwks", m), "jwks", m, s) for m, s in JWKS_MODES.items
 ]
 
 
-class Recorder:
+class Recorder(HttpServer):
     """The upstream: answers 200 and records every path that reached it."""
 
     def __init__(self):
-        paths = self.paths = []
+        self.paths = []
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                paths.append(self.path)
-                body = b'{"ok":true}'
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, req):
+        if req.method != "GET":
+            return 501, {}, b""
+        self.paths.append(req.path)
+        return json_answer({"ok": True})
 
     def reached(self, prefix):
         return [p for p in list(self.paths) if p.startswith(prefix)]
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
-
-class Faults:
-    """Three authorization servers, the proxies, the recorder, one Envoy."""
+class Faults(Stack):
+    """Three authorization servers (MCP AS, backend AS, and one that only the
+    rotation test restarts), the proxies, the recorder as the upstream, and
+    one Envoy with a listener per scenario and per test below."""
 
     def __init__(self, cleanup):
-        self.cleanup = cleanup
-        clients = [{"client_id": CLIENT, "client_secret": CLIENT_SECRET}]
-        resources = {MCP_RESOURCE: {"audience": MCP_AUDIENCE, "scope": MCP_SCOPE}}
-        self.mcp_as = IdP(cleanup, "faults-mcp-as", resources=resources, clients=clients).start()
-        self.backend_as = IdP(
-            cleanup, "faults-backend-as",
-            resources={BACKEND_API: {"audience": "backend", "scope": "backend:read"}},
-            clients=[{"client_id": "gw", "client_secret": SECRETS["GW_SECRET"],
-                      "token_endpoint_auth_method": "client_secret_basic", "grant_types": [EXCHANGE_GRANT]}],
-            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": MCP_AUDIENCE},
-        ).start()
-        # Only the rotation test restarts this one.
-        self.rotate_as = IdP(cleanup, "faults-rotate-as", resources=resources, clients=clients).start()
         self.recorder = cleanup.add(Recorder())
         self.proxies = {}
-        self.ports = {}
-        configs = {}
-        clusters = {}
-
-        def cluster(port):
-            clusters[f"outbound|{port}||127.0.0.1"] = port
-
-        def listener(name, cfg):
-            self.ports[name] = free_port()
-            configs[name] = cfg
-
-        def jwks_via(name, mode, delay, idp=None):
-            idp = idp or self.mcp_as
-            p = self.proxies[name] = cleanup.add(FaultProxy(idp.port, mode=mode, delay=delay, name=name))
-            cluster(p.port)
-            return f"http://127.0.0.1:{p.port}/jwks"
-
-        def exchange_cfg(name, mode, delay, timeout_ms=EXCHANGE_TIMEOUT_MS):
-            p = self.proxies[name] = cleanup.add(FaultProxy(self.backend_as.port, mode=mode, delay=delay, name=name))
-            cluster(p.port)
-            cfg = plugin_config(self.mcp_as, 1)
-            cfg["tokenExchange"] = {
-                "tokenUrl": f"http://127.0.0.1:{p.port}/token", "clientId": "gw", "clientSecretEnv": "GW_SECRET",
-                "audience": "backend", "scopes": ["backend:read"], "timeoutMs": timeout_ms,
-            }
-            return cfg
-
-        for sid, endpoint, mode, _ in SCENARIOS:
-            if endpoint == "jwks":
-                # Faulty from the start: the first fetch is the root context's, on its first tick.
-                listener(sid, plugin_config(self.mcp_as, 1, jwksUrl=jwks_via(sid, mode, JWKS_DELAY_S)))
-            else:
-                listener(sid, exchange_cfg(sid, mode, EXCHANGE_DELAY_S))
-        listener("storm", plugin_config(self.mcp_as, 1, jwksUrl=jwks_via("storm", "pass", 0)))
-        listener("rotate", plugin_config(self.rotate_as, 1))
-        listener("rotate-race", plugin_config(self.rotate_as, 1, jwksUrl=jwks_via("rotate-race", "pass", 0,
-                                                                               self.rotate_as)))
-        # The first fetch, on Envoy's first tick, answers after 4 s.
-        listener("leave-cold", plugin_config(self.mcp_as, 1, jwksUrl=jwks_via("leave-cold", "delay", 4.0)))
-        listener("leave-jwks", plugin_config(self.mcp_as, 1, jwksUrl=jwks_via("leave-jwks", "pass", 0)))
-        listener("leave-exchange", exchange_cfg("leave-exchange", "delay", 2.5, timeout_ms=5000))
-        for idp in (self.mcp_as, self.backend_as, self.rotate_as):
-            cluster(idp.port)
-        names = list(configs)
-        self.envoy = Envoy(cleanup, self.recorder.port, configs[names[0]], clusters, port=self.ports[names[0]],
-                           extra_listeners=[(self.ports[n], configs[n]) for n in names[1:]],
-                           env=SECRETS).wait_ready()
+        names = [sid for sid, *_ in SCENARIOS] + ["storm", "rotate", "rotate-race", "leave-cold", "leave-jwks",
+                                                  "leave-exchange"]
+        super().__init__(cleanup, listeners=names, prefix="faults-", exchange=True,
+                         backend_as={"clients": [exchange_client(token_endpoint_auth_method="client_secret_basic")]},
+                         token_exchange={"timeoutMs": EXCHANGE_TIMEOUT_MS}, upstream=self.recorder.port, envoy=False)
+        self.rotate_as = IdP(cleanup, "faults-rotate-as", resources=self.mcp_as.resources,
+                             clients=self.mcp_as.clients).start()
+        self.add_cluster(self.rotate_as.port)
+        self.start_envoy()
         self.started = time.monotonic()
         self.vm_created = vm_stats(self.envoy.admin).get("wasm.envoy.wasm.runtime.v8.created")
         # While that first fetch is pending (here, not in a test, so that it
@@ -204,10 +128,45 @@ class Faults:
         self.cold_fetches = dict(self.proxies["leave-cold"].by_mode)
         leave(socks)
 
-    def token(self, idp=None):
-        return (idp or self.mcp_as).token(CLIENT, CLIENT_SECRET, MCP_RESOURCE, MCP_SCOPE)
+    def proxy(self, name, idp, mode, delay):
+        """A fault proxy in front of `idp`, with its cluster; returns its origin."""
+        p = self.proxies[name] = self.cleanup.add(FaultProxy(idp.port, mode=mode, delay=delay, name=name))
+        self.add_cluster(p.port)
+        return f"http://127.0.0.1:{p.port}"
 
-    def get(self, name, token, phase, timeout=30):
+    def jwks_via(self, name, mode, delay, idp=None):
+        """Validation only, of `idp`'s tokens (the MCP AS's by default), its keys through a proxy."""
+        idp = idp or self.mcp_as
+        jwks = self.proxy(name, idp, mode, delay) + "/jwks"
+        return self.config(oidc={"issuer": idp.issuer, "jwksUrl": jwks}, exchange=False)
+
+    def exchange_via(self, name, mode, delay, timeout_ms=EXCHANGE_TIMEOUT_MS):
+        token_url = self.proxy(name, self.backend_as, mode, delay) + "/token"
+        return self.config(exchange={"tokenUrl": token_url, "timeoutMs": timeout_ms})
+
+    def configure(self, name):
+        endpoint, mode = next(((e, m) for sid, e, m, _ in SCENARIOS if sid == name), (None, None))
+        if endpoint == "jwks":
+            # Faulty from the start: the first fetch is the root context's, on its first tick.
+            return self.jwks_via(name, mode, JWKS_DELAY_S)
+        if endpoint == "exchange":
+            return self.exchange_via(name, mode, EXCHANGE_DELAY_S)
+        if name == "rotate":
+            return self.config(oidc={"issuer": self.rotate_as.issuer, "jwksUrl": f"{self.rotate_as.issuer}/jwks"},
+                               exchange=False)
+        if name == "rotate-race":
+            return self.jwks_via(name, "pass", 0, self.rotate_as)
+        if name == "leave-cold":
+            # The first fetch, on Envoy's first tick, answers after 4 s.
+            return self.jwks_via(name, "delay", 4.0)
+        if name == "leave-exchange":
+            return self.exchange_via(name, "delay", 2.5, timeout_ms=5000)
+        return self.jwks_via(name, "pass", 0)  # storm, leave-jwks
+
+    def rotated_token(self):
+        return self.rotate_as.token(CLIENT, SECRET, self.resource, MCP_SCOPE)
+
+    def timed(self, name, token, phase, timeout=30):
         """(status, headers, body, seconds) of GET /mcp/<name>/<phase>/<n> on that listener."""
         t0 = time.monotonic()
         path = f"/mcp/{name}/{phase}/{uuid.uuid4().hex[:8]}"
@@ -220,13 +179,8 @@ class Faults:
 
 
 @pytest.fixture(scope="module")
-def fx():
-    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
-    cleanup = Cleanup()
-    try:
-        yield Faults(cleanup)
-    finally:
-        cleanup.close()
+def fx(module_cleanup):
+    return Faults(module_cleanup)
 
 
 @dataclass
@@ -251,12 +205,12 @@ def run_scenario(fx, sid, endpoint, mode):
         if endpoint == "jwks":
             # Let the root context's first fetch meet the fault.
             time.sleep(max(0.0, fx.started + 1.0 - time.monotonic()))
-        o.status, o.headers, o.body, o.took = fx.get(sid, token, "fault")
+        o.status, o.headers, o.body, o.took = fx.timed(sid, token, "fault")
         o.hits = dict(proxy.by_mode)
         proxy.set("pass")
         t0 = time.monotonic()
         while True:
-            o.recovered, _, body, took = fx.get(sid, token, "recover")
+            o.recovered, _, body, took = fx.timed(sid, token, "recover")
             o.slowest_retry = max(o.slowest_retry, took)
             if o.recovered == 200 or time.monotonic() - t0 > RECOVERY_S:
                 break
@@ -313,7 +267,7 @@ def test_unknown_kid_storm_while_jwks_fails(fx):
     interval boundary), every request ends in bound with 401 or 503, and a
     good token still passes on the keys already held."""
     good = fx.token()
-    assert fx.get("storm", good, "before")[0] == 200
+    assert fx.timed("storm", good, "before")[0] == 200
     proxy = fx.proxies["storm"]
     proxy.set("500")
     before = proxy.hits
@@ -321,7 +275,7 @@ def test_unknown_kid_storm_while_jwks_fails(fx):
 
     def one(_):
         time.sleep(random.random() * 3.0)
-        status, _, _, took = fx.get("storm", forged_unknown_kid(fx), "storm")
+        status, _, _, took = fx.timed("storm", forged_unknown_kid(fx), "storm")
         return status, took
 
     with ThreadPoolExecutor(60) as pool:
@@ -334,7 +288,7 @@ def test_unknown_kid_storm_while_jwks_fails(fx):
     assert fetches <= allowed, f"{fetches} JWKS fetches in {elapsed:.1f}s of unknown kids (at most {allowed})"
     assert fx.recorder.reached("/mcp/storm/storm/") == []
     proxy.set("pass")
-    assert fx.get("storm", good, "after")[0] == 200
+    assert fx.timed("storm", good, "after")[0] == 200
 
 
 def test_rotation_without_prepublication(fx):
@@ -342,23 +296,23 @@ def test_rotation_without_prepublication(fx):
     just after the filter fetched keys (an unknown kid forced that fetch).
     A token with the new kid is held until the next allowed refetch and
     passes; it is not refused as signed by an unknown key."""
-    old = fx.token(fx.rotate_as)
-    assert fx.get("rotate", old, "old")[0] == 200
+    old = fx.rotated_token()
+    assert fx.timed("rotate", old, "old")[0] == 200
     # Once the keys are 5 s old, an unknown kid makes the filter refetch.
     time.sleep(max(0.0, fx.started + 5.5 - time.monotonic()))
-    status, _, _, _ = fx.get("rotate", forged_unknown_kid(fx), "force-fetch")
+    status, _, _, _ = fx.timed("rotate", forged_unknown_kid(fx), "force-fetch")
     fetched = time.monotonic()
     assert status == 401
     fx.rotate_as.restart(rotate=True)
-    new = fx.token(fx.rotate_as)
+    new = fx.rotated_token()
     assert decode_part(new, 0)["kid"] != decode_part(old, 0)["kid"]
     sent = time.monotonic()
     assert sent - fetched < 5.0, "the new kid arrives before the next refetch is allowed (else this proves nothing)"
-    status, _, body, took = fx.get("rotate", new, "new")
+    status, _, body, took = fx.timed("rotate", new, "new")
     assert took <= JWKS_BOUND_S, took
     assert status == 200, f"a freshly rotated key was refused after {took:.2f}s, sent {sent - fetched:.2f}s " \
                           f"after the last fetch: {status} {body}"
-    assert fx.get("rotate", old, "old-again")[0] == 200, "the old key is still published"
+    assert fx.timed("rotate", old, "old-again")[0] == 200, "the old key is still published"
 
 
 def test_rotation_new_kid_on_every_worker_right_after_a_fetch(fx):
@@ -370,22 +324,22 @@ def test_rotation_new_kid_on_every_worker_right_after_a_fetch(fx):
     that adopts the other's copy of the stale keys must not decide its
     held requests against it: that copy is older than they are.)"""
     proxy = fx.proxies["rotate-race"]
-    old = fx.token(fx.rotate_as)
-    assert fx.get("rotate-race", old, "old")[0] == 200
+    old = fx.rotated_token()
+    assert fx.timed("rotate-race", old, "old")[0] == 200
     proxy.set("replay")
     fx.rotate_as.restart(rotate=True)
-    new = fx.token(fx.rotate_as)
+    new = fx.rotated_token()
     time.sleep(max(0.0, fx.started + 5.5 - time.monotonic()))
-    status, _, body, _ = fx.get("rotate-race", forged_unknown_kid(fx), "force-fetch")
+    status, _, body, _ = fx.timed("rotate-race", forged_unknown_kid(fx), "force-fetch")
     assert status == 401, body
     assert proxy.by_mode.get("replay") == 1, proxy.by_mode
     proxy.set("pass")
     with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(lambda _: fx.get("rotate-race", new, "new"), range(20)))
+        results = list(pool.map(lambda _: fx.timed("rotate-race", new, "new"), range(20)))
     assert all(r[3] <= JWKS_BOUND_S for r in results), [round(r[3], 2) for r in results]
     refused = [(r[0], r[2], round(r[3], 2)) for r in results if r[0] != 200]
     assert not refused, f"{len(refused)} of 20 requests with a just-rotated kid refused: {refused[:3]}"
-    assert fx.get("rotate-race", old, "old-again")[0] == 200
+    assert fx.timed("rotate-race", old, "old-again")[0] == 200
 
 
 def open_paused(port, tokens, n):
@@ -434,7 +388,7 @@ def test_clients_leave_while_first_jwks_fetch_pending(fx):
     token = fx.token()
     deadline = time.monotonic() + RECOVERY_S
     while True:
-        status, _, body, took = fx.get("leave-cold", token, "after")
+        status, _, body, took = fx.timed("leave-cold", token, "after")
         assert took <= JWKS_BOUND_S
         if status == 200 or time.monotonic() > deadline:
             break
@@ -442,7 +396,7 @@ def test_clients_leave_while_first_jwks_fetch_pending(fx):
     assert status == 200, body
     assert fx.recorder.reached("/mcp/leave/") == []
     with ThreadPoolExecutor(10) as pool:
-        codes = list(pool.map(lambda _: fx.get("leave-cold", token, "after")[0], range(40)))
+        codes = list(pool.map(lambda _: fx.timed("leave-cold", token, "after")[0], range(40)))
     assert codes == [200] * 40
 
 
@@ -454,7 +408,7 @@ def test_clients_leave_while_unknown_kid_refetch_pending(fx):
     decided (401) within the key wait, and a key published later is found."""
     proxy = fx.proxies["leave-jwks"]
     good = fx.token()
-    assert fx.get("leave-jwks", good, "before")[0] == 200
+    assert fx.timed("leave-jwks", good, "before")[0] == 200
     # Keys 5 s old: an unseen kid may refetch.
     time.sleep(max(0.0, fx.started + 5.5 - time.monotonic()))
     proxy.set("delay", 4.0)
@@ -468,9 +422,9 @@ def test_clients_leave_while_unknown_kid_refetch_pending(fx):
     assert early == 0, f"{early} of 200 were answered while the refetch was pending"
     proxy.set("pass")
     with ThreadPoolExecutor(10) as pool:
-        codes = list(pool.map(lambda _: fx.get("leave-jwks", good, "after")[0], range(40)))
+        codes = list(pool.map(lambda _: fx.timed("leave-jwks", good, "after")[0], range(40)))
     assert codes == [200] * 40
-    status, _, body, took = fx.get("leave-jwks", forged_unknown_kid(fx), "after-unknown")
+    status, _, body, took = fx.timed("leave-jwks", forged_unknown_kid(fx), "after-unknown")
     assert status in (401, 503) and took <= JWKS_BOUND_S, (status, took, body)
     assert fx.recorder.reached("/mcp/leave/") == []
 
@@ -492,7 +446,7 @@ def test_clients_leave_while_exchange_pending(fx):
     time.sleep(3.0)  # the abandoned exchanges answer, to nobody
     proxy.set("pass")
     with ThreadPoolExecutor(10) as pool:
-        results = list(pool.map(lambda t: fx.get("leave-exchange", t, "after"), tokens * 2))
+        results = list(pool.map(lambda t: fx.timed("leave-exchange", t, "after"), tokens * 2))
     assert [r[0] for r in results] == [200] * 40, [r[2][:100] for r in results if r[0] != 200]
     assert all(r[3] <= EXCHANGE_BOUND_S + 3.5 for r in results)
     assert fx.recorder.reached("/mcp/leave/") == []
@@ -525,5 +479,5 @@ def test_no_vm_failures_and_everything_still_serves(fx, outcomes):
         assert marker not in log, [l for l in log.splitlines() if marker in l][:5]
     token = fx.token()
     for sid, *_ in SCENARIOS:
-        assert fx.get(sid, token, "final")[0] == 200, sid
+        assert fx.timed(sid, token, "final")[0] == 200, sid
     assert "eyJ" not in log, "no token was logged"

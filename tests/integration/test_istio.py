@@ -17,8 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
+import constants
 import oci
 from harness import ROOT, WASM, WORK, Backend, IdP, call, decode_part, free_port, tamper_signature
+from httpd import HttpServer, files
 from istio import (
     Ecds,
     EnvoyProc,
@@ -34,19 +36,19 @@ from istio import (
     static_cluster,
     wasmplugin,
 )
+from stacks import clients_for, exchange_client, start_backend_as
 
 ISTIO = ROOT / "istio"
 GATEWAY = wasmplugin(ISTIO / "wasmplugin-gateway.yaml")
 SIDECAR = wasmplugin(ISTIO / "wasmplugin-sidecar.yaml")
 SECRET = "istio-client-secret"
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 BACKEND_ISSUER = "https://idp.example.com/oauth2/backend"
 # What the backend AS issues for each audience the manifests ask for.
 BACKEND_RESOURCES = {
     "https://backend.example.com/": {"audience": "backend", "scope": "backend:read"},
     "https://reports.example.com/": {"audience": "reports", "scope": "reports:read"},
 }
-TESTER = ("tester", "tester-secret")
+TESTER = (constants.CLIENT, constants.SECRET)
 
 
 def plugin_configs():
@@ -86,13 +88,11 @@ def idps(module_cleanup):
     mcp_as = IdP(module_cleanup, "mcp-as", issuer=oidc["issuer"],
                  resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": " ".join(oidc["requiredScopes"])},
                             "urn:test:no-scope": {"audience": oidc["audience"], "scope": ""}},
-                 clients=[{"client_id": TESTER[0], "client_secret": TESTER[1]}]).start()
+                 clients=clients_for(TESTER[0])).start()
     client_ids = {te["clientId"] for te, _ in plugin_configs() if te}
-    backend_as = IdP(module_cleanup, "backend-as", issuer=BACKEND_ISSUER, resources=BACKEND_RESOURCES,
-                     clients=[{"client_id": c, "client_secret": SECRET, "grant_types": [EXCHANGE_GRANT]}
-                              for c in client_ids],
-                     extra_env={"IDP_TRUST_ISSUER": mcp_as.issuer, "IDP_TRUST_AUDIENCE": oidc["audience"],
-                                "IDP_TRUST_JWKS": f"http://127.0.0.1:{mcp_as.port}/jwks"}).start()
+    backend_as = start_backend_as(module_cleanup, mcp_as, issuer=BACKEND_ISSUER, audience=oidc["audience"],
+                                  trust_jwks=True, resources=BACKEND_RESOURCES,
+                                  clients=[exchange_client(c, SECRET) for c in client_ids])
     routes = {url_path(pc["oidc"]["jwksUrl"]): (mcp_as.port, "/jwks") for _, pc in plugin_configs()}
     routes.update({url_path(te["tokenUrl"]): (backend_as.port, "/token") for te, _ in plugin_configs() if te})
     front = IdpFront(module_cleanup, ca, {host: [(p, port, up) for p, (port, up) in routes.items()]})
@@ -388,30 +388,12 @@ def eg_patched_clusters(patch_policy, front_port, ca):
     return out
 
 
-class ModuleServer:
+class ModuleServer(HttpServer):
     """Serves one file over HTTP, standing in for EG's module cache server."""
 
     def __init__(self, path):
-        import threading
-        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-        directory = str(path.parent)
-
-        class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=directory, **kw)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/{path.name}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(files(path.parent))
+        self.url = f"{self.origin}/{path.name}"
 
 
 def test_envoy_gateway_shape(cleanup, module, idps):

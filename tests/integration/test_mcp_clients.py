@@ -20,84 +20,19 @@ import urllib.parse
 
 import pytest
 
-from conftest import plugin_config
-from harness import (
-    MCP_AUDIENCE,
-    MCP_SCOPE,
-    ROOT,
-    WASM,
-    WORK,
-    Backend,
-    Cleanup,
-    Envoy,
-    IdP,
-    Proc,
-    call,
-    decode_part,
-    free_port,
-    wait_port,
-)
+from constants import ADMIN_SCOPE, BACKEND_AUDIENCE, BACKEND_SCOPE, MCP_AUDIENCE, MCP_SCOPE
+from harness import MCP_DIR, WORK, decode_part, free_port
 from login import login
+from stacks import Stack, clients_for, sole_resource
 
-MCP_DIR = ROOT / "tests" / "mcp"
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-BACKEND_API = "https://api.example.com/"
-GW_SECRET = "gw-secret"
-AGENT, AGENT_SECRET = "agent-007", "agent-secret"
-
-
-class McpStack:
-    def __init__(self, cleanup):
-        self.envoy_port = free_port()
-        self.url = f"http://127.0.0.1:{self.envoy_port}/mcp"
-        self.mcp_as = IdP(
-            cleanup,
-            "mcp-as",
-            resources={self.url: {"audience": MCP_AUDIENCE, "scope": f"{MCP_SCOPE} mcp:admin"}},
-            clients=[{"client_id": AGENT, "client_secret": AGENT_SECRET}],
-            extra_env={"IDP_INTERACTIVE": "1"},
-        ).start()
-        self.backend_as = IdP(
-            cleanup,
-            "backend-as",
-            resources={BACKEND_API: {"audience": "backend", "scope": "backend:read"}},
-            clients=[{"client_id": "gw", "client_secret": GW_SECRET, "grant_types": [EXCHANGE_GRANT]}],
-            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": MCP_AUDIENCE},
-        ).start()
-        self.backend = Backend(cleanup, verify_with=self.backend_as, audience="backend")
-        self.mcp_port = free_port()
-        self.mcp_server = cleanup.add(Proc(
-            "mcp-server",
-            ["node", "server.mjs"],
-            env={"MCP_PORT": str(self.mcp_port), "BACKEND_URL": f"http://127.0.0.1:{self.backend.port}"},
-            cwd=MCP_DIR,
-        ))
-        wait_port(self.mcp_port, self.mcp_server.proc, self.mcp_server.log)
-        config = plugin_config(self.mcp_as, self.envoy_port)
-        config["tokenExchange"] = {
-            "tokenUrl": f"{self.backend_as.issuer}/token",
-            "clientId": "gw",
-            "clientSecretEnv": "GW_SECRET",
-            "audience": "backend",
-            "scopes": ["backend:read"],
-        }
-        clusters = {f"outbound|{p}||127.0.0.1": p for p in (self.mcp_as.port, self.backend_as.port)}
-        self.envoy = Envoy(cleanup, self.mcp_port, config, clusters, port=self.envoy_port,
-                           env={"GW_SECRET": GW_SECRET}).wait_ready()
-
-    def seen_by_mcp_server(self):
-        """Every Authorization value the MCP server received."""
-        return json.loads(call(self.mcp_port, "/_seen")[2])
+AGENT = "agent-007"
+AGENT_SECRET = f"{AGENT}-secret"
 
 
 @pytest.fixture(scope="module")
-def ms():
-    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
-    cleanup = Cleanup()
-    try:
-        yield McpStack(cleanup)
-    finally:
-        cleanup.close()
+def ms(module_cleanup):
+    return Stack(module_cleanup, exchange=True, mcp_server=True, interactive=True,
+                 resources=sole_resource(f"{MCP_SCOPE} {ADMIN_SCOPE}"), clients=clients_for(AGENT))
 
 
 def run_client(script, env, on_event=None, timeout=60):
@@ -134,14 +69,14 @@ def check_whoami(ms, events, sub):
     for got in results:
         claims = got["verified_claims"]  # verified by the backend against the backend AS
         assert claims["iss"] == ms.backend_as.issuer
-        assert claims["aud"] == "backend"
+        assert claims["aud"] == BACKEND_AUDIENCE
         assert claims["sub"] == sub
-        assert claims["scope"] == "backend:read"
+        assert claims["scope"] == BACKEND_SCOPE
 
 
 def check_never_seen(ms, token):
     """The MCP server got exchanged tokens only, never the client's."""
-    seen = ms.seen_by_mcp_server()
+    seen = ms.mcp.seen()
     assert seen, "the MCP server saw no request"
     for value in seen:
         assert value and value.startswith("Bearer "), seen
@@ -162,13 +97,13 @@ def test_authorization_code_with_pkce_via_the_typescript_sdk(ms):
         return None
 
     before = ms.backend_as.exchanges()
-    events = run_client("client-oauth.mjs", {"MCP_URL": ms.url}, user)
+    events = run_client("client-oauth.mjs", {"MCP_URL": ms.resource}, user)
 
     assert len(authorize) == 1
     q = urllib.parse.parse_qs(urllib.parse.urlsplit(authorize[0]).query)
     assert authorize[0].startswith(f"{ms.mcp_as.issuer}/auth?")
     assert q["code_challenge_method"] == ["S256"] and q["code_challenge"]
-    assert q["resource"] == [ms.url]
+    assert q["resource"] == [ms.resource]
     assert MCP_SCOPE in q["scope"][0].split()
     authorized = next(e for e in events if e["event"] == "authorized")
     assert authorized["client_id"] == q["client_id"][0]  # registered on the fly (RFC 7591)
@@ -191,7 +126,7 @@ def test_client_credentials_via_the_typescript_sdk(ms):
     confidential client; no user, the client is the subject."""
     before = ms.backend_as.exchanges()
     events = run_client("client-credentials.mjs", {
-        "MCP_URL": ms.url,
+        "MCP_URL": ms.resource,
         "MCP_CLIENT_ID": AGENT,
         "MCP_CLIENT_SECRET": AGENT_SECRET,
         "MCP_ISSUER": ms.mcp_as.issuer,

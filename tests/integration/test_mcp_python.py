@@ -31,163 +31,37 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
-import httpx2
 import pytest
-from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
-from conftest import plugin_config
-from harness import (
-    MCP_AUDIENCE,
-    MCP_SCOPE,
-    ROOT,
-    WASM,
-    Backend,
-    Cleanup,
-    Envoy,
-    IdP,
-    Proc,
-    call,
-    decode_part,
-    free_port,
-    wait_port,
-)
+from constants import BACKEND_AUDIENCE, MCP_AUDIENCE
+from harness import MCP_DIR, Cleanup, call, decode_part, free_port, stop_process
 from login import login
-
-MCP_DIR = ROOT / "tests" / "mcp"
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-GW_SECRET = "gw-secret"
-BACKEND_API = "https://api.example.com/"
-
-
-class McpStack:
-    def __init__(self, cleanup):
-        self.envoy_port = free_port()
-        self.resource = f"http://127.0.0.1:{self.envoy_port}/mcp"
-        # One resource: the IdP gives it to code flows that name none.
-        self.mcp_as = IdP(
-            cleanup, "mcp-as",
-            resources={self.resource: {"audience": MCP_AUDIENCE, "scope": MCP_SCOPE}},
-            clients=[{"client_id": "tester", "client_secret": "tester-secret"}],
-            extra_env={"IDP_INTERACTIVE": "1"},
-        ).start()
-        self.backend_as = IdP(
-            cleanup, "backend-as",
-            resources={BACKEND_API: {"audience": "backend", "scope": "backend:read"}},
-            clients=[{"client_id": "gw", "client_secret": GW_SECRET, "grant_types": [EXCHANGE_GRANT]}],
-            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": MCP_AUDIENCE},
-        ).start()
-        self.backend = Backend(cleanup, verify_with=self.backend_as, audience="backend")
-        self.mcp_port = free_port()
-        self.mcp = cleanup.add(Proc(
-            "mcp-server", ["node", "server.mjs"], cwd=MCP_DIR,
-            env={"MCP_PORT": str(self.mcp_port), "BACKEND_URL": f"http://127.0.0.1:{self.backend.port}"},
-        ))
-        wait_port(self.mcp_port, self.mcp.proc, self.mcp.log)
-        cfg = plugin_config(self.mcp_as, self.envoy_port)
-        cfg["tokenExchange"] = {
-            "tokenUrl": f"{self.backend_as.issuer}/token",
-            "clientId": "gw",
-            "clientSecretEnv": "GW_SECRET",
-            "audience": "backend",
-            "scopes": ["backend:read"],
-        }
-        clusters = {f"outbound|{p}||127.0.0.1": p for p in (self.mcp_as.port, self.backend_as.port)}
-        self.envoy = Envoy(cleanup, self.mcp_port, cfg, clusters, port=self.envoy_port,
-                           env={"GW_SECRET": GW_SECRET}).wait_ready()
-
-    def seen(self):
-        """Authorization values the MCP server received."""
-        return json.loads(call(self.mcp_port, "/_seen")[2])
-
-    def assert_backend_identity(self, text, user):
-        """`text` is whoami's answer: what the backend verified."""
-        claims = json.loads(text)["verified_claims"]
-        assert claims["sub"] == user
-        assert claims["iss"] == self.backend_as.issuer
-        assert claims["aud"] == "backend"
-
-    def assert_never_reached_server(self, token):
-        for value in self.seen():
-            assert value is None or token not in value, "the caller's token reached the MCP server"
-            if value is not None:
-                assert decode_part(value.split(" ", 1)[1], 1)["aud"] == "backend"
+from sdk_user import User
+from stacks import Stack, sole_resource
 
 
 @pytest.fixture(scope="module")
-def ms():
-    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
-    cleanup = Cleanup()
-    try:
-        yield McpStack(cleanup)
-    finally:
-        cleanup.close()
+def ms(module_cleanup):
+    # The MCP AS's only resource is the MCP URL: it gives it to code flows that name none.
+    return Stack(module_cleanup, exchange=True, mcp_server=True, interactive=True, resources=sole_resource())
+
+
+def assert_backend_identity(ms, text, user):
+    """`text` is whoami's answer: what the backend verified."""
+    claims = json.loads(text)["verified_claims"]
+    assert claims["sub"] == user
+    assert claims["iss"] == ms.backend_as.issuer
+    assert claims["aud"] == BACKEND_AUDIENCE
+
+
+def assert_never_reached_server(ms, token):
+    for value in ms.mcp.seen():
+        assert value is None or token not in value, "the caller's token reached the MCP server"
+        if value is not None:
+            assert decode_part(value.split(" ", 1)[1], 1)["aud"] == BACKEND_AUDIENCE
 
 
 # --- the official Python SDK --------------------------------------------------
-
-
-class MemoryStorage:
-    """The SDK's TokenStorage, in memory."""
-
-    def __init__(self):
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self):
-        return self.tokens
-
-    async def set_tokens(self, tokens):
-        self.tokens = tokens
-
-    async def get_client_info(self):
-        return self.client_info
-
-    async def set_client_info(self, client_info):
-        self.client_info = client_info
-
-
-class PythonClient:
-    """An MCP session of the Python SDK, logged in as `user` by its OAuth
-    provider: the redirect handler hands the authorization URL to login(),
-    the callback handler returns the code and state from where the IdP sent
-    the user. Nothing listens on the redirect URI: login() stops there."""
-
-    def __init__(self, resource, user):
-        self.resource, self.user = resource, user
-        self.storage = MemoryStorage()
-        self.logins = 0
-        self._redirect = None
-
-    async def _on_redirect(self, authorization_url):
-        self.logins += 1
-        self._redirect = await anyio.to_thread.run_sync(login, authorization_url, self.user)
-
-    async def _on_callback(self):
-        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self._redirect).query)
-        assert "code" in q, f"no code in {self._redirect}"
-        first = lambda k: q.get(k, [None])[0]  # noqa: E731
-        return AuthorizationCodeResult(code=first("code"), state=first("state"), iss=first("iss"))
-
-    def auth(self):
-        metadata = OAuthClientMetadata(
-            client_name=f"pytest {self.user}",
-            redirect_uris=["http://127.0.0.1:9/callback"],
-            grant_types=["authorization_code", "refresh_token"],
-            response_types=["code"],
-            token_endpoint_auth_method="none",
-        )
-        return OAuthClientProvider(self.resource, metadata, self.storage, self._on_redirect, self._on_callback)
-
-    async def session(self, stack):
-        """Enters an initialized ClientSession on `stack` (an AsyncExitStack)."""
-        http = await stack.enter_async_context(httpx2.AsyncClient(auth=self.auth(), timeout=httpx2.Timeout(30, read=300)))
-        read, write = await stack.enter_async_context(streamable_http_client(self.resource, http_client=http))
-        session = await stack.enter_async_context(ClientSession(read, write))
-        await session.initialize()
-        return session
 
 
 async def whoami(session):
@@ -197,32 +71,32 @@ async def whoami(session):
 
 
 def test_python_sdk_authorization_code_flow(ms):
-    client = PythonClient(ms.resource, "alice")
+    client = User("alice")
 
     async def run():
         async with AsyncExitStack() as stack:
-            session = await client.session(stack)
+            session = await client.session(stack, ms.resource)
             tools = {t.name for t in (await session.list_tools()).tools}
             assert {"whoami", "ping"} <= tools
             return await whoami(session)
 
     text = anyio.run(run)
     assert client.logins == 1
-    ms.assert_backend_identity(text, "alice")
+    assert_backend_identity(ms, text, "alice")
     token = client.storage.tokens.access_token
     claims = decode_part(token, 1)
     assert claims["aud"] == MCP_AUDIENCE and claims["sub"] == "alice"
     assert client.storage.client_info.client_id, "registered dynamically"
-    ms.assert_never_reached_server(token)
+    assert_never_reached_server(ms, token)
 
 
 def test_two_users_at_once(ms):
-    users = {"carol": PythonClient(ms.resource, "carol"), "dave": PythonClient(ms.resource, "dave")}
+    users = {"carol": User("carol"), "dave": User("dave")}
     answers = {u: [] for u in users}
 
     async def run():
         async with AsyncExitStack() as stack:
-            sessions = {u: await c.session(stack) for u, c in users.items()}
+            sessions = {u: await c.session(stack, ms.resource) for u, c in users.items()}
 
             async def calls(user):
                 for _ in range(15):
@@ -238,8 +112,8 @@ def test_two_users_at_once(ms):
         assert users[user].logins == 1
         assert len(texts) == 60
         for text in texts:
-            ms.assert_backend_identity(text, user)
-        ms.assert_never_reached_server(users[user].storage.tokens.access_token)
+            assert_backend_identity(ms, text, user)
+        assert_never_reached_server(ms, users[user].storage.tokens.access_token)
 
 
 # --- mcp-remote ---------------------------------------------------------------
@@ -275,13 +149,7 @@ class McpRemote:
         self.lines.put(None)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._stderr.close()
 
     def stderr(self):
@@ -338,12 +206,12 @@ def test_mcp_remote_headless(ms, tmp_path):
         remote.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         result = remote.request("tools/call", {"name": "whoami", "arguments": {}})
         assert not result.get("isError"), result
-        ms.assert_backend_identity(result["content"][0]["text"], "erin")
+        assert_backend_identity(ms, result["content"][0]["text"], "erin")
         stored = list(Path(tmp_path / "home" / "mcp-auth").rglob("*_tokens.json"))
         assert stored, "mcp-remote keeps its tokens in MCP_REMOTE_CONFIG_DIR"
         token = json.loads(stored[0].read_text())["access_token"]
         assert decode_part(token, 1)["aud"] == MCP_AUDIENCE
-        ms.assert_never_reached_server(token)
+        assert_never_reached_server(ms, token)
     finally:
         cleanup.close()
 
@@ -395,7 +263,7 @@ def post(port, headers, message):
 
 
 def test_event_stream_stays_open_past_30s(ms):
-    token = ms.mcp_as.token("tester", "tester-secret", ms.resource, MCP_SCOPE)
+    token = ms.token()
     headers = {"authorization": f"Bearer {token}"}
     h, [init] = post(ms.envoy_port, headers, {
         "jsonrpc": "2.0", "id": 1, "method": "initialize",

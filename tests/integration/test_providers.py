@@ -14,7 +14,6 @@
 
 import base64
 import json
-import sys
 import urllib.parse
 
 import jwt
@@ -22,19 +21,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import mcp_resources, plugin_config
-from harness import ROOT, WASM, Backend, Envoy, IdP, call, decode_part, free_port
+from constants import BACKEND_AUDIENCE, MCP_AUDIENCE, MCP_SCOPE
+from harness import ROOT, WASM, Backend, IdP, call, decode_part, free_port
 from istio import CA, Ecds, EnvoyProc, IdpFront, ecds_resource, envoy_bootstrap, filter_name, hcm_listener
 from istio import istio_clusters, static_cluster, wasmplugin
+from stacks import Stack, clients_for, exchange_client, start_backend_as
+from standins.providers import EntraStandin, GoogleStandin, make_client_certificate
 
-sys.path.insert(0, str(ROOT / "tests" / "standins"))
-from providers import EntraStandin, GoogleStandin, make_client_certificate  # noqa: E402
-
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 WIP = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/okta-pool/providers/okta"
 BIGQUERY = "https://www.googleapis.com/auth/bigquery"
 SA = "bq-reader@my-project.iam.gserviceaccount.com"
 USERS = ["alice", "bob", "mfa-user"]
+LISTENERS = ("pkjwt", "pkjwt-wrong-key", "google", "entra", "entra-cert")
 
 
 def rsa_key(kid):
@@ -46,78 +44,59 @@ def rsa_key(kid):
     return pem, {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}
 
 
-class Providers:
+class Providers(Stack):
     """The MCP AS, a backend AS with a private_key_jwt client, the Google and
-    Entra stand-ins, and one Envoy with a listener per configuration."""
+    Entra stand-ins, an echo backend, and one Envoy with a listener per
+    configuration."""
 
     def __init__(self, cleanup):
-        self.ports = {name: free_port() for name in ("pkjwt", "pkjwt-wrong-key", "google", "entra", "entra-cert")}
-        self.resource, resources = mcp_resources(self.ports["pkjwt"])
-        self.mcp_as = IdP(cleanup, "mcp-as", resources=resources,
-                          clients=[{"client_id": u, "client_secret": f"{u}-secret"} for u in USERS]).start()
-        jwks_url = f"{self.mcp_as.issuer}/jwks"
         self.key_pem, jwk = rsa_key("gw-key-1")
         wrong_pem, _ = rsa_key("gw-key-1")
-        self.backend_as = IdP(
-            cleanup, "backend-as",
-            resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
-            clients=[{"client_id": "gw-pkjwt", "token_endpoint_auth_method": "private_key_jwt",
-                      "token_endpoint_auth_signing_alg": "RS256", "jwks": {"keys": [jwk]},
-                      "grant_types": [EXCHANGE_GRANT]}],
-            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": "mcpserver"},
-        ).start()
-        self.google = GoogleStandin(jwks_url, self.mcp_as.issuer, "mcpserver", audience=WIP, scope=BIGQUERY,
+        pkjwt_client = exchange_client("gw-pkjwt", None, token_endpoint_auth_method="private_key_jwt",
+                                       token_endpoint_auth_signing_alg="RS256", jwks={"keys": [jwk]})
+        super().__init__(cleanup, listeners=LISTENERS, clients=clients_for(*USERS), exchange=True,
+                         backend_as={"clients": [pkjwt_client]}, verify=False, envoy=False)
+        jwks_url = f"{self.mcp_as.issuer}/jwks"
+        self.google = GoogleStandin(jwks_url, self.mcp_as.issuer, MCP_AUDIENCE, audience=WIP, scope=BIGQUERY,
                                     service_account=SA, iam_scope=[BIGQUERY], user_project="my-project")
         self.entra = EntraStandin(jwks_url, self.mcp_as.issuer, "app-1", client_secret="entra-secret",
-                                  assertion_audience="mcpserver", scope="api://backend/.default")
+                                  assertion_audience=MCP_AUDIENCE, scope="api://backend/.default")
         cert_key, cert = make_client_certificate()
         self.entra_cert = EntraStandin(jwks_url, self.mcp_as.issuer, "app-2", client_certificate=cert,
-                                       assertion_audience="mcpserver", scope="api://backend/.default",
+                                       assertion_audience=MCP_AUDIENCE, scope="api://backend/.default",
                                        unique_jti=True)
-        for s in (self.google, self.entra, self.entra_cert):
-            cleanup.add(s)
-        self.backend = Backend(cleanup)
+        for standin in (self.google, self.entra, self.entra_cert):
+            cleanup.add(standin)
+            self.add_cluster(standin.port)
+        self.env = {"GW_KEY": self.key_pem, "WRONG_KEY": wrong_pem, "ENTRA_SECRET": "entra-secret",
+                    "ENTRA_KEY": cert_key, "ENTRA_CERT": cert}
+        self.start_envoy()
+
+    def configure(self, name):
         pkjwt = {"tokenUrl": f"{self.backend_as.issuer}/token", "clientId": "gw-pkjwt",
                  "clientAssertionKeyEnv": "GW_KEY", "clientAssertionKid": "gw-key-1",
                  # oidc-provider wants its issuer identifier as the audience (RFC 7523bis).
-                 "clientAssertionAudience": self.backend_as.issuer, "audience": "backend"}
-        google_base = f"http://127.0.0.1:{self.google.port}"
-        configs = {
+                 "clientAssertionAudience": self.backend_as.issuer, "audience": BACKEND_AUDIENCE}
+        google = self.google.origin
+        exchange = {
             "pkjwt": pkjwt,
             "pkjwt-wrong-key": {**pkjwt, "clientAssertionKeyEnv": "WRONG_KEY"},
-            "google": {"provider": "google-sts", "tokenUrl": f"{google_base}/v1/token", "audience": WIP,
+            "google": {"provider": "google-sts", "tokenUrl": f"{google}/v1/token", "audience": WIP,
                        "subjectTokenType": "id_token", "scopes": [BIGQUERY], "options": {"userProject": "my-project"},
                        "serviceAccountImpersonation": {
-                           "url": f"{google_base}/v1/projects/-/serviceAccounts/{SA}:generateAccessToken",
+                           "url": f"{google}/v1/projects/-/serviceAccounts/{SA}:generateAccessToken",
                            "scopes": [BIGQUERY], "lifetimeSeconds": 1800}},
             "entra": {"provider": "entra-obo", "tokenUrl": self.entra.token_url, "clientId": "app-1",
                       "clientSecretEnv": "ENTRA_SECRET", "scopes": ["api://backend/.default"]},
             "entra-cert": {"provider": "entra-obo", "tokenUrl": self.entra_cert.token_url, "clientId": "app-2",
                            "clientAssertionKeyEnv": "ENTRA_KEY", "clientAssertionCertEnv": "ENTRA_CERT",
                            "scopes": ["api://backend/.default"]},
-        }
-        listeners = []
-        for name, te in configs.items():
-            cfg = plugin_config(self.mcp_as, self.ports["pkjwt"])
-            cfg["tokenExchange"] = te
-            listeners.append((self.ports[name], cfg))
-        clusters = {f"outbound|{p}||127.0.0.1": p for p in
-                    (self.mcp_as.port, self.backend_as.port, self.google.port, self.entra.port, self.entra_cert.port)}
-        env = {"GW_KEY": self.key_pem, "WRONG_KEY": wrong_pem, "ENTRA_SECRET": "entra-secret",
-               "ENTRA_KEY": cert_key, "ENTRA_CERT": cert}
-        self.envoy = Envoy(cleanup, self.backend.port, listeners[0][1], clusters, port=listeners[0][0],
-                           extra_listeners=listeners[1:], env=env).wait_ready()
-
-    def token(self, user="alice"):
-        return self.mcp_as.token(user, f"{user}-secret", self.resource, "mcp:tools:call")
-
-    def get(self, listener, token):
-        return self.envoy.get(token=token, port=self.ports[listener])
+        }[name]
+        return {**self.config(exchange=False), "tokenExchange": exchange}
 
 
 @pytest.fixture(scope="module")
 def ps(module_cleanup):
-    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
     return Providers(module_cleanup)
 
 
@@ -134,7 +113,7 @@ def test_private_key_jwt_is_accepted_by_the_real_idp(ps):
         status, _, body = ps.get("pkjwt", token)
         assert status == 200, body
         claims = decode_part(forwarded(body), 1)
-        assert (claims["iss"], claims["aud"], claims["sub"]) == (ps.backend_as.issuer, "backend", user)
+        assert (claims["iss"], claims["aud"], claims["sub"]) == (ps.backend_as.issuer, BACKEND_AUDIENCE, user)
         assert claims["client_id"] == "gw-pkjwt", "the IdP authenticated our client by its assertion"
     # Two users, two assertions: oidc-provider refuses a replayed jti, so each was fresh.
     assert ps.backend_as.exchanges() == before + 2
@@ -255,21 +234,19 @@ def test_seed_okta_two_authorization_servers_runs_as_written(cleanup):
     oidc, te = pc["oidc"], pc["tokenExchange"]
     okta = host(oidc["jwksUrl"])
     mcp_as = IdP(cleanup, "okta-mcp-as", issuer=oidc["issuer"],
-                 resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": "mcp:tools:call"}},
-                 clients=[{"client_id": "alice", "client_secret": "alice-secret"}]).start()
+                 resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": MCP_SCOPE}},
+                 clients=clients_for("alice")).start()
     backend_issuer = te["tokenUrl"].rsplit("/v1/token", 1)[0]
-    backend_as = IdP(cleanup, "okta-backend-as", issuer=backend_issuer,
-                     resources={"api://backend": {"audience": te["audience"], "scope": " ".join(te["scopes"])}},
-                     clients=[{"client_id": te["clientId"], "client_secret": "okta-secret",
-                               "grant_types": [EXCHANGE_GRANT]}],
-                     extra_env={"IDP_TRUST_ISSUER": mcp_as.issuer, "IDP_TRUST_AUDIENCE": oidc["audience"],
-                                "IDP_TRUST_JWKS": f"http://127.0.0.1:{mcp_as.port}/jwks"}).start()
+    backend_as = start_backend_as(
+        cleanup, mcp_as, "okta-backend-as", issuer=backend_issuer, audience=oidc["audience"], trust_jwks=True,
+        resources={"api://backend": {"audience": te["audience"], "scope": " ".join(te["scopes"])}},
+        clients=[exchange_client(te["clientId"], "okta-secret")])
     ca = CA(okta)
     front = IdpFront(cleanup, ca, {okta: [(path(oidc["jwksUrl"]), mcp_as.port, "/jwks"),
                                           (path(te["tokenUrl"]), backend_as.port, "/token")]})
     backend = Backend(cleanup, verify_with=backend_as, audience=te["audience"])
     _, envoy = seed_envoy(cleanup, wp_path, front, ca, backend, {te["clientSecretEnv"]: "okta-secret"})
-    token = mcp_as.token("alice", "alice-secret", oidc["resourceUrl"], "mcp:tools:call")
+    token = mcp_as.token("alice", "alice-secret", oidc["resourceUrl"], MCP_SCOPE)
     mcp_host = host(oidc["resourceUrl"])
     status, _, body = call(envoy.port, "/mcp", headers={"host": mcp_host, "authorization": f"Bearer {token}"})
     assert status == 200, body
@@ -287,8 +264,8 @@ def test_seed_bigquery_runs_as_written_against_the_google_standin(cleanup):
     oidc, te = pc["oidc"], pc["tokenExchange"]
     okta, sts = host(oidc["jwksUrl"]), host(te["tokenUrl"])
     mcp_as = IdP(cleanup, "okta-as", issuer=oidc["issuer"],
-                 resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": "mcp:tools:call"}},
-                 clients=[{"client_id": "alice", "client_secret": "alice-secret"}]).start()
+                 resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": MCP_SCOPE}},
+                 clients=clients_for("alice")).start()
     google = GoogleStandin(f"http://127.0.0.1:{mcp_as.port}/jwks", oidc["issuer"], oidc["audience"],
                            audience=te["audience"], scope=" ".join(te["scopes"]))
     cleanup.add(google)
@@ -297,7 +274,7 @@ def test_seed_bigquery_runs_as_written_against_the_google_standin(cleanup):
                                    sts: [(path(te["tokenUrl"]), google.port, "/v1/token")]})
     backend = Backend(cleanup)
     _, envoy = seed_envoy(cleanup, wp_path, front, ca, backend, {})
-    token = mcp_as.token("alice", "alice-secret", oidc["resourceUrl"], "mcp:tools:call")
+    token = mcp_as.token("alice", "alice-secret", oidc["resourceUrl"], MCP_SCOPE)
     status, _, body = call(envoy.port, "/mcp", headers={"host": host(oidc["resourceUrl"]),
                                                         "authorization": f"Bearer {token}"})
     assert status == 200, body

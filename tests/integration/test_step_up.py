@@ -34,139 +34,31 @@ import urllib.parse
 from contextlib import AsyncExitStack
 
 import anyio
-import httpx2
 import pytest
-from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
+from mcp.shared.auth import OAuthClientInformationFull
 
-from conftest import plugin_config
-from harness import (
-    MCP_AUDIENCE, MCP_SCOPE, ROOT, WASM, Backend, Cleanup, Envoy, IdP, Proc, decode_part, free_port, wait_port,
-)
-from login import login
+from constants import ADMIN_SCOPE, BACKEND_AUDIENCE, MCP_AUDIENCE, MCP_SCOPE
+from harness import decode_part
+from sdk_user import GRANT_TYPES, REDIRECT, AuthorizationFailed, User
+from stacks import Stack, sole_resource
 
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-ADMIN = "mcp:admin"
-GW_SECRET = "gw-secret"
 APP = "step-up-app"  # pre-registered public client
-REDIRECT = "http://127.0.0.1:9/callback"  # nothing listens: login() stops there
-
-
-class StepUpStack:
-    def __init__(self, cleanup):
-        self.envoy_port = free_port()
-        self.resource = f"http://127.0.0.1:{self.envoy_port}/mcp"
-        self.metadata_url = f"http://127.0.0.1:{self.envoy_port}/.well-known/oauth-protected-resource/mcp"
-        self.mcp_as = IdP(
-            cleanup, "mcp-as",
-            # The only resource, so code flows that name none get it; both
-            # scopes may be granted for it.
-            resources={self.resource: {"audience": MCP_AUDIENCE, "scope": f"{MCP_SCOPE} {ADMIN}"}},
-            clients=[{
-                "client_id": APP, "token_endpoint_auth_method": "none", "redirect_uris": [REDIRECT],
-                "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-            }],
-            extra_env={"IDP_INTERACTIVE": "1"},
-        ).start()
-        self.backend_as = IdP(
-            cleanup, "backend-as",
-            resources={"https://api.example.com/": {"audience": "backend", "scope": "backend:read"}},
-            clients=[{"client_id": "gw", "client_secret": GW_SECRET, "grant_types": [EXCHANGE_GRANT]}],
-            extra_env={"IDP_TRUST_ISSUER": self.mcp_as.issuer, "IDP_TRUST_AUDIENCE": MCP_AUDIENCE},
-        ).start()
-        self.backend = Backend(cleanup, verify_with=self.backend_as, audience="backend")
-        mcp_port = free_port()
-        server = cleanup.add(Proc(
-            "mcp-server", ["node", "server.mjs"], cwd=ROOT / "tests" / "mcp",
-            env={"MCP_PORT": str(mcp_port), "BACKEND_URL": f"http://127.0.0.1:{self.backend.port}"},
-        ))
-        wait_port(mcp_port, server.proc, server.log)
-        config = plugin_config(self.mcp_as, self.envoy_port)
-        config["tokenExchange"] = {
-            "tokenUrl": f"{self.backend_as.issuer}/token",
-            "clientId": "gw",
-            "clientSecretEnv": "GW_SECRET",
-            "audience": "backend",
-            "scopes": ["backend:read"],
-        }
-        config["mcp"] = {"toolScopes": {"ping": [ADMIN]}}
-        clusters = {f"outbound|{p}||127.0.0.1": p for p in (self.mcp_as.port, self.backend_as.port)}
-        self.envoy = Envoy(cleanup, mcp_port, config, clusters, port=self.envoy_port,
-                           env={"GW_SECRET": GW_SECRET}).wait_ready()
+APP_INFO = OAuthClientInformationFull(client_id=APP, redirect_uris=[REDIRECT], grant_types=GRANT_TYPES,
+                                      response_types=["code"], token_endpoint_auth_method="none")
 
 
 @pytest.fixture(scope="module")
-def su():
-    assert WASM.exists(), "build the filter first: tests/bootstrap.sh"
-    cleanup = Cleanup()
-    try:
-        yield StepUpStack(cleanup)
-    finally:
-        cleanup.close()
+def su(module_cleanup):
+    # The only resource, so code flows that name none get it; both scopes may be granted for it.
+    return Stack(module_cleanup, exchange=True, mcp_server=True, interactive=True,
+                 resources=sole_resource(f"{MCP_SCOPE} {ADMIN_SCOPE}"),
+                 clients=[{"client_id": APP, "token_endpoint_auth_method": "none", "redirect_uris": [REDIRECT],
+                           "grant_types": GRANT_TYPES, "response_types": ["code"]}],
+                 sections={"mcp": {"toolScopes": {"ping": [ADMIN_SCOPE]}}})
 
 
-class Storage:
-    """The SDK's TokenStorage, in memory."""
-
-    tokens = client_info = None
-
-    async def get_tokens(self):
-        return self.tokens
-
-    async def set_tokens(self, tokens):
-        self.tokens = tokens
-
-    async def get_client_info(self):
-        return self.client_info
-
-    async def set_client_info(self, client_info):
-        self.client_info = client_info
-
-
-class AuthorizationFailed(Exception):
-    """The IdP sent the user back with an error instead of a code."""
-
-
-class User:
-    """A person behind the SDK's OAuth provider: every authorization URL the
-    SDK opens is recorded and logged in to (and consented) as `name`."""
-
-    def __init__(self, name, pre_registered=False):
-        self.name = name
-        self.storage = Storage()
-        if pre_registered:
-            self.storage.client_info = OAuthClientInformationFull(
-                client_id=APP, redirect_uris=[REDIRECT], grant_types=["authorization_code", "refresh_token"],
-                response_types=["code"], token_endpoint_auth_method="none")
-        self.landed = []  # where the IdP sent the user back each time
-        self.authorization_urls = []
-        self.challenges = []  # (status, WWW-Authenticate) of every refused MCP request
-
-    async def open_browser(self, url):
-        self.authorization_urls.append(url)
-        self.landed.append(await anyio.to_thread.run_sync(login, url, self.name))
-
-    async def read_callback(self):
-        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.landed[-1]).query)
-        if "code" not in q:
-            raise AuthorizationFailed(self.landed[-1])
-        return AuthorizationCodeResult(code=q["code"][0], state=q.get("state", [None])[0], iss=q.get("iss", [None])[0])
-
-    async def on_response(self, response):
-        if response.status_code in (401, 403) and response.request.url.path == "/mcp":
-            self.challenges.append((response.status_code, response.headers.get("www-authenticate")))
-
-    def provider(self, resource):
-        metadata = OAuthClientMetadata(
-            client_name=f"step-up {self.name}",
-            redirect_uris=[REDIRECT],
-            grant_types=["authorization_code", "refresh_token"],
-            response_types=["code"],
-            token_endpoint_auth_method="none",
-        )
-        return OAuthClientProvider(resource, metadata, self.storage, self.open_browser, self.read_callback)
+def metadata_url(su):
+    return f"http://127.0.0.1:{su.envoy_port}/.well-known/oauth-protected-resource/mcp"
 
 
 def scope_of(url):
@@ -181,12 +73,7 @@ def run_session(su, user, may_fail=False):
 
     async def run():
         async with AsyncExitStack() as stack:
-            http = await stack.enter_async_context(httpx2.AsyncClient(
-                auth=user.provider(su.resource), event_hooks={"response": [user.on_response]},
-                timeout=httpx2.Timeout(30, read=120)))
-            read, write = await stack.enter_async_context(streamable_http_client(su.resource, http_client=http))
-            session = await stack.enter_async_context(ClientSession(read, write))
-            await session.initialize()
+            session = await user.session(stack, su.resource, read_timeout=120)
             result = await session.call_tool("whoami", {})
             assert not result.is_error, result
             seen["whoami_before"] = json.loads(result.content[0].text)
@@ -228,12 +115,12 @@ def assert_step_up_challenge(su, user):
     challenge = step_up[0]
     assert challenge.startswith("Bearer ")
     assert 'error="insufficient_scope"' in challenge
-    assert f'scope="{MCP_SCOPE} {ADMIN}"' in challenge
-    assert f'resource_metadata="{su.metadata_url}"' in challenge
+    assert f'scope="{MCP_SCOPE} {ADMIN_SCOPE}"' in challenge
+    assert f'resource_metadata="{metadata_url(su)}"' in challenge
 
 
 def test_python_sdk_steps_up_on_insufficient_scope(su):
-    user = User("frank", pre_registered=True)
+    user = User("frank", client_info=APP_INFO)
     seen = run_session(su, user)
 
     # First login: the scope the 401 named, nothing more; whoami is enough.
@@ -249,7 +136,7 @@ def test_python_sdk_steps_up_on_insufficient_scope(su):
     # The SDK authorized again, asking for the wider scope, as the same client.
     assert len(user.authorization_urls) == 2
     second = user.authorization_urls[1]
-    assert set(scope_of(second)) == {MCP_SCOPE, ADMIN}
+    assert set(scope_of(second)) == {MCP_SCOPE, ADMIN_SCOPE}
     q1, q2 = (urllib.parse.parse_qs(urllib.parse.urlsplit(u).query) for u in (first, second))
     assert q2["client_id"] == q1["client_id"] == [APP]
     assert q2["resource"] == [su.resource]
@@ -258,10 +145,10 @@ def test_python_sdk_steps_up_on_insufficient_scope(su):
     # The retried ping succeeded with the new token, and the user is unchanged.
     assert seen["ping"] == "pong"
     after = decode_part(user.storage.tokens.access_token, 1)
-    assert set(after["scope"].split()) == {MCP_SCOPE, ADMIN}
+    assert set(after["scope"].split()) == {MCP_SCOPE, ADMIN_SCOPE}
     assert after["sub"] == "frank" and after["aud"] == MCP_AUDIENCE
     claims = seen["whoami_after"]["verified_claims"]
-    assert claims["sub"] == "frank" and claims["aud"] == "backend" and claims["iss"] == su.backend_as.issuer
+    assert claims["sub"] == "frank" and claims["aud"] == BACKEND_AUDIENCE and claims["iss"] == su.backend_as.issuer
 
 
 def test_python_sdk_step_up_after_dynamic_registration_is_refused_by_the_idp(su):
@@ -279,8 +166,8 @@ def test_python_sdk_step_up_after_dynamic_registration_is_refused_by_the_idp(su)
     assert user.storage.client_info.scope == MCP_SCOPE, "registered with the first challenge's scope"
     assert_step_up_challenge(su, user)
     assert len(user.authorization_urls) == 2
-    assert set(scope_of(user.authorization_urls[1])) == {MCP_SCOPE, ADMIN}
+    assert set(scope_of(user.authorization_urls[1])) == {MCP_SCOPE, ADMIN_SCOPE}
     back = urllib.parse.parse_qs(urllib.parse.urlsplit(user.landed[1]).query)
-    assert back["error"] == ["invalid_scope"] and back["scope"] == [ADMIN], user.landed[1]
+    assert back["error"] == ["invalid_scope"] and back["scope"] == [ADMIN_SCOPE], user.landed[1]
     assert "failed" in seen and any(isinstance(e, AuthorizationFailed) for e in causes(seen["failed"])), seen
     assert "ping" not in seen

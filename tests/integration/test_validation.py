@@ -3,9 +3,9 @@
 import json
 import time
 
-from conftest import Stack
+from constants import CLIENT, MCP_AUDIENCE, MCP_SCOPE, SECRET
 from harness import (
-    MCP_SCOPE,
+    IdP,
     call,
     decode_part,
     forge_hs256_with_public_key,
@@ -13,6 +13,7 @@ from harness import (
     public_pem,
     tamper_signature,
 )
+from stacks import Stack, clients_for
 
 
 def assert_rejected(stack, status, token, *, error=None, description=None):
@@ -44,7 +45,7 @@ def test_good_token_reaches_the_backend(stack):
     assert seen["path"] == "/mcp"
     auth = [v for k, v in seen["headers"] if k == "authorization"]
     assert auth == [f"Bearer {token}"], "validation only: the token passes unchanged"
-    assert seen["token_claims"]["aud"] == "mcpserver"
+    assert seen["token_claims"]["aud"] == MCP_AUDIENCE
     # The scheme is case-insensitive.
     code, _, _ = stack.envoy.get(headers={"authorization": f"bearer {token}"})
     assert code == 200
@@ -68,12 +69,8 @@ def test_expired_token(stack):
 def test_wrong_issuer(stack, cleanup):
     # Another authorization server with the very same signing key: the signature
     # verifies, the issuer must not.
-    from harness import IdP
-
-    from conftest import CLIENT, SECRET
-
-    rogue = IdP(cleanup, "rogue-as", keys=stack.idp.keys, resources=stack.idp.resources,
-                clients=[{"client_id": CLIENT, "client_secret": SECRET}]).start()
+    rogue = IdP(cleanup, "rogue-as", keys=stack.mcp_as.keys, resources=stack.mcp_as.resources,
+                clients=clients_for(CLIENT)).start()
     token = rogue.token(CLIENT, SECRET, stack.resource, MCP_SCOPE)
     assert decode_part(token, 0)["kid"] == decode_part(stack.token(), 0)["kid"]
     assert_rejected(stack, 401, token, error="invalid_token", description="issuer not accepted")
@@ -98,7 +95,7 @@ def test_alg_none(stack):
 def test_hs256_signed_with_the_rsa_public_key(stack):
     token = stack.token()
     kid = decode_part(token, 0)["kid"]
-    jwk = next(k for k in stack.idp.jwks()["keys"] if k["kid"] == kid)
+    jwk = next(k for k in stack.mcp_as.jwks()["keys"] if k["kid"] == kid)
     for secret in (public_pem(jwk), json.dumps(jwk)):
         forged = forge_hs256_with_public_key(token, secret)
         assert_rejected(stack, 401, forged, error="invalid_token", description="unsupported signing algorithm")
@@ -150,7 +147,7 @@ def test_metadata_endpoint(stack):
     assert headers["access-control-allow-origin"] == "*"
     assert json.loads(body) == {
         "resource": stack.resource,
-        "authorization_servers": [stack.idp.issuer],
+        "authorization_servers": [stack.mcp_as.issuer],
         "bearer_methods_supported": ["header"],
         "scopes_supported": [MCP_SCOPE],
     }
@@ -165,7 +162,7 @@ def test_key_rotation_to_an_unseen_kid(cleanup):
     s = Stack(cleanup)
     old = s.token()
     assert s.envoy.get(token=old)[0] == 200
-    s.idp.restart(rotate=True)
+    s.mcp_as.restart(rotate=True)
     new = s.token()
     assert decode_part(new, 0)["kid"] != decode_part(old, 0)["kid"]
     # A kid refetch is allowed once the keys are 5 s old.
@@ -179,15 +176,15 @@ def test_idp_down_at_start_then_recovery(cleanup):
     # Mint a token, then take the IdP down before this Envoy starts.
     probe = Stack(cleanup)
     token = probe.token()
-    probe.idp.stop()
-    s = Stack(cleanup, idp=probe.idp)
+    probe.mcp_as.stop()
+    s = Stack(cleanup, mcp_as=probe.mcp_as)
     code, headers, body = s.envoy.get(token=token)
     assert code == 503, body
     assert headers.get("retry-after")
     assert json.loads(body)["error"] == "temporarily_unavailable"
     assert s.backend.requests() == 0
     # The IdP comes up; the filter recovers without a restart.
-    probe.idp.start()
+    probe.mcp_as.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         code, _, body = s.envoy.get(token=token)
@@ -201,7 +198,7 @@ def test_idp_down_at_start_then_recovery(cleanup):
 def test_bad_config_fails_closed_naming_the_field(cleanup):
     from harness import Envoy
 
-    bad = {"oidc": {"issuer": "http://127.0.0.1:1", "audience": "mcpserver", "jwksUrl": "keys"}}
+    bad = {"oidc": {"issuer": "http://127.0.0.1:1", "audience": MCP_AUDIENCE, "jwksUrl": "keys"}}
     envoy = Envoy(cleanup, 1, bad, {})
     try:
         envoy.proc.proc.wait(timeout=20)

@@ -18,12 +18,12 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ClientCredentialsProvider } from '@modelcontextprotocol/sdk/client/auth-extensions.js';
+import { callWhoami, run, say } from './client-events.mjs';
 
 const env = (name) => {
   if (!process.env[name]) throw new Error(`${name} is required`);
   return process.env[name];
 };
-const say = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
 
 async function main() {
   const serverUrl = new URL(env('MCP_URL'));
@@ -43,20 +43,7 @@ async function main() {
     access_token: tokens?.access_token,
     scope: tokens?.scope,
   });
-  const calls = Number(process.env.MCP_CALLS || '2');
-  for (let call = 1; call <= calls; call += 1) {
-    const result = await client.callTool({ name: 'whoami', arguments: {} });
-    if (result.isError) throw new Error(`whoami failed: ${JSON.stringify(result.content)}`);
-    const text = result.content.find((c) => c.type === 'text')?.text;
-    let parsed = text;
-    try { parsed = JSON.parse(text); } catch { /* keep the text */ }
-    say({ event: 'whoami', call, result: parsed });
-  }
-  await client.close();
-  say({ event: 'done' });
+  await callWhoami(client, Number(process.env.MCP_CALLS || '2'));
 }
 
-main().then(() => process.exit(0), (err) => {
-  process.stderr.write(`client-credentials: ${err?.stack || err}\n`);
-  process.exit(1);
-});
+run('client-credentials', main);

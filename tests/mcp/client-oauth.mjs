@@ -21,11 +21,11 @@ import readline from 'node:readline';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import { callWhoami, run, say } from './client-events.mjs';
 
 const serverUrl = new URL(process.env.MCP_URL);
 const redirectUrl = process.env.MCP_REDIRECT_URL || 'http://127.0.0.1:33418/callback';
 const calls = Number(process.env.MCP_CALLS || '2');
-const say = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
 
 const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
@@ -103,19 +103,7 @@ async function main() {
     refresh_token: Boolean(tokens?.refresh_token),
     scope: tokens?.scope,
   });
-  for (let call = 1; call <= calls; call += 1) {
-    const result = await client.callTool({ name: 'whoami', arguments: {} });
-    if (result.isError) throw new Error(`whoami failed: ${JSON.stringify(result.content)}`);
-    const text = result.content.find((c) => c.type === 'text')?.text;
-    let parsed = text;
-    try { parsed = JSON.parse(text); } catch { /* keep the text */ }
-    say({ event: 'whoami', call, result: parsed });
-  }
-  await client.close();
-  say({ event: 'done' });
+  await callWhoami(client, calls);
 }
 
-main().then(() => process.exit(0), (err) => {
-  process.stderr.write(`client-oauth: ${err?.stack || err}\n`);
-  process.exit(1);
-});
+run('client-oauth', main);

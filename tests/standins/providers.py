@@ -37,8 +37,9 @@ sub>, ...}}. Each token also carries the sub, so a test can tell users'
 tokens apart: Google tokens embed it base64url-encoded, and Entra tokens are
 RS256 JWTs with a `sub` claim, verifiable against `.jwks`.
 
-Only the standard library, PyJWT and cryptography (tests/requirements.txt:
-PyJWT[crypto]). Everything listens on 127.0.0.1.
+Only the standard library (served by tests/httpd.py), PyJWT and
+cryptography (tests/requirements.txt: PyJWT[crypto]). Everything listens on
+127.0.0.1.
 """
 
 import base64
@@ -51,12 +52,13 @@ import threading
 import time
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from httpd import HttpServer  # tests/httpd.py
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -101,69 +103,35 @@ class _Reply(Exception):
         self.status, self.body = status, body
 
 
-class _Standin:
+class _Standin(HttpServer):
     """An HTTP server in a thread of the test process. Subclasses implement
     `route(req)`, which returns (status, JSON body)."""
 
     def __init__(self):
         self.requests, self.errors, self.rejected, self.issued = [], [], [], {}
         self._lock = threading.Lock()
-        standin = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle_any(self):
-                req = standin._read(self)
-                try:
-                    status, body = standin.route(req)
-                except _Reply as r:
-                    status, body = r.status, r.body
-                except Exception as e:  # a bug in the stand-in must show up in the test, not hang it
-                    standin._error(req["path"], f"stand-in crashed: {type(e).__name__}: {e}")
-                    status, body = 500, {"error": "server_error"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json; charset=utf-8")
-                self.send_header("cache-control", "no-store")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer(self, request):
+        req = self._read(request)
+        try:
+            status, body = self.route(req)
+        except _Reply as r:
+            status, body = r.status, r.body
+        except Exception as e:  # a bug in the stand-in must show up in the test, not hang it
+            self._error(req["path"], f"stand-in crashed: {type(e).__name__}: {e}")
+            status, body = 500, {"error": "server_error"}
+        headers = {"content-type": "application/json; charset=utf-8", "cache-control": "no-store"}
+        return status, headers, json.dumps(body).encode()
 
     # -- plumbing shared by the stand-ins --
 
-    def _read(self, h):
-        headers = {k.lower(): v for k, v in h.headers.items()}
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raw = b""
-            while True:
-                size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                raw += h.rfile.read(size)
-                h.rfile.readline()
-        else:
-            raw = h.rfile.read(int(headers.get("content-length") or 0))
-        path, _, query = h.path.partition("?")
-        req = {"method": h.command, "path": path, "query": query, "headers": headers,
+    def _read(self, request):
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        path, _, query = request.path.partition("?")
+        req = {"method": request.method, "path": path, "query": query, "headers": headers,
                "content_type": headers.get("content-type", "").split(";")[0].strip().lower(),
-               "body": raw.decode("utf-8", errors="replace"), "form": None, "json": None}
+               "body": request.body.decode("utf-8", errors="replace"), "form": None, "json": None}
         with self._lock:
             self.requests.append(req)
         return req
@@ -193,6 +161,17 @@ class _Standin:
             form[k] = v
         req["form"] = form
         return form
+
+    @staticmethod
+    def _only(f, allowed, schema, problems):
+        """Every parameter in `f` is one of `allowed`."""
+        problems.extend(f"parameter {k!r} is not {schema}" for k in f if k not in allowed)
+
+    @staticmethod
+    def _want(f, name, value, problems):
+        """Parameter `name` is `value`."""
+        if f.get(name) != value:
+            problems.append(f"{name} {f.get(name)!r}, want {value}")
 
     @staticmethod
     def _common(req, problems):
@@ -323,11 +302,8 @@ class GoogleStandin(_Standin):
         if "authorization" in req["headers"]:
             problems.append("Authorization header sent; the STS reference says not to send one")
         f = self._sts_fields(req, problems)
-        for k in f:
-            if k not in STS_FIELDS:
-                problems.append(f"parameter {k!r} is not in the STS request schema")
-        if f.get("grant_type") != TOKEN_EXCHANGE:
-            problems.append(f"grant_type {f.get('grant_type')!r}, want {TOKEN_EXCHANGE}")
+        self._only(f, STS_FIELDS, "in the STS request schema", problems)
+        self._want(f, "grant_type", TOKEN_EXCHANGE, problems)
         aud = f.get("audience")
         if not aud:
             problems.append("audience is required when exchanging an external credential")
@@ -340,8 +316,7 @@ class GoogleStandin(_Standin):
         scopes = self._scopes(f.get("scope"), problems)
         if self.scope and scopes and set(scopes) != set(self.scope.split()):
             problems.append(f"scope {f.get('scope')!r}, want {self.scope!r}")
-        if f.get("requested_token_type") != ACCESS_TOKEN_TYPE:
-            problems.append(f"requested_token_type {f.get('requested_token_type')!r}, want {ACCESS_TOKEN_TYPE}")
+        self._want(f, "requested_token_type", ACCESS_TOKEN_TYPE, problems)
         if not f.get("subject_token"):
             problems.append("subject_token is required")
         stt = f.get("subject_token_type")
@@ -575,13 +550,9 @@ class EntraStandin(_Standin):
             raise _Reply(404, {"error": "invalid_request", "error_description": "no such endpoint"})
         self._common(req, problems)
         f = self._form(req, problems)
-        for k in f:
-            if k not in OBO_FIELDS:
-                problems.append(f"parameter {k!r} is not part of the OBO request")
-        if f.get("grant_type") != JWT_BEARER:
-            problems.append(f"grant_type {f.get('grant_type')!r}, want {JWT_BEARER}")
-        if f.get("requested_token_use") != "on_behalf_of":
-            problems.append(f"requested_token_use {f.get('requested_token_use')!r}, want on_behalf_of")
+        self._only(f, OBO_FIELDS, "part of the OBO request", problems)
+        self._want(f, "grant_type", JWT_BEARER, problems)
+        self._want(f, "requested_token_use", "on_behalf_of", problems)
         if not f.get("assertion"):
             problems.append("assertion is required")
         scopes = self._scopes(f.get("scope"), problems)
@@ -671,8 +642,7 @@ class EntraStandin(_Standin):
         return method
 
     def _check_assertion(self, f, problems):
-        if f.get("client_assertion_type") != CLIENT_ASSERTION_JWT:
-            problems.append(f"client_assertion_type {f.get('client_assertion_type')!r}, want {CLIENT_ASSERTION_JWT}")
+        self._want(f, "client_assertion_type", CLIENT_ASSERTION_JWT, problems)
         token = f.get("client_assertion")
         if not token:
             problems.append("client_assertion is required with client_assertion_type")

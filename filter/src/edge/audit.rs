@@ -11,7 +11,9 @@ pub struct Entry<'a> {
     pub now_ms: u64,
     pub sub: Option<&'a str>,
     pub client: Option<&'a str>,
-    pub issuer: &'a str,
+    /// The route's issuer and protected resource, once the route is known.
+    pub issuer: Option<&'a str>,
+    pub resource: Option<&'a str>,
     /// `allow`, `deny` or `skip`.
     pub decision: &'static str,
     /// The denial's reason, or `ok`.
@@ -31,6 +33,7 @@ impl Entry<'_> {
             "sub": self.sub,
             "client": self.client,
             "iss": self.issuer,
+            "resource": self.resource,
             "decision": self.decision,
             "reason": self.reason,
             "status": self.status,
@@ -82,7 +85,8 @@ mod tests {
             now_ms: 0,
             sub: Some("evil\n{\"decision\":\"allow\"}"),
             client: None,
-            issuer: "https://i",
+            issuer: Some("https://i"),
+            resource: None,
             decision: "deny",
             reason: "invalid signature",
             status: Some(401),

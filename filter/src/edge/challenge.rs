@@ -3,7 +3,7 @@
 //! that tells an MCP client where to get a token.
 
 use base64::Engine;
-use plugin_config::{Config, Resource};
+use plugin_config::{Metadata, Oidc};
 use serde_json::json;
 
 pub const MISSING_TOKEN: &str = "missing bearer token";
@@ -54,14 +54,23 @@ pub struct Challenges {
 }
 
 impl Challenges {
-    pub fn new(config: &Config) -> Challenges {
-        let o = &config.oidc;
+    /// The challenges of a route checked against `o`.
+    pub fn new(o: &Oidc) -> Challenges {
         Challenges {
             metadata_param: o
                 .resource
                 .as_ref()
                 .map(|r| format!("resource_metadata=\"{}\"", r.metadata_url)),
             scope_param: scope_param(&o.required_scopes),
+        }
+    }
+
+    /// Challenges naming no resource and no scope, for refusals made before
+    /// a route is known.
+    pub fn bare() -> Challenges {
+        Challenges {
+            metadata_param: None,
+            scope_param: None,
         }
     }
 
@@ -220,13 +229,13 @@ pub fn gateway_timeout() -> Denial {
     }
 }
 
-/// The RFC 9728 metadata document for `resource`.
-pub fn metadata_document(resource: &Resource, issuer: &str) -> String {
+/// An RFC 9728 metadata document.
+pub fn metadata_document(m: &Metadata) -> String {
     json!({
-        "resource": resource.url,
-        "authorization_servers": [issuer],
+        "resource": m.resource,
+        "authorization_servers": [m.issuer],
         "bearer_methods_supported": ["header"],
-        "scopes_supported": resource.scopes_supported,
+        "scopes_supported": m.scopes_supported,
     })
     .to_string()
 }
@@ -235,7 +244,7 @@ pub fn metadata_document(resource: &Resource, issuer: &str) -> String {
 mod tests {
     use super::*;
 
-    fn config(extra: serde_json::Value) -> Config {
+    fn config(extra: serde_json::Value) -> plugin_config::Config {
         let mut v = json!({"oidc": {
             "issuer": "https://idp.example.com", "audience": "mcp",
             "jwksUrl": "https://idp.example.com/keys"
@@ -247,10 +256,11 @@ mod tests {
     }
 
     fn full() -> Challenges {
-        Challenges::new(&config(json!({
+        let c = config(json!({
             "resourceUrl": "https://mcp.example.com/mcp",
             "requiredScopes": ["mcp:tools:call", "openid"]
-        })))
+        }));
+        Challenges::new(c.oidc.as_ref().unwrap())
     }
 
     const META: &str = r#"resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp""#;
@@ -292,7 +302,8 @@ mod tests {
 
     #[test]
     fn without_resource_or_scopes_the_challenge_is_bare() {
-        let c = Challenges::new(&config(json!({})));
+        let c = Challenges::new(config(json!({})).oidc.as_ref().unwrap());
+        assert_eq!(Challenges::bare().missing_token(), c.missing_token());
         assert_eq!(c.missing_token().www_authenticate.unwrap(), "Bearer");
         assert_eq!(
             c.invalid_request("multiple authorization headers")
@@ -324,11 +335,7 @@ mod tests {
     #[test]
     fn metadata_document_fields() {
         let cfg = config(json!({"resourceUrl": "https://mcp.example.com/mcp", "scopesSupported": ["a", "b"]}));
-        let doc: serde_json::Value = serde_json::from_str(&metadata_document(
-            cfg.oidc.resource.as_ref().unwrap(),
-            &cfg.oidc.issuer,
-        ))
-        .unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&metadata_document(&cfg.metadata[0])).unwrap();
         assert_eq!(
             doc,
             json!({

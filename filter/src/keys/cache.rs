@@ -2,7 +2,8 @@
 //!
 //! The JWKS is fetched with an HTTP callout and published in proxy-wasm shared
 //! data as `fetched_at_ms | refresh_at_ms | body` (two little-endian u64s, then
-//! the document), under a key prefixed with the config's hash. Each worker
+//! the document), under a key named for the issuer and where its keys are,
+//! so a config push that keeps them keeps the keys too. Each worker
 //! parses the published copy once per change. A lease entry (`until_ms`,
 //! written with CAS) makes one worker at a time do the fetch; the others see
 //! the result on their next tick.
@@ -97,7 +98,9 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(oidc: &Oidc, prefix: &str) -> JwksCache {
+    /// The cache of `oidc`'s issuer's keys, published in shared data under
+    /// `key` (and `key.lease`, `key.attempt`).
+    pub fn new(oidc: &Oidc, key: &str) -> JwksCache {
         let source = match &oidc.keys {
             KeySource::Jwks(e) => Source::Known(e.clone()),
             KeySource::Discovery(d) => Source::Discovering(Discovery::new(d.clone(), oidc.issuer.clone())),
@@ -105,9 +108,9 @@ impl JwksCache {
         JwksCache {
             source,
             refresh_ms: oidc.jwks_refresh_seconds.saturating_mul(1000),
-            data_key: format!("{prefix}jwks"),
-            lease_key: format!("{prefix}jwks.lease"),
-            attempt_key: format!("{prefix}jwks.attempt"),
+            data_key: key.to_string(),
+            lease_key: format!("{key}.lease"),
+            attempt_key: format!("{key}.attempt"),
             keys: None,
             version: 0,
             refresh_at_ms: 0,

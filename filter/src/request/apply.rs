@@ -29,7 +29,6 @@ pub struct Effects {
     claim_headers: Vec<ClaimHeader>,
     cors: Option<Cors>,
     audit: bool,
-    issuer: String,
     pub metrics: Metrics,
 }
 
@@ -40,7 +39,6 @@ impl Effects {
             claim_headers: config.claim_to_headers.clone(),
             cors: config.cors.clone(),
             audit: config.audit,
-            issuer: config.oidc.issuer.clone(),
             metrics: Metrics::default(),
         }
     }
@@ -65,7 +63,7 @@ impl Effects {
             }
             Outcome::Deny(d, who) => {
                 gate.close(host.context_id());
-                self.refuse(host, &d, who.as_ref())
+                self.refuse(host, &d, &who)
             }
             Outcome::Pass(why) => {
                 // No client may supply the claim headers, judged or not.
@@ -89,11 +87,13 @@ impl Effects {
         let forwarded = passed.forwarded.as_ref();
         let target = forwarded.map(|f| self.policies.target(f.target).target_name());
         let p = passed.principal();
+        let policy = self.policies.policy(passed.policy);
         let entry = audit::Entry {
             now_ms: host.now_ms(),
             sub: p.sub.as_deref(),
             client: p.client.as_deref(),
-            issuer: &self.issuer,
+            issuer: Some(self.policies.verifier(policy.verifier).issuer()),
+            resource: policy.resource.as_deref(),
             decision: "allow",
             reason: "ok",
             status: None,
@@ -105,18 +105,18 @@ impl Effects {
     }
 
     /// Answers the current request with `d`, and records the decision.
-    pub fn refuse(&mut self, host: &mut dyn Host, d: &Denial, who: Option<&Who>) -> Action {
+    pub fn refuse(&mut self, host: &mut dyn Host, d: &Denial, who: &Who) -> Action {
         self.metrics.inc(Metric::for_denial(d));
         if self.audit && log::log_enabled!(log::Level::Info) {
-            let p = who.map(|w| &w.principal);
-            let target = who
-                .and_then(|w| w.target)
-                .map(|t| self.policies.target(t).target_name());
+            let p = who.principal.as_deref();
+            let target = who.target.map(|t| self.policies.target(t).target_name());
+            let policy = who.policy.map(|id| self.policies.policy(id));
             let entry = audit::Entry {
                 now_ms: host.now_ms(),
                 sub: p.and_then(|p| p.sub.as_deref()),
                 client: p.and_then(|p| p.client.as_deref()),
-                issuer: &self.issuer,
+                issuer: policy.map(|p| self.policies.verifier(p.verifier).issuer()),
+                resource: policy.and_then(|p| p.resource.as_deref()),
                 decision: "deny",
                 reason: d.description,
                 status: Some(d.status),

@@ -43,20 +43,30 @@ pub enum Answered {
 /// Requests an exchange released: where they are, and what each gets.
 pub struct Landed {
     pub waiters: Vec<(u32, PolicyId)>,
-    /// The exchanged token, or the denial every waiter gets.
-    pub result: Result<(Verified, Forwarded), (Denial, Who)>,
+    verified: Verified,
+    target: TargetId,
+    /// The exchanged token, or why there is none.
+    result: Result<Forwarded, Failure>,
+    policies: Rc<Policies>,
 }
 
 impl Landed {
-    /// The outcome for one waiter.
+    /// The outcome for one waiter, on its own route.
     pub fn outcome(&self, policy: PolicyId) -> Outcome {
         match &self.result {
-            Ok((verified, forwarded)) => Outcome::Allow(Passed {
-                verified: verified.clone(),
+            Ok(forwarded) => Outcome::Allow(Passed {
+                verified: self.verified.clone(),
                 policy,
                 forwarded: Some(forwarded.clone()),
             }),
-            Err((d, who)) => Outcome::Deny(d.clone(), Some(who.clone())),
+            Err(f) => {
+                let who = Who {
+                    policy: Some(policy),
+                    principal: Some(Rc::clone(&self.verified.principal)),
+                    target: Some(self.target),
+                };
+                Outcome::Deny(denial(&self.policies, f, policy), who)
+            }
         }
     }
 }
@@ -70,16 +80,17 @@ pub struct Forward {
     actors: ActorTokens<Key>,
     /// `cache.expirySkewSeconds`, in ms.
     skew_ms: u64,
-    /// The clock skew validation allows, seconds.
-    clock_skew_s: u64,
 }
 
 impl Forward {
-    pub fn new(policies: Rc<Policies>, prefix: &str, max_entries: u32, skew_ms: u64, clock_skew_s: u64) -> Forward {
+    /// `plugin` names the shared-data keys: Istio gives all plugins on a
+    /// proxy one keyspace.
+    pub fn new(policies: Rc<Policies>, plugin: &str, max_entries: u32, skew_ms: u64) -> Forward {
         let n = policies.targets().count();
+        let prefix = format!("tef:{plugin}:");
         let caches = policies
             .targets()
-            .map(|(_, x)| TokenCache::new(prefix, max_entries, x.params_digest(), n))
+            .map(|x| TokenCache::new(&prefix, max_entries, x.params_digest(), n))
             .collect();
         Forward {
             policies,
@@ -87,7 +98,6 @@ impl Forward {
             flights: Flights::default(),
             actors: ActorTokens::new(n),
             skew_ms,
-            clock_skew_s,
         }
     }
 
@@ -137,7 +147,8 @@ impl Forward {
                     f.outcome()
                 );
                 metrics.inc(Metric::ExchangesFailed);
-                Outcome::Deny(self.denial(&f), None)
+                let denial = denial(&self.policies, &f, passed.policy);
+                Outcome::Deny(denial, Who::passed(&passed, Some(target)))
             }
         }
     }
@@ -192,46 +203,34 @@ impl Forward {
         self.caches.get_mut(target.index())
     }
 
-    /// Caches an exchanged token (until `cache_until`) and says how it is forwarded.
-    fn keep(
+    /// Caches an exchanged token until `until_ms`.
+    fn store(
         &mut self,
         host: &mut dyn Host,
         target: TargetId,
-        verified: Verified,
-        ex: &Exchanged,
-        latency: u64,
+        hash: &TokenHash,
+        value: &Rc<str>,
+        until_ms: u64,
         metrics: &mut Metrics,
-    ) -> (Verified, Forwarded) {
+    ) {
         let now = host.now_ms();
-        let value: Rc<str> = format!("Bearer {}", ex.access_token).into();
-        let until = cache_until(ex, &verified.principal, self.clock_skew_s, self.skew_ms, now);
-        let stored = self
-            .cache(target)
-            .map(|c| c.put(host, &verified.hash, &value, until, now));
+        let stored = self.cache(target).map(|c| c.put(host, hash, value, until_ms, now));
         if stored == Some(Put::Evicted) {
             metrics.inc(Metric::CacheOverwrite);
         }
-        let forwarded = Forwarded {
-            target,
-            value,
-            cache: CacheUse::Miss,
-            latency_ms: Some(latency),
-        };
-        (verified, forwarded)
     }
+}
 
-    /// The answer to an exchange failure. The IdP's `invalid_scope` concerns
-    /// the exchange's scopes, not the route's, so its 403 names the default ones.
-    fn denial(&self, f: &Failure) -> Denial {
-        let challenges = &self.policies.default().challenges;
-        match f {
-            Failure::InvalidGrant => challenges.exchange_refused(),
-            Failure::InsufficientScope => challenges.insufficient_scope(),
-            Failure::ClaimsChallenge(claims) => challenges.insufficient_claims(claims.as_deref()),
-            Failure::BadGateway(_) => challenge::bad_gateway(),
-            Failure::Unavailable(_) => challenges.unavailable("token exchange unavailable"),
-            Failure::Timeout => challenge::gateway_timeout(),
-        }
+/// The answer to an exchange failure on `policy`'s route.
+fn denial(policies: &Policies, f: &Failure, policy: PolicyId) -> Denial {
+    let challenges = &policies.policy(policy).challenges;
+    match f {
+        Failure::InvalidGrant => challenges.exchange_refused(),
+        Failure::InsufficientScope => challenges.insufficient_scope(),
+        Failure::ClaimsChallenge(claims) => challenges.insufficient_claims(claims.as_deref()),
+        Failure::BadGateway(_) => challenge::bad_gateway(),
+        Failure::Unavailable(_) => challenges.unavailable("token exchange unavailable"),
+        Failure::Timeout => challenge::gateway_timeout(),
     }
 }
 

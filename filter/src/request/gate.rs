@@ -34,7 +34,7 @@ pub enum Body {
     Buffer,
     /// The call may go on: the request's decision, now to be recorded.
     Allowed(Passed),
-    Refused(Denial, Option<Who>),
+    Refused(Denial, Who),
 }
 
 pub struct Gate {
@@ -127,31 +127,34 @@ impl Gate {
             Some(Held::Passed(p)) => Some(p),
             _ => None,
         };
-        match (needed, passed) {
-            (Err(e), passed) => {
+        let Some(p) = passed else {
+            // Its headers never passed: cannot happen, but never let a
+            // call through unjudged.
+            let challenges = self.policies.fallback_challenges();
+            return Body::Refused(challenges.insufficient_scope(), Who::default());
+        };
+        match needed {
+            Err(e) => {
                 let d = match e {
                     BodyError::TooLarge => challenge::payload_too_large(),
                     BodyError::Unreadable => self
                         .policies
-                        .default()
+                        .policy(p.policy)
                         .challenges
                         .invalid_request("request body is not readable JSON"),
                 };
                 log::info!("rejected: {}", d.description);
-                Body::Refused(d, passed.as_ref().map(who))
+                Body::Refused(d, who(&p))
             }
-            (Ok(needed), Some(p)) if p.principal().has_scopes(&needed) => Body::Allowed(p),
-            (Ok(needed), Some(p)) => {
+            Ok(needed) if p.principal().has_scopes(&needed) => Body::Allowed(p),
+            Ok(needed) => {
                 log::info!(
                     "rejected: the tool needs scopes {}; sub={}",
                     needed.join(" "),
                     excerpt(p.principal().sub.as_deref().unwrap_or("-"))
                 );
-                Body::Refused(self.insufficient(&p, &needed), Some(who(&p)))
+                Body::Refused(self.insufficient(&p, &needed), who(&p))
             }
-            // Its headers never passed: cannot happen, but never let a
-            // call through unjudged.
-            (Ok(_), None) => Body::Refused(self.policies.default().challenges.insufficient_scope(), None),
         }
     }
 
@@ -175,8 +178,5 @@ impl Gate {
 }
 
 fn who(p: &Passed) -> Who {
-    Who {
-        principal: Rc::clone(p.principal()),
-        target: p.forwarded.as_ref().map(|f| f.target),
-    }
+    Who::passed(p, p.forwarded.as_ref().map(|f| f.target))
 }

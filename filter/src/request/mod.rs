@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod forward;
 pub mod gate;
+pub mod keyring;
 pub mod outcome;
 pub mod policy;
 pub mod routes;
@@ -46,29 +47,23 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// `plugin_name` and the config's fingerprint prefix every shared-data key:
-    /// Istio gives all plugins on a proxy one keyspace, and a changed config
-    /// must never read state written under the old one. Fails on what only
-    /// the filter can check: a client assertion key that does not fit.
+    /// `plugin_name` names every shared-data key: Istio gives all plugins on
+    /// a proxy one keyspace. Keys name nothing else of the config; each
+    /// entry holds what it depends on, so a push keeps what it does not
+    /// change. Fails on what only the filter can check: a client assertion
+    /// key that does not fit.
     pub fn new(config: &Config, plugin_name: &str) -> Result<Filter, ConfigError> {
-        let prefix = shared_prefix(config, plugin_name);
         let policies = Rc::new(Policies::new(config)?);
         let gate = Gate::new(Rc::clone(&policies), config.mcp.as_ref());
-        let validation = Validation::new(
-            Rc::clone(&policies),
-            &config.oidc,
-            config.claim_to_headers.clone(),
-            &prefix,
-        );
+        let validation = Validation::new(Rc::clone(&policies), config.claim_to_headers.clone(), plugin_name);
         let forward = Forward::new(
             Rc::clone(&policies),
-            &prefix,
+            plugin_name,
             config.cache.max_entries,
             config.cache.expiry_skew_seconds.saturating_mul(1000),
-            validation.skew(),
         );
         Ok(Filter {
-            select: Select::new(Rc::clone(&policies), &config.oidc, gate.configured()),
+            select: Select::new(Rc::clone(&policies), &config.metadata, gate.configured()),
             effects: Effects::new(policies, config),
             validation,
             forward,
@@ -171,7 +166,7 @@ impl Plugin for Filter {
                 self.effects.record_allow(host, &passed);
                 Action::Continue
             }
-            Body::Refused(d, who) => self.effects.refuse(host, &d, who.as_ref()),
+            Body::Refused(d, who) => self.effects.refuse(host, &d, &who),
         }
     }
 
@@ -210,19 +205,23 @@ impl Plugin for Filter {
     }
 }
 
-/// `tef:<plugin name>:<first 16 hex of the config hash>:`.
-pub fn shared_prefix(config: &Config, plugin_name: &str) -> String {
-    let fp = config.fingerprint.get(..16).unwrap_or(&config.fingerprint);
-    format!("tef:{plugin_name}:{fp}:")
-}
-
 /// What the operator should see once a config is in force.
 fn log_configured(config: &Config) {
-    log::info!(
-        "token-exchange-filter configured: issuer {}, {}",
-        config.oidc.issuer,
-        config.oidc.keys
-    );
+    let sections = config
+        .oidc
+        .iter()
+        .chain(config.rules.iter().filter_map(|r| match &r.action {
+            plugin_config::RuleAction::Apply { oidc, .. } => Some(oidc.as_ref()),
+            plugin_config::RuleAction::Skip => None,
+        }));
+    let mut issuers: Vec<String> = Vec::new();
+    for o in sections {
+        let line = format!("issuer {}, {}", o.issuer, o.keys);
+        if !issuers.contains(&line) {
+            issuers.push(line);
+        }
+    }
+    log::info!("token-exchange-filter configured: {}", issuers.join("; "));
     let rule_targets = config.rules.iter().filter_map(|r| match &r.action {
         plugin_config::RuleAction::Apply {
             exchange: plugin_config::RuleExchange::Replace(t),

@@ -13,8 +13,8 @@ pub enum Outcome {
     Allow(Passed),
     /// Paused until a callout answers (the issuer's keys, or an exchange).
     Wait,
-    /// Refused with this answer; who it was, when known.
-    Deny(Denial, Option<Who>),
+    /// Refused with this answer; what is known of the request.
+    Deny(Denial, Who),
     /// Passes upstream without being judged.
     Pass(Unjudged),
     /// The filter answers it itself (RFC 9728 metadata).
@@ -79,9 +79,30 @@ impl CacheUse {
     }
 }
 
-/// Who a refused request was, once its token was checked.
-#[derive(Clone)]
+/// What is known of a refused request, for the audit line: its route,
+/// who it was once its token was checked, and its exchange target.
+#[derive(Clone, Default)]
 pub struct Who {
-    pub principal: Rc<Principal>,
+    pub policy: Option<PolicyId>,
+    pub principal: Option<Rc<Principal>>,
     pub target: Option<TargetId>,
+}
+
+impl Who {
+    /// A request refused on `policy`'s route, before its token was read.
+    pub fn route(policy: PolicyId) -> Who {
+        Who {
+            policy: Some(policy),
+            ..Who::default()
+        }
+    }
+
+    /// A request that passed, refused later (its exchange, its body).
+    pub fn passed(p: &Passed, target: Option<TargetId>) -> Who {
+        Who {
+            policy: Some(p.policy),
+            principal: Some(Rc::clone(p.principal())),
+            target,
+        }
+    }
 }

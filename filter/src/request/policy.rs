@@ -1,36 +1,56 @@
 //! What each route asks of a request, built once from the config and shared
-//! (immutable) by every phase: the policies (scopes, exchange target,
-//! challenges), the exchange targets they point at, and the rules that pick
-//! a policy. Ids are made only here, so an id always names an entry.
+//! (immutable) by every phase: the policies (their `oidc`: issuer,
+//! audiences, scopes, resource; and their exchange target), the verifiers
+//! and issuers the policies share, the exchange targets, and the rules that
+//! pick a policy. Ids are made only here, so an id always names an entry.
 
 use crate::edge::challenge::Challenges;
 use crate::exchange::Exchanger;
 use crate::request::routes::{NotNormal, Route, Routes};
-use plugin_config::{Config, ConfigError, RuleAction, RuleExchange, TokenExchange};
+use crate::token::verify::Verifier;
+use plugin_config::{Config, ConfigError, KeySource, Oidc, RuleAction, RuleExchange, TokenExchange};
 
 /// A policy of the table: the default (top-level sections) or a rule's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PolicyId(usize);
 
-/// An exchange target of the table: the top-level `tokenExchange`, or a
-/// rule's own.
+/// An exchange target: the top-level `tokenExchange`, or a rule's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TargetId(usize);
 
-impl TargetId {
-    /// Its place in the table, for per-target state kept beside it.
-    pub fn index(self) -> usize {
-        self.0
-    }
+/// A way of checking tokens (issuer, audiences, skew, types), shared by
+/// the policies that check them alike, so a token checked for one is taken
+/// by the others and by no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VerifierId(usize);
+
+/// An issuer's signing keys (the issuer and where its keys are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IssuerId(usize);
+
+macro_rules! index {
+    ($($id:ident),*) => {$(
+        impl $id {
+            /// Its place in the table, for per-entry state kept beside it.
+            pub fn index(self) -> usize {
+                self.0
+            }
+        }
+    )*};
 }
+index!(TargetId, VerifierId, IssuerId);
 
 /// What a route asks of a request.
 pub struct Policy {
     pub required_scopes: Vec<String>,
     /// Where the token is exchanged; `None` validates only.
     pub target: Option<TargetId>,
-    /// Challenges naming this policy's scopes.
+    pub verifier: VerifierId,
+    pub issuer: IssuerId,
+    /// Challenges naming this route's resource metadata and scopes.
     pub challenges: Challenges,
+    /// The protected resource, for the audit line.
+    pub resource: Option<String>,
 }
 
 /// Which policy a request gets.
@@ -39,12 +59,20 @@ pub enum Selection {
     /// A `skip` rule: the request passes untouched.
     Skip,
     Policy(PolicyId),
+    /// No rule matched and there is no top-level policy. The config makes
+    /// this impossible (its last rule then matches every request); it is
+    /// refused all the same.
+    Nothing,
 }
 
 pub struct Policies {
-    /// The default policy first, then one per non-skip rule.
+    /// The default policy first when there is one, then one per rule that is not a skip.
     policies: Vec<Policy>,
+    default: Option<PolicyId>,
     targets: Vec<Exchanger>,
+    verifiers: Vec<(Verifier, IssuerId)>,
+    /// Each issuer's `oidc` section (the first that named it).
+    issuers: Vec<Oidc>,
     routes: Routes,
 }
 
@@ -52,60 +80,78 @@ impl Policies {
     /// Fails only on what the exchange targets check themselves (a client
     /// assertion key that does not fit).
     pub fn new(config: &Config) -> Result<Policies, ConfigError> {
-        let o = &config.oidc;
-        let mut targets: Vec<&TokenExchange> = config.token_exchange.iter().collect();
-        let default_target = (!targets.is_empty()).then_some(TargetId(0));
-        let challenges = Challenges::new(config);
-        let mut policies = vec![Policy {
-            required_scopes: o.required_scopes.clone(),
-            target: default_target,
-            challenges: challenges.clone(),
-        }];
+        let mut table = Policies {
+            policies: Vec::new(),
+            default: None,
+            targets: Vec::new(),
+            verifiers: Vec::new(),
+            issuers: Vec::new(),
+            routes: Routes::new(Vec::new()),
+        };
+        let default_target = config
+            .token_exchange
+            .as_ref()
+            .map(|t| table.add_target(t))
+            .transpose()?;
+        if let Some(oidc) = &config.oidc {
+            table.default = Some(table.add_policy(oidc, default_target));
+        }
         let mut rules = Vec::new();
         for rule in &config.rules {
             let route = match &rule.action {
                 RuleAction::Skip => Route::Skip,
-                RuleAction::Apply {
-                    required_scopes,
-                    exchange,
-                } => {
+                RuleAction::Apply { oidc, exchange } => {
                     let target = match exchange {
                         RuleExchange::Default => default_target,
                         RuleExchange::None => None,
-                        RuleExchange::Replace(t) => {
-                            targets.push(t);
-                            Some(TargetId(targets.len() - 1))
-                        }
+                        RuleExchange::Replace(t) => Some(table.add_target(t)?),
                     };
-                    let required_scopes = required_scopes.clone().unwrap_or_else(|| o.required_scopes.clone());
-                    policies.push(Policy {
-                        challenges: challenges.with_scopes(&required_scopes),
-                        required_scopes,
-                        target,
-                    });
-                    Route::Policy(policies.len() - 1)
+                    Route::Policy(table.add_policy(oidc, target).0)
                 }
             };
             rules.push((rule.matcher.clone(), route));
         }
-        let targets = targets
-            .into_iter()
-            .map(Exchanger::new)
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        Ok(Policies {
-            policies,
-            targets,
-            routes: Routes::new(rules),
-        })
+        table.routes = Routes::new(rules);
+        Ok(table)
     }
 
-    /// The top-level sections' policy.
-    pub fn default_id(&self) -> PolicyId {
-        PolicyId(0)
+    fn add_target(&mut self, t: &TokenExchange) -> Result<TargetId, ConfigError> {
+        self.targets.push(Exchanger::new(t)?);
+        Ok(TargetId(self.targets.len() - 1))
     }
 
-    pub fn default(&self) -> &Policy {
-        self.policy(self.default_id())
+    fn add_policy(&mut self, oidc: &Oidc, target: Option<TargetId>) -> PolicyId {
+        let issuer = match self.issuers.iter().position(|o| same_keys(o, oidc)) {
+            Some(i) => IssuerId(i),
+            None => {
+                self.issuers.push(oidc.clone());
+                IssuerId(self.issuers.len() - 1)
+            }
+        };
+        let verifier = Verifier::new(oidc);
+        let verifier = match self.verifiers.iter().position(|(v, i)| *v == verifier && *i == issuer) {
+            Some(v) => VerifierId(v),
+            None => {
+                self.verifiers.push((verifier, issuer));
+                VerifierId(self.verifiers.len() - 1)
+            }
+        };
+        self.policies.push(Policy {
+            required_scopes: oidc.required_scopes.clone(),
+            target,
+            verifier,
+            issuer,
+            challenges: Challenges::new(oidc),
+            resource: oidc.resource.as_ref().map(|r| r.url.clone()),
+        });
+        PolicyId(self.policies.len() - 1)
+    }
+
+    /// Challenges for a refusal made before any policy applies: the
+    /// top-level one's, else bare.
+    pub fn fallback_challenges(&self) -> Challenges {
+        self.default
+            .map_or_else(Challenges::bare, |d| self.policy(d).challenges.clone())
     }
 
     /// Never out of range: ids come from this table, which never shrinks.
@@ -118,8 +164,23 @@ impl Policies {
         &self.targets[id.0]
     }
 
-    pub fn targets(&self) -> impl Iterator<Item = (TargetId, &Exchanger)> {
-        self.targets.iter().enumerate().map(|(i, x)| (TargetId(i), x))
+    pub fn targets(&self) -> impl Iterator<Item = &Exchanger> {
+        self.targets.iter()
+    }
+
+    /// Never out of range: ids come from this table, which never shrinks.
+    pub fn verifier(&self, id: VerifierId) -> &Verifier {
+        &self.verifiers[id.0].0
+    }
+
+    /// The issuer whose keys a verifier's tokens are checked with.
+    pub fn issuer_of(&self, id: VerifierId) -> IssuerId {
+        self.verifiers[id.0].1
+    }
+
+    /// Every issuer, with the `oidc` section that says where its keys are.
+    pub fn issuers(&self) -> impl Iterator<Item = (IssuerId, &Oidc)> {
+        self.issuers.iter().enumerate().map(|(i, o)| (IssuerId(i), o))
     }
 
     pub fn routes(&self) -> &Routes {
@@ -129,8 +190,18 @@ impl Policies {
     /// The policy for a request with these `:authority` and `:path`.
     pub fn select(&self, authority: Option<&str>, path: Option<&str>) -> Result<Selection, NotNormal> {
         Ok(match self.routes.select(authority, path)? {
-            Route::Skip => Selection::Skip,
-            Route::Policy(n) => Selection::Policy(PolicyId(n)),
+            Some(Route::Skip) => Selection::Skip,
+            Some(Route::Policy(n)) => Selection::Policy(PolicyId(n)),
+            None => self.default.map_or(Selection::Nothing, Selection::Policy),
         })
     }
+}
+
+/// Whether two sections name the same keys: one issuer, found the same way.
+fn same_keys(a: &Oidc, b: &Oidc) -> bool {
+    let source = |o: &Oidc| match &o.keys {
+        KeySource::Jwks(e) => e.url.clone(),
+        KeySource::Discovery(d) => d.openid.url.clone(),
+    };
+    a.issuer == b.issuer && source(a) == source(b) && a.jwks_refresh_seconds == b.jwks_refresh_seconds
 }

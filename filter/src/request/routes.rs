@@ -1,5 +1,5 @@
-//! Which policy a request gets: the first `rules` entry whose match fits
-//! its `:authority` and `:path`, else the default (the top-level sections).
+//! Which rule a request meets: the first `rules` entry whose match fits
+//! its `:authority` and `:path`, if any (else the top-level policy applies).
 //!
 //! Without rules nothing is read. With a `pathPrefix` rule, a path that is
 //! not in normal form (`//`, dot segments, backslashes, or encoded `.`, `/`
@@ -14,7 +14,7 @@ use plugin_config::Match;
 pub enum Route {
     /// Let the request through untouched.
     Skip,
-    /// Apply policy `n` (0 is the default).
+    /// Apply policy `n` of the policy table.
     Policy(usize),
 }
 
@@ -47,11 +47,12 @@ impl Routes {
         self.by_path
     }
 
-    /// The route for a request with these `:authority` and `:path` values
-    /// (`None` when not read or absent).
-    pub fn select(&self, authority: Option<&str>, path: Option<&str>) -> Result<Route, NotNormal> {
+    /// The route of the first rule that fits a request with these
+    /// `:authority` and `:path` values (`None` when not read or absent);
+    /// `None` if no rule does.
+    pub fn select(&self, authority: Option<&str>, path: Option<&str>) -> Result<Option<Route>, NotNormal> {
         if self.rules.is_empty() {
-            return Ok(Route::Policy(0));
+            return Ok(None);
         }
         let authority = authority.unwrap_or_default();
         let path = path.unwrap_or_default();
@@ -66,13 +67,13 @@ impl Routes {
                 (m.hosts.is_empty() || m.hosts.iter().any(|h| host_matches(h, authority)))
                     && m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
-            .map_or(Route::Policy(0), |(_, r)| *r))
+            .map(|(_, r)| *r))
     }
 }
 
 /// `pattern` (lower-case, from the config) against the request's authority,
 /// ignoring case; without a port in the pattern, the authority's port is ignored.
-fn host_matches(pattern: &str, authority: &str) -> bool {
+pub fn host_matches(pattern: &str, authority: &str) -> bool {
     let (name, port) = split_port(pattern);
     let (req_name, req_port) = split_port(authority);
     if port.is_some() && port != req_port {
@@ -118,7 +119,7 @@ mod tests {
         }
     }
 
-    fn select(routes: &Routes, authority: &str, path: &str) -> Result<Route, NotNormal> {
+    fn select(routes: &Routes, authority: &str, path: &str) -> Result<Option<Route>, NotNormal> {
         routes.select(Some(authority), Some(path))
     }
 
@@ -126,7 +127,7 @@ mod tests {
     fn no_rules_is_the_default_and_needs_no_headers() {
         let routes = Routes::new(vec![]);
         assert!(!routes.by_host() && !routes.by_path());
-        assert_eq!(routes.select(None, None), Ok(Route::Policy(0)));
+        assert_eq!(routes.select(None, None), Ok(None));
         let routes = Routes::new(vec![(m(&["h"], None), Route::Skip)]);
         assert!(routes.by_host() && !routes.by_path());
     }
@@ -141,27 +142,26 @@ mod tests {
         ]);
         assert_eq!(
             select(&routes, "API.example.com:443", "/github/x?y=1"),
-            Ok(Route::Policy(1))
+            Ok(Some(Route::Policy(1)))
         );
-        assert_eq!(select(&routes, "other.example.com", "/github/x"), Ok(Route::Policy(3)));
-        assert_eq!(select(&routes, "api.example.com", "/healthz"), Ok(Route::Skip));
-        assert_eq!(select(&routes, "a.b.example.org", "/mcp"), Ok(Route::Policy(2)));
         assert_eq!(
-            select(&routes, "example.org", "/mcp"),
-            Ok(Route::Policy(0)),
-            "*. needs a label"
+            select(&routes, "other.example.com", "/github/x"),
+            Ok(Some(Route::Policy(3)))
         );
-        assert_eq!(select(&routes, "api.example.com", "/mcp"), Ok(Route::Policy(0)));
+        assert_eq!(select(&routes, "api.example.com", "/healthz"), Ok(Some(Route::Skip)));
+        assert_eq!(select(&routes, "a.b.example.org", "/mcp"), Ok(Some(Route::Policy(2))));
+        assert_eq!(select(&routes, "example.org", "/mcp"), Ok(None), "*. needs a label");
+        assert_eq!(select(&routes, "api.example.com", "/mcp"), Ok(None));
     }
 
     #[test]
     fn ports_match_only_when_the_pattern_has_one() {
         let routes = Routes::new(vec![(m(&["api.example.com:8443", "*"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "x", "/"), Ok(Route::Skip), "* matches any host");
+        assert_eq!(select(&routes, "x", "/"), Ok(Some(Route::Skip)), "* matches any host");
         let routes = Routes::new(vec![(m(&["api.example.com:8443"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "api.example.com:8443", "/"), Ok(Route::Skip));
-        assert_eq!(select(&routes, "api.example.com", "/"), Ok(Route::Policy(0)));
-        assert_eq!(select(&routes, "api.example.com:443", "/"), Ok(Route::Policy(0)));
+        assert_eq!(select(&routes, "api.example.com:8443", "/"), Ok(Some(Route::Skip)));
+        assert_eq!(select(&routes, "api.example.com", "/"), Ok(None));
+        assert_eq!(select(&routes, "api.example.com:443", "/"), Ok(None));
     }
 
     #[test]
@@ -181,16 +181,12 @@ mod tests {
         }
         assert_eq!(
             select(&routes, "h", "/healthz?x=/../"),
-            Ok(Route::Skip),
+            Ok(Some(Route::Skip)),
             "the query is not the path"
         );
-        assert_eq!(
-            select(&routes, "h", "/mcp/..x"),
-            Ok(Route::Policy(0)),
-            "only whole dot segments"
-        );
+        assert_eq!(select(&routes, "h", "/mcp/..x"), Ok(None), "only whole dot segments");
         // Host-only rules do not care about the path.
         let routes = Routes::new(vec![(m(&["h"], None), Route::Skip)]);
-        assert_eq!(select(&routes, "h", "/a/../b"), Ok(Route::Skip));
+        assert_eq!(select(&routes, "h", "/a/../b"), Ok(Some(Route::Skip)));
     }
 }

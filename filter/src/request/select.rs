@@ -1,20 +1,22 @@
 //! The first phase: which policy a request gets. RFC 9728 metadata requests
-//! are answered here, before any rule is matched; then the rules pick the
-//! policy (or a skip) from `:authority` and `:path`, read only when
-//! something needs them, since each read is a call into the proxy.
+//! are answered here, before any rule is matched, each resource's at its
+//! own well-known path (and host, where two hosts share a path); then the
+//! rules pick the policy (or a skip) from `:authority` and `:path`, read
+//! only when something needs them, since each read is a call into the proxy.
 
 use crate::edge::challenge::metadata_document;
 use crate::host::Host;
-use crate::request::outcome::{Outcome, Reply, Unjudged};
+use crate::request::outcome::{Outcome, Reply, Unjudged, Who};
 use crate::request::policy::{Policies, PolicyId, Selection};
-use plugin_config::Oidc;
+use crate::request::routes::host_matches;
 use std::rc::Rc;
 
 /// Metadata is public: any page may read it.
 const ANY_ORIGIN: (&str, &str) = ("access-control-allow-origin", "*");
 
-/// The RFC 9728 document and the path it is served at.
-struct Metadata {
+/// An RFC 9728 document and where it is served.
+struct Document {
+    host: String,
     path: String,
     body: Rc<str>,
 }
@@ -27,19 +29,24 @@ pub struct Route {
 
 pub struct Select {
     policies: Rc<Policies>,
-    metadata: Option<Metadata>,
+    documents: Vec<Document>,
     /// The body gate looks at the path too.
     gate_needs_path: bool,
 }
 
 impl Select {
-    pub fn new(policies: Rc<Policies>, oidc: &Oidc, gate_needs_path: bool) -> Select {
+    pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata], gate_needs_path: bool) -> Select {
+        let documents = metadata
+            .iter()
+            .map(|m| Document {
+                host: m.host.clone(),
+                path: m.path.clone(),
+                body: metadata_document(m).into(),
+            })
+            .collect();
         Select {
             policies,
-            metadata: oidc.resource.as_ref().map(|r| Metadata {
-                path: r.metadata_path.clone(),
-                body: metadata_document(r, &oidc.issuer).into(),
-            }),
+            documents,
             gate_needs_path,
         }
     }
@@ -47,7 +54,7 @@ impl Select {
     /// The current request's route, or what to do with it instead.
     pub fn route(&self, host: &dyn Host) -> Result<Route, Outcome> {
         let routes = self.policies.routes();
-        let path = if self.metadata.is_some() || routes.by_path() || self.gate_needs_path {
+        let path = if !self.documents.is_empty() || routes.by_path() || self.gate_needs_path {
             host.request_header(":path")
         } else {
             None
@@ -63,14 +70,18 @@ impl Select {
         match self.policies.select(authority.as_deref(), path.as_deref()) {
             Ok(Selection::Policy(policy)) => Ok(Route { policy, path }),
             Ok(Selection::Skip) => Err(Outcome::Pass(Unjudged::SkipRoute)),
+            Ok(Selection::Nothing) => {
+                log::warn!("rejected: no rule matched and there is no top-level policy");
+                let d = self.policies.fallback_challenges().invalid_request("no route");
+                Err(Outcome::Deny(d, Who::default()))
+            }
             Err(_) => {
                 log::info!("rejected: path not in normal form");
                 let d = self
                     .policies
-                    .default()
-                    .challenges
+                    .fallback_challenges()
                     .invalid_request("path not in normal form");
-                Err(Outcome::Deny(d, None))
+                Err(Outcome::Deny(d, Who::default()))
             }
         }
     }
@@ -78,10 +89,19 @@ impl Select {
     /// The answer to an RFC 9728 metadata request, which needs no
     /// authentication; `None` for any other request.
     fn metadata(&self, host: &dyn Host, path: Option<&str>) -> Option<Reply> {
-        let meta = self.metadata.as_ref()?;
-        if path?.split('?').next() != Some(meta.path.as_str()) {
-            return None;
-        }
+        let path = path?.split('?').next()?;
+        let mut at_path = self.documents.iter().filter(|d| d.path == path);
+        let first = at_path.next()?;
+        let doc = match at_path.next() {
+            None => first,
+            // Two hosts serve this path: the request's host says which.
+            Some(_) => {
+                let authority = host.request_header(":authority").unwrap_or_default();
+                self.documents
+                    .iter()
+                    .find(|d| d.path == path && host_matches(&d.host, &authority))?
+            }
+        };
         Some(match host.request_header(":method").as_deref().unwrap_or_default() {
             "GET" | "HEAD" => Reply {
                 status: 200,
@@ -90,7 +110,7 @@ impl Select {
                     ("cache-control", "max-age=300"),
                     ANY_ORIGIN,
                 ],
-                body: Rc::clone(&meta.body),
+                body: Rc::clone(&doc.body),
             },
             "OPTIONS" => Reply {
                 status: 204,

@@ -361,21 +361,39 @@ fn workers_share_one_fetch_through_shared_data() {
 }
 
 #[test]
-fn config_change_uses_other_shared_keys() {
-    let a = config();
+fn a_push_keeps_the_keys_of_an_issuer_it_keeps() {
+    // The same issuer and JWKS, another audience: the published keys serve.
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
+    warm(&mut f1, &mut m1);
     let mut v = config_json();
     v["oidc"]["audience"] = "other".into();
     let b = plugin_config::parse(v.to_string().as_bytes()).unwrap();
-    assert_ne!(shared_prefix(&a, "tef"), shared_prefix(&b, "tef"));
-    assert_ne!(shared_prefix(&a, "tef"), shared_prefix(&a, "other-plugin"));
-    // Keys published under the old config are not read under the new one.
-    let shared = Shared::default();
-    let (mut f1, mut m1) = (Filter::new(&a, "tef").unwrap(), Mock::with_shared(shared.clone()));
-    warm(&mut f1, &mut m1);
-    let (mut f2, mut m2) = (Filter::new(&b, "tef").unwrap(), Mock::with_shared(shared));
+    let (mut f2, mut m2) = (Filter::new(&b, "tef").unwrap(), Mock::with_shared(shared.clone()));
     m2.enter(ROOT);
     f2.on_tick(&mut m2);
-    assert_eq!(m2.callouts.len(), 1, "the new config fetches its own keys");
+    assert!(m2.callouts.is_empty(), "no fetch: the issuer's keys are in shared data");
+    // Another JWKS URL, or another plugin: keys of their own.
+    v["oidc"]["jwksUrl"] = "http://127.0.0.1:9000/other-keys".into();
+    let c = plugin_config::parse(v.to_string().as_bytes()).unwrap();
+    for (config, plugin) in [(&c, "tef"), (&b, "other-plugin")] {
+        let (mut f3, mut m3) = (Filter::new(config, plugin).unwrap(), Mock::with_shared(shared.clone()));
+        m3.enter(ROOT);
+        f3.on_tick(&mut m3);
+        assert_eq!(m3.callouts.len(), 1, "{plugin}: fetches keys of its own");
+    }
+    let mut bases: Vec<String> = shared
+        .borrow()
+        .keys()
+        .map(|k| k.trim_end_matches(".lease").trim_end_matches(".attempt").to_string())
+        .collect();
+    bases.sort();
+    bases.dedup();
+    assert_eq!(bases.len(), 3, "one set per issuer and plugin: {bases:?}");
+    assert_eq!(
+        bases.iter().filter(|k| k.starts_with("tef:other-plugin:jwks:")).count(),
+        1
+    );
 }
 
 #[test]
@@ -1436,6 +1454,128 @@ fn a_gated_request_is_decided_once_at_its_body_or_its_end() {
     f.on_done(&mut m, 4);
     assert_eq!(counts(&mut f, &mut m), (2, 1));
     assert!(f.gate.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// One filter, many protected resources (issue 16).
+
+const GH_ISS: &str = "http://127.0.0.1:9001/gh";
+const JIRA_ISS: &str = "http://127.0.0.1:9002/jira";
+
+/// Two MCP servers on one host, each with its own issuer (k1 signs for
+/// GitHub's, k2 for Jira's), and a catch-all skip.
+fn two_resources() -> Filter {
+    let v = json!({
+        "oidc": {"requiredScopes": ["mcp:tools:call"], "insecureAllowHttp": true},
+        "rules": [
+            {"match": {"hosts": ["mcp.example.com"], "pathPrefix": "/github/"},
+             "oidc": {"issuer": GH_ISS, "audience": "gh", "jwksUrl": "http://127.0.0.1:9001/gh/jwks",
+                      "resourceUrl": "http://mcp.example.com/github/mcp", "requiredScopes": ["repo:read"]}},
+            {"match": {"hosts": ["mcp.example.com"], "pathPrefix": "/jira/"},
+             "oidc": {"issuer": JIRA_ISS, "audience": "jira", "jwksUrl": "http://127.0.0.1:9002/jira/jwks",
+                      "resourceUrl": "http://mcp.example.com/jira/mcp"}},
+            {"match": {}, "skip": true}
+        ]
+    });
+    Filter::new(&plugin_config::parse(v.to_string().as_bytes()).unwrap(), "tef").unwrap()
+}
+
+fn at(f: &mut Filter, m: &mut Mock, id: u32, path: &str, token: &str) -> Action {
+    let auth = format!("Bearer {token}");
+    m.open(
+        id,
+        &[
+            (":method", "GET"),
+            (":authority", "mcp.example.com"),
+            (":path", path),
+            ("authorization", &auth),
+        ],
+    );
+    f.on_request_headers(m, false)
+}
+
+#[test]
+fn each_resource_checks_tokens_with_its_own_issuer_keys_and_audience() {
+    let (mut f, mut m) = (two_resources(), Mock::new());
+    let gh = rsa(RSA1, "k1").sign(claims(GH_ISS, "gh", "repo:read")).unwrap();
+    let jira = rsa(RSA2, "k2")
+        .sign(claims(JIRA_ISS, "jira", "mcp:tools:call"))
+        .unwrap();
+    assert_eq!(at(&mut f, &mut m, 2, "/github/mcp", &gh), Action::Pause);
+    assert_eq!(m.callouts.len(), 1);
+    assert_eq!(
+        m.callouts[0].header(":path"),
+        Some("/gh/jwks"),
+        "GitHub's issuer's keys"
+    );
+    let c = m.callouts[0].clone();
+    m.enter(2);
+    f.on_callout(&mut m, c.token, &ok(&keys_k1()));
+    assert!(m.stream(2).resumed);
+    // The GitHub token on Jira's route: Jira's keys are fetched on their own,
+    // and the token, for another resource, is refused with Jira's challenge.
+    assert_eq!(at(&mut f, &mut m, 3, "/jira/mcp", &gh), Action::Pause);
+    assert_eq!(m.callouts.len(), 2);
+    assert_eq!(m.callouts[1].header(":path"), Some("/jira/jwks"));
+    let c = m.callouts[1].clone();
+    m.enter(3);
+    f.on_callout(&mut m, c.token, &ok(&keys_k2()));
+    let sent = m.stream(3).sent.clone().unwrap();
+    assert_eq!(sent.status, 401);
+    let challenge = sent.header("www-authenticate").unwrap();
+    assert!(
+        challenge
+            .contains(r#"resource_metadata="http://mcp.example.com/.well-known/oauth-protected-resource/jira/mcp""#),
+        "{challenge}"
+    );
+    // Jira's own token passes there; the GitHub token still passes on GitHub,
+    // from the verified cache, and Jira's token does not pass on GitHub.
+    assert_eq!(at(&mut f, &mut m, 4, "/jira/mcp", &jira), Action::Continue);
+    let checks = f.signature_checks();
+    assert_eq!(at(&mut f, &mut m, 5, "/github/mcp", &gh), Action::Continue);
+    assert_eq!(f.signature_checks(), checks, "remembered for GitHub's route");
+    // Jira's key is no key of GitHub's issuer: the request waits for
+    // GitHub's next refetch, which does not have it either.
+    assert_eq!(at(&mut f, &mut m, 6, "/github/mcp", &jira), Action::Pause);
+    assert!(m.stream(6).sent.is_none() && m.callouts.len() == 2);
+    m.now_ms += KID_REFETCH_INTERVAL_MS;
+    m.enter(ROOT);
+    f.on_tick(&mut m);
+    assert_eq!(m.callouts.len(), 3);
+    assert_eq!(m.callouts[2].header(":path"), Some("/gh/jwks"));
+    let c = m.callouts[2].clone();
+    f.on_callout(&mut m, c.token, &ok(&keys_k1()));
+    assert_eq!(m.stream(6).sent.as_ref().unwrap().status, 401);
+    // Another host is skipped: untouched, no keys asked for.
+    m.open(
+        7,
+        &[
+            (":method", "GET"),
+            (":authority", "app.example.com"),
+            (":path", "/github/mcp"),
+        ],
+    );
+    assert_eq!(f.on_request_headers(&mut m, false), Action::Continue);
+    assert_eq!(m.callouts.len(), 3);
+}
+
+#[test]
+fn each_resource_serves_its_own_metadata_before_any_rule() {
+    let (mut f, mut m) = (two_resources(), Mock::new());
+    for (id, resource, iss) in [(2, "github", GH_ISS), (3, "jira", JIRA_ISS)] {
+        let path = format!("/.well-known/oauth-protected-resource/{resource}/mcp");
+        m.open(
+            id,
+            &[(":method", "GET"), (":authority", "mcp.example.com"), (":path", &path)],
+        );
+        assert_eq!(f.on_request_headers(&mut m, false), Action::Pause);
+        let sent = m.stream(id).sent.clone().unwrap();
+        assert_eq!(sent.status, 200);
+        let doc: serde_json::Value = serde_json::from_str(&sent.body).unwrap();
+        assert_eq!(doc["resource"], format!("http://mcp.example.com/{resource}/mcp"));
+        assert_eq!(doc["authorization_servers"], json!([iss]));
+    }
+    assert!(m.callouts.is_empty());
 }
 
 mod exchange_steps;

@@ -1,21 +1,23 @@
-//! The validation phase: find the caller's token, check it against the
-//! issuer's keys and the policy's scopes, and hold the request while keys
-//! it needs are on their way (Envoy's jwt_authn calls this the
-//! authenticator). Waiting requests are released, decided, when a fetch
-//! ends or they waited too long.
+//! The validation phase: find the caller's token, check it with its route's
+//! verifier against its issuer's keys and the route's scopes, and hold the
+//! request while keys it needs are on their way (Envoy's jwt_authn calls
+//! this the authenticator). Each issuer has its own keys, refresh schedule
+//! and unknown-kid rate limit; waiting requests are released, decided, when
+//! their issuer's fetch ends or they waited too long.
 
 use crate::edge::cors;
 use crate::edge::metrics::{Metric, Metrics};
 use crate::host::{CalloutResponse, Host};
 use crate::keys::cache::{Answer, Fetch, JwksCache, FETCH_TIMEOUT_MS};
-use crate::request::outcome::{Outcome, Passed, Unjudged};
-use crate::request::policy::{Policies, PolicyId};
+use crate::request::keyring::{Keyring, LastFetch};
+use crate::request::outcome::{Outcome, Passed, Unjudged, Who};
+use crate::request::policy::{IssuerId, Policies, PolicyId, VerifierId};
 use crate::support::logsafe::excerpt;
 use crate::token::bearer::{self, Bearer};
 use crate::token::claims;
 use crate::token::verified::{Verified, VerifiedCache};
-use crate::token::verify::{Reject, Verifier};
-use plugin_config::{ClaimHeader, Oidc};
+use crate::token::verify::Reject;
+use plugin_config::ClaimHeader;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -67,30 +69,23 @@ enum UnknownKid {
     IsUnknown,
 }
 
-/// How the last fetch that a decision waited for ended.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum LastFetch {
-    Succeeded,
-    /// An unknown key is then our problem, not the client's.
-    Failed,
-}
-
 pub struct Validation {
     policies: Rc<Policies>,
-    verifier: Verifier,
-    jwks: JwksCache,
-    verified: VerifiedCache,
+    keys: Keyring,
+    verified: VerifiedCache<VerifierId>,
     claim_headers: Vec<ClaimHeader>,
     waiting: BTreeMap<u32, Waiter>,
     signature_checks: u64,
 }
 
 impl Validation {
-    pub fn new(policies: Rc<Policies>, oidc: &Oidc, claim_headers: Vec<ClaimHeader>, prefix: &str) -> Validation {
+    /// `plugin` names the shared-data keys: Istio gives all plugins on a
+    /// proxy one keyspace.
+    pub fn new(policies: Rc<Policies>, claim_headers: Vec<ClaimHeader>, plugin: &str) -> Validation {
+        let keys = Keyring::new(&policies, plugin);
         Validation {
             policies,
-            verifier: Verifier::new(oidc),
-            jwks: JwksCache::new(oidc, prefix),
+            keys,
             verified: VerifiedCache::new(VERIFIED_CAPACITY, VERIFIED_BYTES),
             claim_headers,
             waiting: BTreeMap::new(),
@@ -101,11 +96,6 @@ impl Validation {
     /// Signature checks done so far on this worker.
     pub fn signature_checks(&self) -> u64 {
         self.signature_checks
-    }
-
-    /// The clock skew validation allows, seconds.
-    pub fn skew(&self) -> u64 {
-        self.verifier.skew()
     }
 
     /// The caller's bearer token, or what to do with a request without one.
@@ -129,24 +119,25 @@ impl Validation {
                 challenges.invalid_request("malformed authorization header")
             }
         };
-        Err(Outcome::Deny(denial, None))
+        Err(Outcome::Deny(denial, Who::route(policy)))
     }
 
     /// Checks `token` for `policy`: allowed, refused, or waiting for keys.
     pub fn validate(&mut self, host: &mut dyn Host, token: &str, policy: PolicyId) -> Outcome {
         let now_ms = host.now_ms();
-        let verdict = match self.judge(host, token, now_ms, UnknownKid::MayRefetch) {
-            Verdict::NeedKeys => match self.jwks.fetch(host) {
-                Fetch::Adopted => {
-                    self.prune_verified();
+        let issuer = self.issuer(policy);
+        let verdict = match self.judge(host, token, now_ms, policy, UnknownKid::MayRefetch) {
+            Verdict::NeedKeys => match self.keys.get_mut(issuer).map(|c| c.fetch(host)) {
+                Some(Fetch::Adopted) => {
+                    self.prune_verified(issuer);
                     // Another worker's copy: its kid may still be too new for it.
-                    match self.judge(host, token, now_ms, UnknownKid::MayRefetch) {
+                    match self.judge(host, token, now_ms, policy, UnknownKid::MayRefetch) {
                         Verdict::NeedKeys | Verdict::HoldForKeys => return self.hold(host, token, now_ms, policy),
                         v => v,
                     }
                 }
-                Fetch::Failed => Verdict::NeedKeys,
-                Fetch::Pending => return self.hold(host, token, now_ms, policy),
+                Some(Fetch::Failed) | None => Verdict::NeedKeys,
+                Some(Fetch::Pending) => return self.hold(host, token, now_ms, policy),
             },
             Verdict::HoldForKeys => return self.hold(host, token, now_ms, policy),
             v => v,
@@ -154,7 +145,7 @@ impl Validation {
         self.settle(verdict, LastFetch::Succeeded, policy)
     }
 
-    /// A callout answered: `None` if it was not a key fetch's; else the
+    /// A callout answered: `None` if it was no key fetch's; else the
     /// waiting requests it decided.
     pub fn on_callout(
         &mut self,
@@ -163,19 +154,19 @@ impl Validation {
         resp: &CalloutResponse,
         metrics: &mut Metrics,
     ) -> Option<Vec<Released>> {
-        match self.jwks.on_response(host, token, resp) {
-            Answer::NotOurs => None,
-            Answer::Continuing => Some(Vec::new()),
+        let (issuer, answer) = self.keys.answer(host, token, resp)?;
+        match answer {
+            Answer::NotOurs | Answer::Continuing => Some(Vec::new()),
             Answer::Fetched => {
                 metrics.inc(Metric::JwksFetchOk);
-                let keys = self.jwks.keys().map_or(0, |k| k.len());
+                let keys = self.keys.get(issuer).and_then(|c| c.keys()).map_or(0, |k| k.len());
                 metrics.record(host, Metric::JwksKeys, keys as u64);
-                self.prune_verified();
-                Some(self.wake(host, LastFetch::Succeeded))
+                self.prune_verified(issuer);
+                Some(self.wake(host, issuer, LastFetch::Succeeded))
             }
             Answer::Failed => {
                 metrics.inc(Metric::JwksFetchFailed);
-                Some(self.wake(host, LastFetch::Failed))
+                Some(self.wake(host, issuer, LastFetch::Failed))
             }
         }
     }
@@ -183,44 +174,38 @@ impl Validation {
     /// Upkeep: adopt other workers' keys, refresh on schedule, start the
     /// fetch waiting requests need, and release those that waited too long.
     pub fn on_tick(&mut self, host: &mut dyn Host) -> Vec<Released> {
-        let tick = self.jwks.on_tick(host);
-        if tick.adopted {
-            self.prune_verified();
+        let issuers: Vec<IssuerId> = self.policies.issuers().map(|(id, _)| id).collect();
+        let mut released = Vec::new();
+        for issuer in issuers {
+            released.extend(self.tend(host, issuer));
         }
-        let mut released = if tick.adopted || tick.lost {
-            let last = if tick.adopted {
-                LastFetch::Succeeded
-            } else {
-                LastFetch::Failed
-            };
-            self.wake(host, last)
-        } else if !self.waiting.is_empty()
-            && !self.jwks.fetching()
-            && (self.jwks.keys().is_none() || self.jwks.refetch_allowed(host, host.now_ms()))
-        {
-            // Waiters whose fetch was elsewhere (another worker's lease) or
-            // went away with its owner.
-            match self.jwks.fetch(host) {
-                Fetch::Adopted => {
-                    self.prune_verified();
-                    self.wake(host, LastFetch::Succeeded)
-                }
-                Fetch::Failed => self.wake(host, LastFetch::Failed),
-                Fetch::Pending => Vec::new(),
-            }
-        } else {
-            Vec::new()
-        };
         released.extend(self.expire(host));
         released
     }
 
-    /// The stream `id` ended: it waits no more. If it owned the key fetch,
+    /// The stream `id` ended: it waits no more. If it owned a key fetch,
     /// that fetch was cancelled with it and the next tick starts another.
     pub fn leave(&mut self, host: &mut dyn Host, id: u32) {
         self.waiting.remove(&id);
-        if self.jwks.forget_owner(host, id) {
-            log::debug!("JWKS fetch owner {id} went away; the next tick fetches again");
+        self.keys.forget_owner(host, id);
+    }
+
+    fn issuer(&self, policy: PolicyId) -> IssuerId {
+        self.policies.policy(policy).issuer
+    }
+
+    /// One issuer's upkeep on the tick: its waiters are decided when the
+    /// fetch they wait for ends.
+    fn tend(&mut self, host: &mut dyn Host, issuer: IssuerId) -> Vec<Released> {
+        let waiting = self.waiting.values().any(|w| self.issuer(w.policy) == issuer);
+        match self.keys.tick(host, issuer, waiting) {
+            Some(last) => {
+                if last == LastFetch::Succeeded {
+                    self.prune_verified(issuer);
+                }
+                self.wake(host, issuer, last)
+            }
+            None => Vec::new(),
         }
     }
 
@@ -230,7 +215,7 @@ impl Validation {
         if self.waiting.len() >= MAX_WAITERS {
             log::warn!("rejected: too many requests waiting for signing keys");
             let d = self.policies.policy(policy).challenges.unavailable(KEYS_UNAVAILABLE);
-            return Outcome::Deny(d, None);
+            return Outcome::Deny(d, Who::route(policy));
         }
         let waiter = Waiter {
             token: token.to_string(),
@@ -241,16 +226,20 @@ impl Validation {
         Outcome::Wait
     }
 
-    fn judge(&mut self, host: &dyn Host, token: &str, now_ms: u64, unknown: UnknownKid) -> Verdict {
+    fn judge(&mut self, host: &dyn Host, token: &str, now_ms: u64, policy: PolicyId, unknown: UnknownKid) -> Verdict {
         let now = now_ms / 1000;
-        let skew = self.verifier.skew();
-        if let Some(v) = self.verified.get(token, now, skew) {
+        let id = self.policies.policy(policy).verifier;
+        let issuer = self.issuer(policy);
+        let policies = Rc::clone(&self.policies);
+        let verifier = policies.verifier(id);
+        let skew = verifier.skew();
+        if let Some(v) = self.verified.get(id, token, now, skew) {
             return Verdict::Allow(v.clone());
         }
-        let Some(keys) = self.jwks.keys() else {
+        let Some(keys) = self.keys.get(issuer).and_then(JwksCache::keys) else {
             return Verdict::NeedKeys;
         };
-        match self.verifier.verify(keys, token, now, &mut self.signature_checks) {
+        match verifier.verify(keys, token, now, &mut self.signature_checks) {
             Ok(mut p) => {
                 log::debug!("accepted token for sub={}", excerpt(p.sub.as_deref().unwrap_or("-")));
                 p.claim_headers = claims::extract(&self.claim_headers, token);
@@ -258,12 +247,14 @@ impl Validation {
                     principal: Rc::new(p),
                     hash: Sha256::digest(token.as_bytes()).into(),
                 };
-                self.verified.insert(token, v.clone(), now, skew);
+                self.verified.insert(id, token, v.clone(), now, skew);
                 Verdict::Allow(v)
             }
             Err(f) if f.reject == Reject::UnknownKey => match unknown {
                 UnknownKid::IsUnknown => Verdict::UnknownKey,
-                UnknownKid::MayRefetch if self.jwks.refetch_allowed(host, now_ms) => Verdict::NeedKeys,
+                UnknownKid::MayRefetch if self.keys.get(issuer).is_some_and(|c| c.refetch_allowed(host, now_ms)) => {
+                    Verdict::NeedKeys
+                }
                 UnknownKid::MayRefetch => Verdict::HoldForKeys,
             },
             Err(f) => {
@@ -280,7 +271,7 @@ impl Validation {
     /// A valid token with the scopes `policy` requires passes; else the denial.
     fn settle(&self, verdict: Verdict, last: LastFetch, policy: PolicyId) -> Outcome {
         let p = self.policies.policy(policy);
-        let denial = match verdict {
+        let (denial, principal) = match verdict {
             Verdict::Allow(verified) if verified.principal.has_scopes(&p.required_scopes) => {
                 return Outcome::Allow(Passed {
                     verified,
@@ -291,31 +282,42 @@ impl Validation {
             Verdict::Allow(v) => {
                 let sub = excerpt(v.principal.sub.as_deref().unwrap_or("-"));
                 log::info!("rejected: insufficient scope; sub={sub}");
-                p.challenges.insufficient_scope()
+                (p.challenges.insufficient_scope(), Some(v.principal))
             }
-            Verdict::Deny(r) => p.challenges.invalid_token(r.description()),
+            Verdict::Deny(r) => (p.challenges.invalid_token(r.description()), None),
             Verdict::UnknownKey if last == LastFetch::Succeeded => {
                 log::info!("rejected: {}", Reject::UnknownKey.description());
-                p.challenges.invalid_token(Reject::UnknownKey.description())
+                (p.challenges.invalid_token(Reject::UnknownKey.description()), None)
             }
             Verdict::UnknownKey | Verdict::NeedKeys | Verdict::HoldForKeys => {
                 log::warn!("rejected: {KEYS_UNAVAILABLE}");
-                p.challenges.unavailable(KEYS_UNAVAILABLE)
+                (p.challenges.unavailable(KEYS_UNAVAILABLE), None)
             }
         };
-        Outcome::Deny(denial, None)
+        let who = Who {
+            principal,
+            ..Who::route(policy)
+        };
+        Outcome::Deny(denial, who)
     }
 
-    /// Decides every waiting request, now that a fetch ended.
-    fn wake(&mut self, host: &dyn Host, last: LastFetch) -> Vec<Released> {
+    /// Decides every request waiting for `issuer`'s keys, now that a fetch ended.
+    fn wake(&mut self, host: &dyn Host, issuer: IssuerId, last: LastFetch) -> Vec<Released> {
         let now_ms = host.now_ms();
+        let fetched_at = self.keys.get(issuer).map_or(0, JwksCache::fetched_at);
+        let mine: Vec<u32> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| self.issuer(w.policy) == issuer)
+            .map(|(ctx, _)| *ctx)
+            .collect();
         let mut released = Vec::new();
-        for (ctx, w) in std::mem::take(&mut self.waiting) {
-            let verdict = self.judge(host, &w.token, now_ms, UnknownKid::IsUnknown);
-            if matches!(verdict, Verdict::UnknownKey)
-                && last == LastFetch::Succeeded
-                && self.jwks.fetched_at() < w.since_ms
-            {
+        for ctx in mine {
+            let Some(w) = self.waiting.remove(&ctx) else {
+                continue;
+            };
+            let verdict = self.judge(host, &w.token, now_ms, w.policy, UnknownKid::IsUnknown);
+            if matches!(verdict, Verdict::UnknownKey) && last == LastFetch::Succeeded && fetched_at < w.since_ms {
                 // Keys older than the request (another worker's earlier
                 // copy) cannot say its kid is unknown: wait for a fetch
                 // that started after it came.
@@ -349,17 +351,21 @@ impl Validation {
                 released.push(Released {
                     ctx,
                     token: w.token,
-                    outcome: Outcome::Deny(d, None),
+                    outcome: Outcome::Deny(d, Who::route(w.policy)),
                 });
             }
         }
         released
     }
 
-    /// Drops verified tokens whose key the current set no longer has.
-    fn prune_verified(&mut self) {
-        if let Some(keys) = self.jwks.keys() {
-            self.verified.retain_keys(|id| keys.contains_id(id));
-        }
+    /// Drops tokens verified with `issuer`'s keys whose key its current set
+    /// no longer has.
+    fn prune_verified(&mut self, issuer: IssuerId) {
+        let Some(keys) = self.keys.get(issuer).and_then(JwksCache::keys) else {
+            return;
+        };
+        let policies = &self.policies;
+        self.verified
+            .retain_keys(|verifier, key| policies.issuer_of(verifier) != issuer || keys.contains_id(key));
     }
 }

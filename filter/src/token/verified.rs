@@ -11,7 +11,9 @@
 //!
 //! Per worker, not in shared data: a hit must cost no host call. Bounded in
 //! entries and in token bytes (`bounded`); a miss only costs one signature
-//! check.
+//! check. Each entry carries a tag (the filter's: which verifier took the
+//! token), and is found only under it: a token checked for one resource is
+//! never taken for another.
 
 use crate::support::bounded::Bounded;
 use crate::token::verify::Principal;
@@ -26,11 +28,11 @@ pub struct Verified {
     pub hash: TokenHash,
 }
 
-pub struct VerifiedCache {
-    entries: Bounded<Box<str>, Verified>,
+pub struct VerifiedCache<T> {
+    entries: Bounded<Box<str>, (T, Verified)>,
 }
 
-impl VerifiedCache {
+impl<T: Copy + PartialEq> VerifiedCache<T> {
     /// At most `capacity` tokens of at most `max_bytes` in all.
     pub fn new(capacity: usize, max_bytes: usize) -> Self {
         VerifiedCache {
@@ -38,23 +40,28 @@ impl VerifiedCache {
         }
     }
 
-    /// The principal, if the token was verified and has not expired (with skew).
-    pub fn get(&self, token: &str, now: u64, skew: u64) -> Option<&Verified> {
+    /// The principal, if the token was verified under `tag` and has not
+    /// expired (with skew).
+    pub fn get(&self, tag: T, token: &str, now: u64, skew: u64) -> Option<&Verified> {
         self.entries
             .get(token)
-            .filter(|v| now <= v.principal.exp.saturating_add(skew))
+            .filter(|(t, v)| *t == tag && now <= v.principal.exp.saturating_add(skew))
+            .map(|(_, v)| v)
     }
 
-    pub fn insert(&mut self, token: &str, verified: Verified, now: u64, skew: u64) {
-        self.entries.insert(token.into(), verified, token.len(), |v| {
-            now <= v.principal.exp.saturating_add(skew)
-        });
+    /// Remembers a token verified under `tag` (replacing what it had under another).
+    pub fn insert(&mut self, tag: T, token: &str, verified: Verified, now: u64, skew: u64) {
+        self.entries
+            .insert(token.into(), (tag, verified), token.len(), |(_, v)| {
+                now <= v.principal.exp.saturating_add(skew)
+            });
     }
 
     /// Forgets tokens whose key is no longer published: a dropped key must
-    /// stop passing at once, cached or not.
-    pub fn retain_keys(&mut self, keep: impl Fn(u64) -> bool) {
-        self.entries.retain(|v| keep(v.principal.key_id));
+    /// stop passing at once, cached or not. `keep` sees each entry's tag
+    /// and the id of the key that verified it.
+    pub fn retain_keys(&mut self, keep: impl Fn(T, u64) -> bool) {
+        self.entries.retain(|(t, v)| keep(*t, v.principal.key_id));
     }
 
     pub fn len(&self) -> usize {
@@ -86,46 +93,57 @@ mod tests {
 
     #[test]
     fn expires_with_skew() {
-        let mut c = VerifiedCache::new(10, 1 << 20);
-        c.insert("t1", v(100, 1), 50, 5);
-        assert!(c.get("t1", 105, 5).is_some());
-        assert!(c.get("t1", 106, 5).is_none());
-        assert!(c.get("t2", 50, 5).is_none());
+        let mut c: VerifiedCache<u8> = VerifiedCache::new(10, 1 << 20);
+        c.insert(0, "t1", v(100, 1), 50, 5);
+        assert!(c.get(0, "t1", 105, 5).is_some());
+        assert!(c.get(0, "t1", 106, 5).is_none());
+        assert!(c.get(0, "t2", 50, 5).is_none());
     }
 
     #[test]
     fn bounded() {
-        let mut c = VerifiedCache::new(3, 1 << 20);
-        c.insert("t1", v(10, 1), 0, 0);
-        c.insert("t2", v(1000, 1), 0, 0);
-        c.insert("t3", v(1000, 1), 0, 0);
+        let mut c: VerifiedCache<u8> = VerifiedCache::new(3, 1 << 20);
+        c.insert(0, "t1", v(10, 1), 0, 0);
+        c.insert(0, "t2", v(1000, 1), 0, 0);
+        c.insert(0, "t3", v(1000, 1), 0, 0);
         // Full: the expired entry goes first.
-        c.insert("t4", v(1000, 1), 20, 0);
+        c.insert(0, "t4", v(1000, 1), 20, 0);
         assert_eq!(c.len(), 3);
-        assert!(c.get("t2", 20, 0).is_some());
+        assert!(c.get(0, "t2", 20, 0).is_some());
         // Full of live entries: start over rather than grow.
-        c.insert("t5", v(1000, 1), 20, 0);
+        c.insert(0, "t5", v(1000, 1), 20, 0);
         assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn bounded_in_token_bytes() {
-        let mut c = VerifiedCache::new(100, 10);
-        c.insert("aaaa", v(1000, 1), 0, 0);
-        c.insert("bbbb", v(1000, 1), 0, 0);
-        c.insert("cccc", v(1000, 1), 0, 0);
+        let mut c: VerifiedCache<u8> = VerifiedCache::new(100, 10);
+        c.insert(0, "aaaa", v(1000, 1), 0, 0);
+        c.insert(0, "bbbb", v(1000, 1), 0, 0);
+        c.insert(0, "cccc", v(1000, 1), 0, 0);
         assert_eq!(c.len(), 1, "12 bytes of tokens do not fit in 10");
-        c.insert(&"x".repeat(11), v(1000, 1), 0, 0);
-        assert!(c.get(&"x".repeat(11), 0, 0).is_none());
+        c.insert(0, &"x".repeat(11), v(1000, 1), 0, 0);
+        assert!(c.get(0, &"x".repeat(11), 0, 0).is_none());
+    }
+
+    #[test]
+    fn a_token_is_found_only_under_the_tag_it_was_verified_with() {
+        let mut c: VerifiedCache<u8> = VerifiedCache::new(10, 1 << 20);
+        c.insert(1, "t1", v(100, 1), 0, 0);
+        assert!(c.get(1, "t1", 0, 0).is_some());
+        assert!(c.get(2, "t1", 0, 0).is_none(), "checked for another resource");
+        c.insert(2, "t1", v(100, 1), 0, 0);
+        assert!(c.get(1, "t1", 0, 0).is_none(), "replaced");
+        assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn dropped_keys_forget_their_tokens() {
-        let mut c = VerifiedCache::new(10, 1 << 20);
-        c.insert("t1", v(100, 1), 0, 0);
-        c.insert("t2", v(100, 2), 0, 0);
-        c.retain_keys(|id| id == 2);
-        assert!(c.get("t1", 0, 0).is_none());
-        assert!(c.get("t2", 0, 0).is_some());
+        let mut c: VerifiedCache<u8> = VerifiedCache::new(10, 1 << 20);
+        c.insert(0, "t1", v(100, 1), 0, 0);
+        c.insert(0, "t2", v(100, 2), 0, 0);
+        c.retain_keys(|_, id| id == 2);
+        assert!(c.get(0, "t1", 0, 0).is_none());
+        assert!(c.get(0, "t2", 0, 0).is_some());
     }
 }

@@ -98,6 +98,7 @@ pub struct Extra {
 /// Later than any date a token should name (year 2286).
 const MAX_NUMERIC_DATE: u64 = 9_999_999_999;
 
+#[derive(Debug, PartialEq, Eq)]
 pub struct Verifier {
     issuer: String,
     audiences: HashSet<String>,
@@ -127,6 +128,11 @@ impl Verifier {
             skew: oidc.clock_skew_seconds,
             allowed_types: oidc.allowed_token_types.clone(),
         }
+    }
+
+    /// The issuer whose tokens it takes.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     pub fn skew(&self) -> u64 {

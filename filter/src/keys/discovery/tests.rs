@@ -340,7 +340,7 @@ fn discovery_steps_are_answers_to_the_key_fetch() {
     use crate::keys::cache::{Answer, Fetch, JwksCache};
     let config = json!({"oidc": {"issuer": ISS, "audience": "mcpserver"}}).to_string();
     let config = plugin_config::parse(config.as_bytes()).unwrap();
-    let (mut cache, mut m) = (JwksCache::new(&config.oidc, "tef:"), Mock::new());
+    let (mut cache, mut m) = (JwksCache::new(config.oidc.as_ref().unwrap(), "tef:jwks"), Mock::new());
     assert_eq!(cache.fetch(&mut m), Fetch::Pending);
     let step = m.callouts.last().unwrap().token;
     assert_eq!(cache.on_response(&mut m, step + 100, &ok(&keys())), Answer::NotOurs);

@@ -3,12 +3,12 @@
 //! released with it, or the failure they all get.
 
 use super::launch::{send, stamp};
-use super::{exchange_line, Forward, Key, Landed};
+use super::{cache_until, exchange_line, Forward, Key, Landed};
 use crate::edge::metrics::{Metric, Metrics};
 use crate::exchange::singleflight::{Flight, Out};
-use crate::exchange::{Call, Exchanged, Failure, Next, Step};
+use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step};
 use crate::host::{CalloutResponse, Host};
-use crate::request::outcome::Who;
+use crate::request::outcome::{CacheUse, Forwarded};
 use crate::request::policy::PolicyId;
 use crate::token::verified::Verified;
 use std::rc::Rc;
@@ -69,16 +69,9 @@ impl Forward {
         let (target, hash) = key;
         let policies = Rc::clone(&self.policies);
         let x = policies.target(target);
-        let latency = host.now_ms().saturating_sub(flight.begun_ms);
-        let (line, waiters) = (exchange_line(x, &flight.principal), flight.waiters.len());
-        match &result {
-            Ok(_) => log::info!("{line} outcome=ok cache=miss latency_ms={latency} waiters={waiters}"),
-            Err(f) => log::info!(
-                "{line} outcome={} step={} cache=miss latency_ms={latency} waiters={waiters}",
-                f.outcome(),
-                flight.step.name()
-            ),
-        }
+        let now = host.now_ms();
+        let latency = now.saturating_sub(flight.begun_ms);
+        log_end(x, &flight, &result, latency);
         metrics.inc(if result.is_ok() {
             Metric::ExchangesOk
         } else {
@@ -89,23 +82,47 @@ impl Forward {
         if refused && flight.step == Step::Token && x.needs_actor() {
             self.actors.forget(target.index());
         }
-        let verified = Verified {
-            principal: Rc::clone(&flight.principal),
-            hash,
-        };
-        let result = match result {
-            Ok(ex) => Ok(self.keep(host, target, verified, &ex, latency, metrics)),
-            Err(f) => Err((
-                self.denial(&f),
-                Who {
-                    principal: verified.principal,
-                    target: Some(target),
-                },
-            )),
-        };
+        // The cache must not outlive the caller's token as the strictest
+        // of the waiting routes checks it.
+        let clock_skew_s = flight
+            .waiters
+            .iter()
+            .map(|(_, p)| policies.verifier(policies.policy(*p).verifier).skew())
+            .min()
+            .unwrap_or(0);
+        let result = result.map(|ex| {
+            let value: Rc<str> = format!("Bearer {}", ex.access_token).into();
+            let until = cache_until(&ex, &flight.principal, clock_skew_s, self.skew_ms, now);
+            self.store(host, target, &hash, &value, until, metrics);
+            Forwarded {
+                target,
+                value,
+                cache: CacheUse::Miss,
+                latency_ms: Some(latency),
+            }
+        });
         Landed {
             waiters: flight.waiters,
+            verified: Verified {
+                principal: flight.principal,
+                hash,
+            },
+            target,
             result,
+            policies,
         }
+    }
+}
+
+/// The exchange's one log line; a failure names the step it failed in.
+fn log_end(x: &Exchanger, flight: &Flight<PolicyId>, result: &Result<Exchanged, Failure>, latency: u64) {
+    let (line, waiters) = (exchange_line(x, &flight.principal), flight.waiters.len());
+    match result {
+        Ok(_) => log::info!("{line} outcome=ok cache=miss latency_ms={latency} waiters={waiters}"),
+        Err(f) => log::info!(
+            "{line} outcome={} step={} cache=miss latency_ms={latency} waiters={waiters}",
+            f.outcome(),
+            flight.step.name()
+        ),
     }
 }

@@ -76,7 +76,7 @@ impl Forward {
         metrics: &mut Metrics,
     ) -> Vec<Landed> {
         let policies = Rc::clone(&self.policies);
-        let Some((_, x)) = policies.targets().nth(target) else {
+        let Some(x) = policies.targets().nth(target) else {
             return Vec::new();
         };
         let now = host.now_ms();
@@ -111,7 +111,7 @@ impl Forward {
     pub(super) fn actor_tick(&mut self, host: &mut dyn Host, now: u64, metrics: &mut Metrics) -> Vec<Landed> {
         let policies = Rc::clone(&self.policies);
         for i in self.actors.orphans() {
-            let Some((_, x)) = policies.targets().nth(i) else {
+            let Some(x) = policies.targets().nth(i) else {
                 continue;
             };
             let sent = stamp(host, x).and_then(|s| {
@@ -124,7 +124,7 @@ impl Forward {
             }
         }
         let stuck = self.actors.take(|i, f| {
-            let limit = policies.targets().nth(i).map_or(0, |(_, x)| x.config().timeout_ms) + CALLOUT_GRACE_MS;
+            let limit = policies.targets().nth(i).map_or(0, |x| x.config().timeout_ms) + CALLOUT_GRACE_MS;
             f.callout.is_none() || now.saturating_sub(f.started_ms) > limit
         });
         let mut landed = Vec::new();

@@ -13,7 +13,10 @@ fn verifier(required: &[&str]) -> (Verifier, Vec<String>) {
         "clockSkewSeconds": 60
     }});
     let config = parse(cfg.to_string().as_bytes()).unwrap();
-    (Verifier::new(&config.oidc), config.oidc.required_scopes)
+    (
+        Verifier::new(config.oidc.as_ref().unwrap()),
+        config.oidc.unwrap().required_scopes,
+    )
 }
 
 /// Stands for the 403 the filter answers when `has_scopes` fails.
@@ -397,7 +400,10 @@ fn allowed_token_types_are_strict() {
         "issuer": ISS, "audience": "mcpserver", "jwksUrl": "https://idp.example.com/keys",
         "allowedTokenTypes": ["at+jwt"]
     }});
-    let v = (Verifier::new(&parse(cfg.to_string().as_bytes()).unwrap().oidc), vec![]);
+    let v = (
+        Verifier::new(parse(cfg.to_string().as_bytes()).unwrap().oidc.as_ref().unwrap()),
+        vec![],
+    );
     let good = payload_with(json!({}));
     let ks = rs_keys();
     assert!(check(
