@@ -272,9 +272,11 @@ def test_every_shipped_wasmplugin_is_accepted(cleanup, module, idps):
             plugins[key] = clone(wp, **{"metadata.name": key})
             for te, _ in [(wp["spec"]["pluginConfig"].get("tokenExchange"), None)] + [
                     (r.get("tokenExchange"), None) for r in wp["spec"]["pluginConfig"].get("rules", [])]:
-                if te and te.get("clientSecretEnv"):
-                    env[te["clientSecretEnv"]] = "a-secret"
-    assert {"wasmplugin-gateway-0", "wasmplugin-sidecar-0", "okta-wasmplugin-0", "bigquery-wasmplugin-0"} <= set(plugins)
+                for section in (te, (te or {}).get("assertionGrant")):
+                    if section and section.get("clientSecretEnv"):
+                        env[section["clientSecretEnv"]] = "a-secret"
+    assert {"wasmplugin-gateway-0", "wasmplugin-sidecar-0", "okta-wasmplugin-0", "okta-xaa-wasmplugin-0",
+            "bigquery-wasmplugin-0"} <= set(plugins)
     ecds = Ecds("all")
     for wp in plugins.values():
         ecds.put(ecds_resource(wp, module.path))
