@@ -40,9 +40,11 @@ pub enum Metric {
     JwksKeys,
     /// Histogram: exchange latency, ms.
     ExchangeLatency,
+    /// Shared-data keys created: what shared data grows by (it is bounded).
+    SharedKeysCreated,
 }
 
-const ALL: [Metric; 21] = [
+const ALL: [Metric; 22] = [
     Metric::Allowed,
     Metric::Skipped,
     Metric::MissingToken,
@@ -64,6 +66,7 @@ const ALL: [Metric; 21] = [
     Metric::JwksFetchFailed,
     Metric::JwksKeys,
     Metric::ExchangeLatency,
+    Metric::SharedKeysCreated,
 ];
 
 impl Metric {
@@ -91,6 +94,7 @@ impl Metric {
             Metric::JwksFetchFailed => "jwks.fetch_failed",
             Metric::JwksKeys => "jwks.keys",
             Metric::ExchangeLatency => "exchange.latency_ms",
+            Metric::SharedKeysCreated => "shared_data.keys_created",
         }
     }
 
@@ -141,8 +145,13 @@ impl Metrics {
 
     /// Counts one; the proxy sees it at the next `flush`.
     pub fn inc(&mut self, m: Metric) {
+        self.add(m, 1);
+    }
+
+    /// Counts `n`; the proxy sees them at the next `flush`.
+    pub fn add(&mut self, m: Metric, n: u64) {
         if let Some(p) = self.pending.get_mut(m as usize) {
-            *p += 1;
+            *p = p.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -65,6 +65,8 @@ pub struct Mock {
     /// Metrics by name: (kind, value). Histograms keep their last value and count.
     pub metrics: Vec<(String, MetricKind, i64, u64)>,
     pub refuse_dispatch: bool,
+    /// Shared-data keys this mock created, not yet reported.
+    created: u64,
 }
 
 impl Mock {
@@ -89,6 +91,7 @@ impl Mock {
             random_counter: 0,
             metrics: Vec::new(),
             refuse_dispatch: false,
+            created: 0,
         }
     }
 
@@ -240,7 +243,14 @@ impl Host for Mock {
         }
         let next = current.unwrap_or(0) + 1;
         map.insert(key.to_string(), (value.to_vec(), next));
+        if current.is_none() {
+            self.created += 1;
+        }
         true
+    }
+
+    fn keys_created(&mut self) -> u64 {
+        std::mem::take(&mut self.created)
     }
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {

@@ -117,6 +117,10 @@ pub trait Host {
     /// Writes shared data; with `cas`, only if nobody wrote since. False on a
     /// CAS mismatch or any other failure.
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+    /// How many shared-data keys this VM created (wrote where there was
+    /// none) since the last call. The ABI cannot delete keys, so this is
+    /// what shared data grows by.
+    fn keys_created(&mut self) -> u64;
 
     /// Defines a metric (a counter, a gauge or a histogram) visible in the
     /// proxy's stats; `None` if the proxy refused it.

@@ -21,6 +21,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 const TICK: Duration = Duration::from_millis(500);
 
+thread_local! {
+    /// Shared-data keys this VM created and has not reported yet.
+    static CREATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 type Shared<P> = Rc<RefCell<Option<P>>>;
 
 /// Registers `P` as the VM's plugin; called from `proxy_wasm::main!`.
@@ -299,7 +304,18 @@ impl Host for WasmHost {
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        // Writes are rare (an exchange, a key fetch): one more read to see
+        // whether this one creates a key is worth what the count tells.
+        let created = cas.is_none() && matches!(hostcalls::get_shared_data(key), Ok((None, _)));
+        let ok = hostcalls::set_shared_data(key, Some(value), cas).is_ok();
+        if ok && created {
+            CREATED.with(|c| c.set(c.get().saturating_add(1)));
+        }
+        ok
+    }
+
+    fn keys_created(&mut self) -> u64 {
+        CREATED.with(|c| c.replace(0))
     }
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<u32> {

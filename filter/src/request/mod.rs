@@ -27,6 +27,7 @@ pub use crate::host::Action;
 pub use forward::cache_until;
 pub use validation::MAX_WAIT_MS;
 
+use crate::edge::metrics::Metric;
 use crate::host::{CalloutResponse, Host, Plugin};
 use apply::{Effects, When};
 use forward::{Answered, Forward, Landed};
@@ -186,6 +187,8 @@ impl Plugin for Filter {
     }
 
     fn on_tick(&mut self, host: &mut dyn Host) {
+        let created = host.keys_created();
+        self.effects.metrics.add(Metric::SharedKeysCreated, created);
         self.effects.metrics.flush(host);
         let released = self.validation.on_tick(host);
         self.release_validated(host, released);

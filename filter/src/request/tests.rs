@@ -369,10 +369,19 @@ fn a_push_keeps_the_keys_of_an_issuer_it_keeps() {
     let mut v = config_json();
     v["oidc"]["audience"] = "other".into();
     let b = plugin_config::parse(v.to_string().as_bytes()).unwrap();
+    m1.enter(ROOT);
+    f1.on_tick(&mut m1);
+    assert_eq!(
+        m1.metric("token_exchange_filter.shared_data.keys_created"),
+        3,
+        "the keys, their lease and the last attempt"
+    );
     let (mut f2, mut m2) = (Filter::new(&b, "tef").unwrap(), Mock::with_shared(shared.clone()));
     m2.enter(ROOT);
     f2.on_tick(&mut m2);
     assert!(m2.callouts.is_empty(), "no fetch: the issuer's keys are in shared data");
+    f2.on_tick(&mut m2);
+    assert_eq!(m2.metric("token_exchange_filter.shared_data.keys_created"), 0);
     // Another JWKS URL, or another plugin: keys of their own.
     v["oidc"]["jwksUrl"] = "http://127.0.0.1:9000/other-keys".into();
     let c = plugin_config::parse(v.to_string().as_bytes()).unwrap();
