@@ -91,12 +91,15 @@ impl Forward {
                 continue;
             };
             let sent = match &token {
-                Ok(t) => exchange(host, x, &flight.subject, Some(t)),
+                Ok(t) => {
+                    flight.step = Step::Token;
+                    exchange(host, x, &flight.subject, Some(t))
+                }
                 Err(f) => Err(f.clone()),
             };
             match sent {
                 Ok(id) => {
-                    (flight.out, flight.step) = (Out::Callout(id), Step::Token);
+                    flight.out = Out::Callout(id);
                     (flight.owner, flight.started_ms) = (host.origin_id(), now);
                     self.flights.start(key, flight);
                 }
