@@ -15,16 +15,29 @@
 # curl with a token that Envoy exchanges so the backend sees its own audience,
 # and a real MCP client (the TypeScript SDK) doing the same; then it prints
 # how to log in yourself with mcp-remote, VS Code, Claude Code or the SDK.
-# Ctrl-C stops everything.
+# Ctrl-C stops everything. The MCP authorization server keeps its signing
+# keys, client registrations, grants and sessions under tests/.work/demo, so
+# clients that registered before a restart (mcp-remote, VS Code, Claude Code
+# all cache their registration) still log in after it.
 #   envoy-local/run.sh           run until Ctrl-C
 #   envoy-local/run.sh --check   run the requests and clients, check them, stop
 #                                (tests/integration/test_demo.py); it also logs
 #                                in through the login page as a scripted user
+#   envoy-local/run.sh --reset   start clean: forget keys, registrations and
+#                                grants (clients then register again); combines
+#                                with --check
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 check=0
-[ "${1:-}" = "--check" ] && check=1
+reset=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) check=1 ;;
+    --reset) reset=1 ;;
+    *) echo "unknown argument: $arg (use --check and/or --reset)" >&2; exit 2 ;;
+  esac
+done
 
 tests/bootstrap.sh
 
@@ -36,6 +49,7 @@ for port in 8080 9001 9002 9100 9200 9901; do
 done
 
 work="$root/tests/.work/demo"
+[ "$reset" = 1 ] && rm -rf "$work"
 mkdir -p "$work"
 pids=()
 stop() {
@@ -59,7 +73,7 @@ resource="http://127.0.0.1:8080/mcp"
 # IDP_INTERACTIVE=1: the login and consent pages (any user name and password;
 # the name becomes `sub`), code flow with PKCE, open dynamic registration.
 # demo-client is a confidential client for scripts (client_credentials).
-(cd tests/idp && exec env IDP_PORT=9001 IDP_KEYS="$work/mcp-as-keys.json" IDP_INTERACTIVE=1 \
+(cd tests/idp && exec env IDP_PORT=9001 IDP_KEYS="$work/mcp-as-keys.json" IDP_STATE_DIR="$work/mcp-as-state" IDP_INTERACTIVE=1 \
   IDP_RESOURCES="{\"$resource\": {\"audience\": \"mcpserver\", \"scope\": \"mcp:tools:call\"}}" \
   IDP_CLIENTS='[{"client_id": "demo-client", "client_secret": "demo-secret"}]' \
   node server.mjs >"$work/idp.log" 2>&1) &
@@ -211,6 +225,8 @@ with the identity it verified (iss http://127.0.0.1:9002, aud backend, your sub)
     open the URL it prints, log in, and paste the address your browser lands on
     (http://127.0.0.1:33418/callback?code=..., a page that does not load) back into it.
 
+Clients keep their registration and tokens, and so does the demo: stop it and
+start it again, and they carry on. envoy-local/run.sh --reset starts clean.
 Logs: $work/{idp,backend-as,backend,mcp-server,envoy}.log
 EOF
 
@@ -228,6 +244,14 @@ assert c["iss"] == "http://127.0.0.1:9002" and c["aud"] == "backend" and c["sub"
   [ "$exchanges_after_curl" = 1 ] || fail "expected exactly one exchange for curl's two calls, got $exchanges_after_curl"
   verified "$agent_whoami" demo-client || fail "the SDK agent's whoami: no backend token for demo-client"
   verified "$user_whoami" demo-user || fail "the logged-in user's whoami: no backend token for demo-user"
+  # A tool result is what the backend verified, never a token.
+  for result in "$whoami_text" "$agent_whoami" "$user_whoami"; do
+    echo "$result" | python3 -c 'import json,re,sys
+raw = sys.stdin.read()
+assert list(json.loads(raw)) == ["verified_claims"], raw
+assert not re.search(r"eyJ[\w-]+\.[\w-]+\.", raw) and "bearer" not in raw.lower(), raw' \
+      || fail "a tool result carries more than the verified claims: $result"
+  done
   # The MCP server never saw a caller's token: only the backend AS's.
   curl -s http://127.0.0.1:9200/_seen | python3 -c 'import json,sys,base64
 for v in json.load(sys.stdin):

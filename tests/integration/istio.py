@@ -1,6 +1,6 @@
 """The filter delivered to real Envoy the way Istio and Envoy Gateway deliver it.
 
-- `ecds_resource` translates a WasmPlugin manifest (istio/wasmplugin-*.yaml,
+- `ecds_resource` translates a WasmPlugin manifest (istio/<shape>/06-wasmplugin.yaml,
   read as shipped) into the ECDS resource istiod sends, with the module
   already pulled, as Istio's agent rewrites it: filter name
   `extensions.istio.io/wasmplugin/<ns>.<name>`, `config.name` `<ns>.<name>`,
@@ -13,10 +13,16 @@
 - Envoy reads ECDS from files (`path_config_source` with a
   `watched_directory`), so a test changes a plugin's config by moving a new
   file into place, as a new istiod push would.
-- `istio_clusters` turns a ServiceEntry + DestinationRule (istio/idp-pattern-*.yaml)
+- `istio_clusters` turns a ServiceEntry + DestinationRule (istio/<shape>/05-idp.yaml)
   into the clusters istiod would build: `outbound|<port>||<host>`, with an
   `UpstreamTlsContext` and `sni` where the DestinationRule asks for TLS. Only
   the endpoint differs: the test's TLS front on 127.0.0.1 instead of DNS.
+- `virtual_hosts` builds Envoy's routes from a shape's VirtualServices and
+  HTTPRoutes (shapes.Route) as Istio and Envoy Gateway translate them:
+  a VirtualService `prefix` stays a `prefix`, a Gateway API `PathPrefix`
+  becomes a `path_separated_prefix`; `shape_listeners` puts them on a
+  gateway listener with the filter, or, for a sidecar, on an ingress
+  listener that forwards to the sidecar's inbound listener with the filter.
 - `IdpFront` is an Envoy terminating TLS (a test CA, a certificate for the
   IdP's host, SNI required) in front of the oidc-provider servers, at the
   URL paths the manifests name.
@@ -26,7 +32,6 @@ import copy
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import yaml
 
@@ -41,20 +46,6 @@ ROUTER = {
     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
 }
 FAIL_POLICY = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}
-
-
-def manifests(path):
-    """Every document in a YAML file, by kind."""
-    out = {}
-    for doc in yaml.safe_load_all(Path(path).read_text()):
-        if doc:
-            out.setdefault(doc["kind"], []).append(doc)
-    return out
-
-
-def wasmplugin(path):
-    (doc,) = manifests(path)["WasmPlugin"]
-    return doc
 
 
 def as_doubles(value):
@@ -175,13 +166,16 @@ def static_cluster(name, port, transport_socket=None):
     return c
 
 
-def istio_clusters(path, front_port, ca):
+def istio_clusters(manifests, front_port, ca):
     """The outbound clusters istiod builds from the ServiceEntries and
-    DestinationRules in `path`, each pointing at `front_port`."""
-    docs = manifests(path)
+    DestinationRules among `manifests` (a shape's documents), each pointing
+    at `front_port`."""
+    docs = {}
+    for d in manifests:
+        docs.setdefault(d["kind"], []).append(d)
     rules = {d["spec"]["host"]: d["spec"].get("trafficPolicy", {}) for d in docs.get("DestinationRule", [])}
     out = []
-    for se in docs["ServiceEntry"]:
+    for se in docs.get("ServiceEntry", []):
         for host in se["spec"]["hosts"]:
             policy = rules.get(host, {})
             for port in se["spec"]["ports"]:
@@ -293,3 +287,52 @@ def clone(doc, **changes):
             cur = cur[p]
         cur[last] = value
     return doc
+
+
+def virtual_hosts(routes, cluster_of, per_route=None, default_timeout="0s"):
+    """Envoy virtual hosts for `routes` (shapes.Route), in their order, one
+    per host list. `cluster_of(route)` names the upstream cluster;
+    `per_route(route)` gives its typed_per_filter_config, if any. Routes
+    without their own timeout get `default_timeout` (Istio's: none; None
+    leaves Envoy's 15 s, as Envoy Gateway does)."""
+    vhosts = {}
+    for r in routes:
+        domains = [d for h in r.hosts for d in ([h] if h == "*" else [h, f"{h}:*"])]
+        vh = vhosts.setdefault(tuple(r.hosts), {"name": r.hosts[0], "domains": domains, "routes": []})
+        if r.kind == "path_separated_prefix" and r.value != "/":
+            match = {"path_separated_prefix": r.value.rstrip("/")}
+        else:
+            match = {"path": r.value} if r.kind == "exact" else {"prefix": r.value}
+        action = {"cluster": cluster_of(r)}
+        if r.timeout or default_timeout:
+            action["timeout"] = r.timeout or default_timeout
+        entry = {"match": match, "route": action}
+        if per_route and per_route(r):
+            entry["typed_per_filter_config"] = per_route(r)
+        vh["routes"].append(entry)
+    return list(vhosts.values())
+
+
+def routed_listener(name, port, http_filters, vhosts):
+    listener = hcm_listener(name, port, http_filters, [])
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"] = vhosts
+    return listener
+
+
+def shape_listeners(key, routes, http_filter, sidecar, upstream):
+    """Listeners for one WasmPlugin and the routes that lead to it.
+    Gateway: one listener with the filter and `routes`. Sidecar: an ingress
+    listener with `routes` and no filter, whose every destination is the
+    sidecar's inbound listener, which runs the filter and forwards to
+    `upstream`. Returns (listeners, clusters, the port clients use).
+    `upstream(route)` names the cluster a route's destination stands for."""
+    port = free_port()
+    if not sidecar:
+        return [routed_listener(key, port, [http_filter], virtual_hosts(routes, upstream))], [], port
+    inbound, cluster = free_port(), f"inbound-{key}"
+    inbound_routes = [{"match": {"prefix": "/"}, "route": {"cluster": upstream(None), "timeout": "0s"}}]
+    listeners = [
+        routed_listener(f"{key}-ingress", port, [], virtual_hosts(routes, lambda r: cluster)),
+        hcm_listener(f"{key}-inbound", inbound, [http_filter], inbound_routes),
+    ]
+    return listeners, [static_cluster(cluster, inbound)], port

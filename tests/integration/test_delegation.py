@@ -14,7 +14,7 @@ the filter sends.
   draft says it must, so its acceptance of the filter's grants means
   something.
 - ToolHive's Okta seed, turned into a Cross App Access setup
-  (istio/toolhive/okta-xaa-wasmplugin.yaml), run as written behind TLS.
+  (istio/toolhive-okta-xaa/), run as written behind TLS.
 """
 
 import base64
@@ -26,9 +26,10 @@ import pytest
 
 from constants import BACKEND_API, BACKEND_AUDIENCE, BACKEND_SCOPE, EXCHANGE_GRANT, GW_CLIENT, GW_SECRET
 from constants import MCP_AUDIENCE, MCP_RESOURCE, MCP_SCOPE
-from harness import ISSUED_TOKENS, ROOT, Backend, IdP, call, decode_part, free_port
-from istio import CA, IdpFront, wasmplugin
-from stacks import Stack, clients_for, exchange_client, start_backend_as
+from harness import ISSUED_TOKENS, Backend, IdP, call, decode_part, free_port
+from istio import CA, IdpFront
+from shapes import shape
+from stacks import Stack, clients_for, exchange_client
 from test_providers import host, path, seed_envoy
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -308,12 +309,11 @@ def test_the_resource_as_refuses_what_the_draft_says_it_must(xaa):
 # ToolHive's Okta seed, as a Cross App Access setup.
 
 def test_seed_okta_cross_app_access_runs_as_written(cleanup):
-    wp_path = ROOT / "istio" / "toolhive" / "okta-xaa-wasmplugin.yaml"
-    pc = wasmplugin(wp_path)["spec"]["pluginConfig"]
+    shape_ = shape("istio/toolhive-okta-xaa")
+    pc = shape_.plugins()[0].config
     oidc, te = pc["oidc"], pc["tokenExchange"]
     grant = te["assertionGrant"]
     okta, ras_host = host(oidc["jwksUrl"]), host(grant["tokenUrl"])
-    ras_issuer = te["audience"]
     # The org authorization server: it signs the gateway's users in (the
     # callers' ID tokens, audience the gateway's client) and issues ID-JAGs.
     idp = IdP(cleanup, "okta-org-as", issuer=oidc["issuer"],
@@ -323,7 +323,7 @@ def test_seed_okta_cross_app_access_runs_as_written(cleanup):
               extra_env={"IDP_ID_JAG": json.dumps({"subjectAudience": oidc["audience"],
                                                    "audiences": {te["audience"]: {te["clientId"]: grant["clientId"]}}})})
     idp.start()
-    ras = IdP(cleanup, "todo-as", issuer=ras_issuer,
+    ras = IdP(cleanup, "todo-as", issuer=te["audience"],
               resources={grant["resource"]: {"audience": "todo-api", "scope": " ".join(grant["scopes"])}},
               clients=[{"client_id": grant["clientId"], "client_secret": "todo-secret", "grant_types": [JWT_BEARER]}],
               extra_env={"IDP_ID_JAG_TRUST": json.dumps({"issuer": oidc["issuer"],
@@ -333,14 +333,17 @@ def test_seed_okta_cross_app_access_runs_as_written(cleanup):
                                           (path(te["tokenUrl"]), idp.port, "/token")],
                                    ras_host: [(path(grant["tokenUrl"]), ras.port, "/token")]})
     backend = Backend(cleanup, verify_with=ras, audience="todo-api")
-    _, envoy = seed_envoy(cleanup, wp_path, front, ca, backend,
+    _, envoy = seed_envoy(cleanup, shape_, front, ca, backend,
                           {te["clientSecretEnv"]: "okta-secret", grant["clientSecretEnv"]: "todo-secret"})
     id_token = idp.token("alice", "alice-secret", oidc["resourceUrl"])
     assert decode_part(id_token, 1)["aud"] == te["clientId"], "issued to the gateway's client"
-    status, _, body = call(envoy.port, "/mcp", headers={"host": host(oidc["resourceUrl"]),
-                                                        "authorization": f"Bearer {id_token}"})
+    mcp_host = host(oidc["resourceUrl"])
+    status, headers, _ = call(envoy.port, "/mcp", headers={"host": mcp_host})
+    assert status == 401 and f'resource_metadata="https://{mcp_host}/.well-known/oauth-protected-resource/mcp"' \
+        in headers["www-authenticate"]
+    status, _, body = call(envoy.port, "/mcp", headers={"host": mcp_host, "authorization": f"Bearer {id_token}"})
     assert status == 200, body
     claims = verified(body)
-    assert (claims["iss"], claims["aud"], claims["sub"]) == (ras_issuer, "todo-api", "alice")
+    assert (claims["iss"], claims["aud"], claims["sub"]) == (te["audience"], "todo-api", "alice")
     assert (claims["client_id"], claims["scope"]) == (grant["clientId"], " ".join(grant["scopes"]))
     assert (idp.exchanges(), ras.grants(JWT_BEARER)) == (1, 1)

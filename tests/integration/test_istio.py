@@ -1,46 +1,65 @@
-"""Issue 8: the filter as Istio delivers it, on real Envoy.
+"""Issues 8 and 17: the filter as Istio and Envoy Gateway deliver it, through
+the routes the shipped shapes define, on real Envoy.
 
 The module is built into an OCI image, pushed to a local registry and pulled
-back as Istio's agent pulls it (`oci.py`). istio/wasmplugin-gateway.yaml and
-istio/wasmplugin-sidecar.yaml, read as shipped, are translated into the ECDS
-resources istiod would send (`istio.py`) and loaded by Envoy from watched
-files. The IdPs (two oidc-provider servers, Okta-style paths on one host) are
-reachable only over TLS with SNI, through clusters built from
-istio/idp-pattern-b.yaml (the gateway) and istio/idp-pattern-a.yaml (the
-sidecar). The backend verifies every token it gets against the backend AS.
+back as Istio's agent pulls it (`oci.py`). Each shape's WasmPlugin, read as
+shipped (istio/<shape>/06-wasmplugin.yaml), is translated into the ECDS
+resource istiod would send (`istio.py`) and loaded by Envoy from watched
+files. Envoy's routes come from the shape's own VirtualService or HTTPRoute
+(hosts, prefixes): on a gateway shape the filter sits on the gateway
+listener; on a sidecar shape the gateway listener only routes, to a second
+listener standing for the sidecar's inbound side, which runs the filter.
+Envoy Gateway's shape gets the filter disabled in the connection manager and
+enabled per route on the targeted HTTPRoute's routes, as EG generates it.
+Another app on another host shares every gateway.
+
+The IdPs (two oidc-provider servers, Okta-style paths on one host) are
+reachable only over TLS with SNI, through clusters built from each shape's
+ServiceEntry + DestinationRule (or EnvoyPatchPolicy). The backend verifies
+every token it gets against the backend AS. Through every shape, the
+official Python MCP SDK finds its way in from nothing but the MCP URL:
+401 -> RFC 9728 metadata -> the authorization server's metadata -> a token
+-> a tool call that reaches the backend with an exchanged token.
 """
 
+import hashlib
 import json
 import time
 import urllib.parse
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 
 import constants
 import oci
-from harness import ROOT, WASM, WORK, Backend, IdP, call, decode_part, free_port, tamper_signature
+from harness import WASM, WORK, Backend, IdP, McpServer, call, decode_part, free_port, tamper_signature
 from httpd import HttpServer, files
 from istio import (
+    CA,
     Ecds,
     EnvoyProc,
     IdpFront,
-    CA,
     clone,
     deny_resource,
     ecds_resource,
     envoy_bootstrap,
     filter_name,
-    hcm_listener,
     istio_clusters,
+    routed_listener,
+    shape_listeners,
     static_cluster,
-    wasmplugin,
+    virtual_hosts,
 )
+from mcp_client import Resolver, call_tool
+from shapes import SHAPES, Route, shape
 from stacks import clients_for, exchange_client, start_backend_as
 
-ISTIO = ROOT / "istio"
-GATEWAY = wasmplugin(ISTIO / "wasmplugin-gateway.yaml")
-SIDECAR = wasmplugin(ISTIO / "wasmplugin-sidecar.yaml")
+ISTIO_SHAPES = [s for s in SHAPES if s.platform == "istio" and "toolhive" not in s.name]
+EG_SHAPE = shape("envoy-gateway/mcp-route")
+GATEWAY_SHAPE, SIDECAR_SHAPE = shape("istio/ingress-gateway"), shape("istio/sidecar")
+(GATEWAY,) = GATEWAY_SHAPE.of("WasmPlugin")
+(SIDECAR,) = SIDECAR_SHAPE.of("WasmPlugin")
 SECRET = "istio-client-secret"
 BACKEND_ISSUER = "https://idp.example.com/oauth2/backend"
 # What the backend AS issues for each audience the manifests ask for.
@@ -49,19 +68,28 @@ BACKEND_RESOURCES = {
     "https://reports.example.com/": {"audience": "reports", "scope": "reports:read"},
 }
 TESTER = (constants.CLIENT, constants.SECRET)
+# Another app behind the same gateways, on its own host: no filter business.
+OTHER_HOST = "other.example.com"
+OTHER_APP = Route({"kind": "VirtualService", "metadata": {"name": "other-app"}}, [OTHER_HOST], "prefix", "/",
+                  ("other-app.apps.svc.cluster.local", 80), "apps")
 
 
 def plugin_configs():
-    """Every pluginConfig and rule exchange in the two manifests."""
-    for wp in (GATEWAY, SIDECAR):
-        pc = wp["spec"]["pluginConfig"]
-        yield pc.get("tokenExchange"), pc
-        for rule in pc.get("rules", []):
-            yield rule.get("tokenExchange"), pc
+    """Every plugin config of the shapes on idp.example.com, and every rule's."""
+    for s in ISTIO_SHAPES + [EG_SHAPE]:
+        for p in s.plugins():
+            yield p.config.get("tokenExchange"), p.config
+            for rule in p.config.get("rules", []):
+                yield rule.get("tokenExchange"), p.config
 
 
 def url_path(url):
     return urllib.parse.urlsplit(url).path
+
+
+def is_sidecar(shape_, wp):
+    (plugin,) = [p for p in shape_.plugins() if p.doc is wp] or [None]
+    return plugin is not None and any(p.kind == "sidecar" for p in plugin.proxies())
 
 
 @pytest.fixture(scope="module")
@@ -81,49 +109,74 @@ def module(module_cleanup):
 @pytest.fixture(scope="module")
 def idps(module_cleanup):
     """The two authorization servers, with the issuers, audiences and client
-    the manifests name, behind TLS for the manifests' IdP host."""
+    the manifests name, behind TLS for the manifests' IdP host; the echo
+    backend (verifying), the other app, and the MCP server."""
     oidc = GATEWAY["spec"]["pluginConfig"]["oidc"]
     host = urllib.parse.urlsplit(oidc["jwksUrl"]).hostname
     ca = CA(host)
-    mcp_as = IdP(module_cleanup, "mcp-as", issuer=oidc["issuer"],
-                 resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": " ".join(oidc["requiredScopes"])},
-                            "urn:test:no-scope": {"audience": oidc["audience"], "scope": ""}},
-                 clients=clients_for(TESTER[0])).start()
+    scope = " ".join(oidc["requiredScopes"])
+    resources = {pc["oidc"]["resourceUrl"]: {"audience": oidc["audience"], "scope": scope}
+                 for _, pc in plugin_configs()}
+    resources["urn:test:no-scope"] = {"audience": oidc["audience"], "scope": ""}
+    # Behind the TLS front, its metadata names https://idp.example.com/... endpoints.
+    mcp_as = IdP(module_cleanup, "mcp-as", issuer=oidc["issuer"], resources=resources,
+                 clients=clients_for(TESTER[0]), extra_env={"IDP_BEHIND_PROXY": "1"}).start()
     client_ids = {te["clientId"] for te, _ in plugin_configs() if te}
     backend_as = start_backend_as(module_cleanup, mcp_as, issuer=BACKEND_ISSUER, audience=oidc["audience"],
                                   trust_jwks=True, resources=BACKEND_RESOURCES,
                                   clients=[exchange_client(c, SECRET) for c in client_ids])
     routes = {url_path(pc["oidc"]["jwksUrl"]): (mcp_as.port, "/jwks") for _, pc in plugin_configs()}
     routes.update({url_path(te["tokenUrl"]): (backend_as.port, "/token") for te, _ in plugin_configs() if te})
+    # What an MCP client reads: the issuer's OIDC metadata, and the token
+    # endpoint it names (oidc-provider's, at the front's host).
+    routes[url_path(oidc["issuer"]) + "/.well-known/openid-configuration"] = (
+        mcp_as.port, "/.well-known/openid-configuration")
+    routes["/token"] = (mcp_as.port, "/token")
     front = IdpFront(module_cleanup, ca, {host: [(p, port, up) for p, (port, up) in routes.items()]})
     backend = Backend(module_cleanup, verify_with=backend_as,
                       audience=",".join(r["audience"] for r in BACKEND_RESOURCES.values()))
-    clusters = [static_cluster("backend", backend.port)]
-    for pattern in ("idp-pattern-a.yaml", "idp-pattern-b.yaml"):
-        clusters += istio_clusters(ISTIO / pattern, front.port, ca.ca)
-    return SimpleNamespace(mcp_as=mcp_as, backend_as=backend_as, backend=backend, clusters=clusters, front=front,
-                           token=lambda resource=oidc["resourceUrl"], scope=" ".join(oidc["requiredScopes"]):
+    other_app = Backend(module_cleanup)
+    clusters = {c["name"]: c for s in ISTIO_SHAPES for c in istio_clusters(s.docs, front.port, ca.ca)}
+    return SimpleNamespace(mcp_as=mcp_as, backend_as=backend_as, backend=backend, other_app=other_app, ca=ca,
+                           clusters=list(clusters.values()), front=front, host=host,
+                           mcp_server=McpServer(module_cleanup, backend.port),
+                           token=lambda resource=oidc["resourceUrl"], scope=scope:
                            mcp_as.token(*TESTER, resource, scope))
 
 
-def istio_envoy(cleanup, idps, plugins, ecds, env=None):
-    """Envoy with one listener per WasmPlugin, each filter fed by ECDS from
-    `ecds` and placed first (phase AUTHN), as istiod builds the chain."""
-    listeners, ports = [], {}
-    for key, wp in plugins.items():
-        ports[key] = free_port()
-        route = [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]
-        listeners.append(hcm_listener(key, ports[key], [ecds.http_filter(filter_name(wp))], route))
+@dataclass
+class Entry:
+    """One WasmPlugin on the test's Envoy, with the shape whose routes lead to it."""
+    shape: object
+    wp: dict
+    extra_routes: tuple = ()
+
+
+def istio_envoy(cleanup, idps, entries, ecds, env=None, upstream_port=None):
+    """Envoy with the listeners of each entry (shape_listeners), each filter
+    fed by ECDS from `ecds` and placed first (phase AUTHN), as istiod builds
+    the chain. The shapes' MCP server Service is `upstream_port` (default:
+    the echo backend); the other app's host goes to the other app."""
+    listeners, clusters, ports = [], [], {}
+    for key, e in entries.items():
+        routes = list(e.extra_routes) + e.shape.routes() + [OTHER_APP]
+        upstream = lambda r: "other-app" if r is OTHER_APP else "upstream"  # noqa: E731
+        ls, cs, ports[key] = shape_listeners(key, routes, ecds.http_filter(filter_name(e.wp)),
+                                             is_sidecar(e.shape, e.wp), upstream)
+        listeners += ls
+        clusters += cs
+    clusters += [static_cluster("upstream", upstream_port or idps.backend.port),
+                 static_cluster("other-app", idps.other_app.port)] + idps.clusters
     admin = free_port()
-    envoy = EnvoyProc(cleanup, "envoy-istio", envoy_bootstrap(admin, listeners, idps.clusters), admin,
+    envoy = EnvoyProc(cleanup, "envoy-istio", envoy_bootstrap(admin, listeners, clusters), admin,
                       env=env or {"TOKEN_EXCHANGE_CLIENT_SECRET": SECRET})
     envoy.wait_ready(ports.values())
     envoy.ports = ports
     return envoy
 
 
-def get(envoy, listener, path="/mcp", token=None, host="mcp.example.com"):
-    headers = {"host": host}
+def get(envoy, listener, path="/mcp", token=None, host="mcp.example.com", headers=None):
+    headers = {"host": host, **(headers or {})}
     if token:
         headers["authorization"] = f"Bearer {token}"
     return call(envoy.ports[listener], path, headers=headers)
@@ -134,20 +187,58 @@ def seen(body):
     return json.loads(body)
 
 
+def resource_of(shape_):
+    (plugin,) = shape_.plugins()
+    return plugin.config["oidc"]["resourceUrl"], plugin.resource()
+
+
+# Test-only routes for a second API behind the MCP host, for the rules test.
+EXTRA_API = tuple(Route({"kind": "VirtualService", "metadata": {"name": "api"}}, ["mcp.example.com"], "prefix", p,
+                        ("api.apps.svc.cluster.local", 80), "apps") for p in ("/healthz", "/reports/"))
+
+
+def with_rules(wp, name):
+    """`wp` with a skipped /healthz and a second exchange target in front of
+    its own rules, on the MCP host."""
+    pc = wp["spec"]["pluginConfig"]
+    te = {**pc["tokenExchange"], "audience": "reports", "scopes": ["reports:read"]}
+    rules = [{"match": {"hosts": ["mcp.example.com"], "pathPrefix": "/healthz"}, "skip": True},
+             {"match": {"hosts": ["mcp.example.com"], "pathPrefix": "/reports/"}, "tokenExchange": te}]
+    return clone(wp, **{"metadata.name": name, "spec.pluginConfig": {**pc, "rules": rules + pc["rules"]}})
+
+
+def mesh_entries():
+    """Every Istio shape on idp.example.com; a second gateway plugin (test 4)
+    that differs from the first only in its name and one cache setting, so
+    only the shared-data prefix keeps them apart, delivered as Istio 1.30+
+    names it; and the gateway plugin with more rules."""
+    entries = {s.name: Entry(s, s.of("WasmPlugin")[0]) for s in ISTIO_SHAPES}
+    pc = GATEWAY["spec"]["pluginConfig"]
+    second = clone(GATEWAY, istio1_30=True, **{"metadata.name": "token-exchange-b", "spec.pluginConfig": {
+        **pc, "cache": {"maxEntries": 10000, "expirySkewSeconds": 29}}})
+    entries["gateway-b"] = Entry(GATEWAY_SHAPE, second)
+    entries["rules"] = Entry(GATEWAY_SHAPE, with_rules(GATEWAY, "token-exchange-rules"), EXTRA_API)
+    return entries
+
+
 @pytest.fixture(scope="module")
 def mesh(module_cleanup, module, idps):
-    """One Envoy carrying the gateway plugin, the sidecar plugin, and a second
-    gateway plugin (test 4) that differs from the first only in its name and
-    one cache setting, so only the shared-data prefix keeps them apart. The
-    second is delivered as Istio 1.30+ names it."""
+    """One Envoy carrying every entry, the shapes' Service being the echo backend."""
     ecds = Ecds("mesh")
-    second = clone(GATEWAY, istio1_30=True, **{"metadata.name": "token-exchange-b",
-                               "spec.pluginConfig": {**GATEWAY["spec"]["pluginConfig"],
-                                                     "cache": {"maxEntries": 10000, "expirySkewSeconds": 29}}})
-    plugins = {"gateway": GATEWAY, "sidecar": SIDECAR, "gateway-b": second}
-    for wp in plugins.values():
-        ecds.put(ecds_resource(wp, module.path))
-    return istio_envoy(module_cleanup, idps, plugins, ecds)
+    entries = mesh_entries()
+    for e in entries.values():
+        ecds.put(ecds_resource(e.wp, module.path))
+    return istio_envoy(module_cleanup, idps, entries, ecds)
+
+
+@pytest.fixture(scope="module")
+def mcp_mesh(module_cleanup, module, idps):
+    """The Istio shapes again, their Service being the MCP server."""
+    ecds = Ecds("mcp-mesh")
+    entries = {s.name: Entry(s, s.of("WasmPlugin")[0]) for s in ISTIO_SHAPES}
+    for e in entries.values():
+        ecds.put(ecds_resource(e.wp, module.path))
+    return istio_envoy(module_cleanup, idps, entries, ecds, upstream_port=idps.mcp_server.port)
 
 
 def test_ecds_resource_is_what_istiod_sends(module):
@@ -170,33 +261,36 @@ def test_envoy_loaded_each_plugin_as_istio_names_it(mesh):
     loaded = {c["ecds_filter"]["name"]: c["ecds_filter"]["typed_config"] for c in dump["configs"]}
     assert set(loaded) == {
         "extensions.istio.io/wasmplugin/istio-system.token-exchange",
+        "extensions.istio.io/wasmplugin/istio-ingress.token-exchange",
+        "extensions.istio.io/wasmplugin/mcp-gateway.token-exchange",
         "extensions.istio.io/wasmplugin/mcp.token-exchange",
         "extensions.istio.io/trafficextension/istio-system.token-exchange-b~istio-translated-wasmplugin",
+        "extensions.istio.io/wasmplugin/istio-system.token-exchange-rules",
     }
     for cfg in (c["config"] for c in loaded.values()):
         assert cfg["root_id"] == "token-exchange" and "vm_id" not in cfg["vm_config"]
     log = mesh.proc.text()
     assert "token-exchange-filter configured" in log
-    assert "via cluster outbound|443||idp.example.com" in log, "gateway: pattern B, the default name"
+    assert "via cluster outbound|443||idp.example.com" in log, "gateways: pattern B, the default name"
     assert "via cluster outbound|80||idp.example.com" in log, "sidecar: pattern A, named explicitly"
 
 
-@pytest.mark.parametrize("listener", ["gateway", "sidecar"])
-def test_core_and_exchange_over_tls_clusters(mesh, idps, listener):
-    oidc = GATEWAY["spec"]["pluginConfig"]["oidc"]
-    # No token: a challenge naming the metadata, which is served.
-    status, headers, _ = get(mesh, listener)
+@pytest.mark.parametrize("shape_", ISTIO_SHAPES, ids=str)
+def test_core_and_exchange_through_the_shipped_routes(mesh, idps, shape_):
+    resource, (host, path, meta_path) = resource_of(shape_)
+    oidc = shape_.plugins()[0].config["oidc"]
+    # No token: a challenge naming the metadata, which is routed and served.
+    status, headers, _ = get(mesh, shape_.name, path, host=host)
     assert status == 401
-    meta_path = "/.well-known/oauth-protected-resource/mcp"
-    assert f'resource_metadata="https://mcp.example.com{meta_path}"' in headers["www-authenticate"]
-    status, _, body = get(mesh, listener, meta_path)
-    assert status == 200 and json.loads(body)["resource"] == oidc["resourceUrl"]
+    assert f'resource_metadata="https://{host}{meta_path}"' in headers["www-authenticate"]
+    status, _, body = get(mesh, shape_.name, meta_path, host=host)
+    assert status == 200 and json.loads(body)["resource"] == resource
     assert json.loads(body)["authorization_servers"] == [oidc["issuer"]]
 
     # A good token is exchanged through the TLS cluster; the backend verifies it.
-    token = idps.token()
+    token = idps.token(resource)
     before = idps.backend_as.exchanges()
-    status, _, body = get(mesh, listener, token=token)
+    status, _, body = get(mesh, shape_.name, path, token=token, host=host)
     assert status == 200, body
     claims = seen(body)["verified_claims"]
     assert claims["iss"] == BACKEND_ISSUER and claims["aud"] == "backend"
@@ -204,20 +298,67 @@ def test_core_and_exchange_over_tls_clusters(mesh, idps, listener):
     assert token not in body, "the caller's token never reaches the upstream"
     assert idps.backend_as.exchanges() == before + 1
     # Served from the cache next time.
-    assert get(mesh, listener, token=token)[0] == 200
+    assert get(mesh, shape_.name, path, token=token, host=host)[0] == 200
     assert idps.backend_as.exchanges() == before + 1
 
     # Refusals never reach the upstream.
     served = idps.backend.requests()
-    assert get(mesh, listener, token=tamper_signature(token))[0] == 401
-    status, headers, _ = get(mesh, listener, token=idps.token("urn:test:no-scope", None))
+    assert get(mesh, shape_.name, path, token=tamper_signature(token), host=host)[0] == 401
+    status, headers, _ = get(mesh, shape_.name, path, token=idps.token("urn:test:no-scope", None), host=host)
     assert status == 403 and 'error="insufficient_scope"' in headers["www-authenticate"]
     assert idps.backend.requests() == served
 
 
+def check_client_path(idps, port, resource, exchanges_before):
+    """The Python SDK, told only the MCP URL, finds the authorization server
+    and calls whoami through the Envoy listener on `port`."""
+    host = urllib.parse.urlsplit(resource).hostname
+    resolver = Resolver({host: (port, False), idps.host: (idps.front.port, True)}, idps.ca.ca)
+    issuer = GATEWAY["spec"]["pluginConfig"]["oidc"]["issuer"]
+    tools, result, token = call_tool(resource, resolver, *TESTER, issuer, "mcp:tools:call")
+    assert "whoami" in tools and not result.is_error, result
+    claims = json.loads(result.content[0].text)["verified_claims"]
+    assert (claims["iss"], claims["aud"], claims["sub"]) == (BACKEND_ISSUER, "backend", TESTER[0])
+    # The way it came: a 401, the metadata the challenge named (through the
+    # same listener), the issuer's metadata, a token, then the MCP calls.
+    log = resolver.log
+    assert log[0][0] == "POST" and log[0][1] == resource and log[0][2] == 401, log
+    asked = [u for _, u, s in log if s == 200]
+    assert any(u.startswith(f"https://{host}/.well-known/oauth-protected-resource") for u in asked), log
+    assert f"{issuer}/.well-known/openid-configuration" in asked, log
+    assert f"https://{idps.host}/token" in asked, log
+    assert any(m == "POST" and u == resource and s == 200 for m, u, s in log), log
+    assert decode_part(token, 1)["aud"] == "mcpserver"
+    assert token not in json.dumps(idps.mcp_server.seen()), "the client's token never reached the MCP server"
+    assert idps.backend_as.exchanges() == exchanges_before + 1, "one exchange for the whole session"
+
+
+@pytest.mark.parametrize("shape_", ISTIO_SHAPES, ids=str)
+def test_an_mcp_client_finds_its_way_in(mcp_mesh, idps, shape_):
+    resource, _ = resource_of(shape_)
+    check_client_path(idps, mcp_mesh.ports[shape_.name], resource, idps.backend_as.exchanges())
+
+
+def check_other_host_left_alone(envoy, listener, other_app):
+    """The other app's requests pass untouched: no 401 without a token, its
+    own Authorization kept, even on the MCP server's paths."""
+    for path in ("/", "/mcp", "/api/orders"):
+        served = other_app.requests()
+        status, headers, body = get(envoy, listener, path, host=OTHER_HOST)
+        assert status == 200 and "www-authenticate" not in headers, (path, status, body)
+        assert other_app.requests() == served + 1
+    status, _, body = get(envoy, listener, "/mcp", host=OTHER_HOST, headers={"authorization": "Bearer app-own-token"})
+    assert status == 200 and ["authorization", "Bearer app-own-token"] in seen(body)["headers"]
+
+
+@pytest.mark.parametrize("shape_", [s for s in ISTIO_SHAPES if s is not SIDECAR_SHAPE], ids=str)
+def test_other_hosts_on_the_gateway_are_left_alone(mesh, idps, shape_):
+    check_other_host_left_alone(mesh, shape_.name, idps.other_app)
+
+
 def test_rules_skip_and_route_to_their_own_target(mesh, idps):
     served = idps.backend.requests()
-    status, _, body = get(mesh, "gateway", "/healthz")
+    status, _, body = get(mesh, "rules", "/healthz")
     # Skipped: the filter let it through, and the backend itself answered
     # (it wants a token of its own, as a real API would).
     assert idps.backend.requests() == served + 1
@@ -225,23 +366,23 @@ def test_rules_skip_and_route_to_their_own_target(mesh, idps):
 
     token = idps.token()
     before = idps.backend_as.exchanges()
-    status, _, body = get(mesh, "gateway", "/reports/q1", token=token)
+    status, _, body = get(mesh, "rules", "/reports/q1", token=token)
     assert status == 200, body
     assert seen(body)["verified_claims"]["aud"] == "reports"
     assert seen(body)["verified_claims"]["scope"] == "reports:read"
-    status, _, body = get(mesh, "gateway", "/mcp", token=token)
-    assert seen(body)["verified_claims"]["aud"] == "backend"
-    # Another host does not match the rule: the default target.
-    status, _, body = get(mesh, "gateway", "/reports/q1", token=token, host="other.example.com")
+    status, _, body = get(mesh, "rules", "/mcp", token=token)
     assert seen(body)["verified_claims"]["aud"] == "backend"
     # Each target's token is cached under its own key.
     n = idps.backend_as.exchanges()
     assert n - before <= 2
     for path in ("/reports/q2", "/mcp"):
-        assert get(mesh, "gateway", path, token=token)[0] == 200
+        assert get(mesh, "rules", path, token=token)[0] == 200
     assert idps.backend_as.exchanges() == n
+    # Another host matches no host rule: the catch-all skip, untouched.
+    status, _, body = get(mesh, "rules", "/reports/q1", token=token, host=OTHER_HOST)
+    assert status == 200 and ["authorization", f"Bearer {token}"] in seen(body)["headers"]
     # A path that could resolve into another route is refused.
-    assert get(mesh, "gateway", "/healthz/../mcp")[0] == 400
+    assert get(mesh, "rules", "/healthz/../mcp")[0] == 400
 
 
 def test_two_plugins_share_no_cache_entries(mesh, idps):
@@ -249,40 +390,33 @@ def test_two_plugins_share_no_cache_entries(mesh, idps):
     the plugin name and a cache setting differ."""
     token = idps.token()
     before = idps.backend_as.exchanges()
-    assert get(mesh, "gateway", token=token)[0] == 200
+    assert get(mesh, GATEWAY_SHAPE.name, token=token)[0] == 200
     assert idps.backend_as.exchanges() == before + 1
     status, _, body = get(mesh, "gateway-b", token=token)
     assert status == 200 and seen(body)["verified_claims"]["aud"] == "backend"
     assert idps.backend_as.exchanges() == before + 2, "the second plugin exchanged for itself"
-    for listener in ("gateway", "gateway-b"):
+    for listener in (GATEWAY_SHAPE.name, "gateway-b"):
         assert get(mesh, listener, token=token)[0] == 200
     assert idps.backend_as.exchanges() == before + 2
 
 
 def test_every_shipped_wasmplugin_is_accepted(cleanup, module, idps):
-    """Every WasmPlugin under istio/, the ToolHive translations included, is
-    accepted by the filter as Istio delivers it: no manifest ships a config
+    """Every WasmPlugin of every shape, the ToolHive translations included,
+    is accepted by the filter as Istio delivers it: no shape ships a config
     the filter would refuse."""
-    from istio import manifests
-
-    plugins, env = {}, {}
-    for path in sorted(ISTIO.rglob("*.yaml")):
-        for i, wp in enumerate(manifests(path).get("WasmPlugin", [])):
-            key = f"{path.stem}-{i}"
-            plugins[key] = clone(wp, **{"metadata.name": key})
-            for te, _ in [(wp["spec"]["pluginConfig"].get("tokenExchange"), None)] + [
-                    (r.get("tokenExchange"), None) for r in wp["spec"]["pluginConfig"].get("rules", [])]:
-                for section in (te, (te or {}).get("assertionGrant")):
-                    if section and section.get("clientSecretEnv"):
-                        env[section["clientSecretEnv"]] = "a-secret"
-    assert {"wasmplugin-gateway-0", "wasmplugin-sidecar-0", "okta-wasmplugin-0", "okta-xaa-wasmplugin-0",
-            "bigquery-wasmplugin-0"} <= set(plugins)
+    entries, env = {}, {}
+    for s in (s for s in SHAPES if s.platform == "istio"):
+        for i, wp in enumerate(s.of("WasmPlugin")):
+            entries[f"{s.dir.name}-{i}"] = Entry(s, wp)
+            for plugin in s.plugins():
+                env.update({var: "a-secret" for var in plugin.secret_envs()})
+    assert len(entries) >= 6
     ecds = Ecds("all")
-    for wp in plugins.values():
-        ecds.put(ecds_resource(wp, module.path))
-    envoy = istio_envoy(cleanup, idps, plugins, ecds, env=env)
+    for e in entries.values():
+        ecds.put(ecds_resource(e.wp, module.path))
+    envoy = istio_envoy(cleanup, idps, entries, ecds, env=env)
     dump = json.loads(call(envoy.admin, "/config_dump?resource=ecds_filters")[2])
-    assert {c["ecds_filter"]["name"] for c in dump["configs"]} == {filter_name(wp) for wp in plugins.values()}
+    assert {c["ecds_filter"]["name"] for c in dump["configs"]} == {filter_name(e.wp) for e in entries.values()}
     assert "invalid configuration" not in envoy.proc.text()
 
 
@@ -301,12 +435,15 @@ def test_live_reload_bad_config_and_failed_pull(cleanup, module, idps):
     module that cannot be pulled is replaced by Istio's deny-all filter."""
     ecds = Ecds("reload")
     ecds.put(ecds_resource(GATEWAY, module.path))
-    envoy = istio_envoy(cleanup, idps, {"gateway": GATEWAY}, ecds)
+    envoy = istio_envoy(cleanup, idps, {"gateway": Entry(GATEWAY_SHAPE, GATEWAY)}, ecds)
     pid = envoy.proc.proc.pid
     token = idps.token()
     assert get(envoy, "gateway", token=token)[0] == 200
 
-    stricter = clone(GATEWAY, **{"spec.pluginConfig.oidc.requiredScopes": ["mcp:tools:call", "mcp:admin"]})
+    scopes = ["mcp:tools:call", "mcp:admin"]
+    rules = [{**r, "requiredScopes": scopes} if "requiredScopes" in r else r
+             for r in GATEWAY["spec"]["pluginConfig"]["rules"]]
+    stricter = clone(GATEWAY, **{"spec.pluginConfig.oidc.requiredScopes": scopes, "spec.pluginConfig.rules": rules})
     ecds.put(ecds_resource(stricter, module.path))
     wait_for(lambda: get(envoy, "gateway", token=token)[0] == 403, "the new config")
     assert 'scope="mcp:tools:call mcp:admin"' in get(envoy, "gateway")[1]["www-authenticate"]
@@ -326,15 +463,13 @@ def test_live_reload_bad_config_and_failed_pull(cleanup, module, idps):
     ecds.put(deny_resource(GATEWAY))
     wait_for(lambda: get(envoy, "gateway", token=token)[0] == 403 and "RBAC" in get(envoy, "gateway")[2],
              "the deny-all filter")
-    assert get(envoy, "gateway", "/healthz")[0] == 403, "nothing passes, not even skipped routes"
+    assert get(envoy, "gateway", "/", host=OTHER_HOST)[0] == 403, "nothing passes, not even other hosts"
     assert envoy.proc.proc.pid == pid and envoy.proc.proc.poll() is None, "no restart"
 
 
 # ---------------------------------------------------------------------------
-# Test 6: Envoy Gateway's shape for an EnvoyExtensionPolicy (envoy-gateway/),
-# as internal/xds/translator/wasm.go and utils.go generate it.
-
-EG = ROOT / "envoy-gateway"
+# Test 6: Envoy Gateway (envoy-gateway/mcp-route/), as
+# internal/xds/translator/wasm.go and utils.go generate it.
 
 
 def eg_shape(policy, index, module_url, module_sha256):
@@ -398,47 +533,52 @@ class ModuleServer(HttpServer):
         self.url = f"{self.origin}/{path.name}"
 
 
-def test_envoy_gateway_shape(cleanup, module, idps):
-    import hashlib
-
-    from istio import manifests
-
-    policy = manifests(EG / "envoyextensionpolicy.yaml")["EnvoyExtensionPolicy"][0]
-    patch = manifests(EG / "envoypatchpolicy.yaml")["EnvoyPatchPolicy"][0]
-    server = cleanup.add(ModuleServer(module.path))
+@pytest.fixture(scope="module")
+def eg(module_cleanup, module, idps):
+    """Envoy as Envoy Gateway configures it for the shape: one listener
+    whose routes are the shape's HTTPRoute (and the other app's), the filter
+    disabled in the connection manager and enabled on the targeted
+    HTTPRoute's routes; the IdP cluster from the EnvoyPatchPolicy; the
+    secret from the environment the EnvoyProxy gives the envoy container."""
+    (policy,) = EG_SHAPE.of("EnvoyExtensionPolicy")
+    (patch,) = EG_SHAPE.of("EnvoyPatchPolicy")
+    server = module_cleanup.add(ModuleServer(module.path))
     sha = hashlib.sha256(module.path.read_bytes()).hexdigest()
     http_filter, enable = eg_shape(policy, 0, server.url, sha)
     assert http_filter["typed_config"]["config"]["vm_config"]["vm_id"] == "envoyextensionpolicy/mcp/token-exchange/wasm/0"
-    routes = [
-        {"match": {"prefix": "/public/"}, "route": {"cluster": "backend"}},
-        {"match": {"prefix": "/"}, "route": {"cluster": "backend"}, "typed_per_filter_config": enable},
-    ]
+    targeted = {(t["kind"], t["name"]) for t in policy["spec"]["targetRefs"]}
+    other = Route({"kind": "HTTPRoute", "metadata": {"name": "other-app"}}, [OTHER_HOST], "path_separated_prefix", "/",
+                  ("other-app.apps.svc.cluster.local", 80), "apps")
+    vhosts = virtual_hosts(EG_SHAPE.routes() + [other], lambda r: "other-app" if r is other else "mcp-server",
+                           per_route=lambda r: enable if (r.source["kind"], r.source["metadata"]["name"]) in targeted
+                           else None, default_timeout=None)
     port, admin = free_port(), free_port()
-    front = idps.front
-    ca = next(c for c in idps.clusters if "transport_socket" in c)["transport_socket"]["typed_config"][
-        "common_tls_context"]["validation_context"]["trusted_ca"]["filename"]
-    clusters = [static_cluster("backend", idps.backend.port), static_cluster("wasm_cluster", server.port)]
-    clusters += eg_patched_clusters(patch, front.port, ca)
-    envoy = EnvoyProc(cleanup, "envoy-eg", envoy_bootstrap(admin, [hcm_listener("eg", port, [http_filter], routes)],
-                                                           clusters), admin,
+    clusters = [static_cluster("mcp-server", idps.mcp_server.port), static_cluster("other-app", idps.other_app.port),
+                static_cluster("wasm_cluster", server.port)] + eg_patched_clusters(patch, idps.front.port, idps.ca.ca)
+    envoy = EnvoyProc(module_cleanup, "envoy-eg", envoy_bootstrap(admin, [routed_listener("eg", port, [http_filter],
+                                                                                          vhosts)], clusters), admin,
                       env={"TOKEN_EXCHANGE_CLIENT_SECRET": SECRET}).wait_ready([port])
     envoy.ports = {"eg": port}
-    log = envoy.proc.text()
-    assert "via cluster token-exchange-idp" in log
+    return envoy
 
-    status, headers, _ = get(envoy, "eg")
-    assert status == 401 and "resource_metadata=" in headers["www-authenticate"]
-    token = idps.token()
-    before = idps.backend_as.exchanges()
-    status, _, body = get(envoy, "eg", token=token)
-    assert status == 200, body
-    claims = seen(body)["verified_claims"]
-    assert (claims["iss"], claims["aud"], claims["sub"]) == (BACKEND_ISSUER, "backend", decode_part(token, 1)["sub"])
-    assert get(envoy, "eg", token=token)[0] == 200
-    assert idps.backend_as.exchanges() == before + 1, "cached"
-    assert get(envoy, "eg", token=tamper_signature(token))[0] == 401
-    # A route the policy does not enable the filter on: it never runs there.
-    served = idps.backend.requests()
-    status, headers, body = get(envoy, "eg", "/public/x", token=token)
-    assert idps.backend.requests() == served + 1
-    assert "www-authenticate" not in headers and token in body, "unfiltered: the caller's own token"
+
+def test_envoy_gateway_shape(eg, idps):
+    assert "via cluster token-exchange-idp" in eg.proc.text()
+    resource, (host, path, meta_path) = resource_of(EG_SHAPE)
+    status, headers, _ = get(eg, "eg", path, host=host)
+    assert status == 401 and f'resource_metadata="https://{host}{meta_path}"' in headers["www-authenticate"]
+    # The metadata answers only because the targeted HTTPRoute routes it.
+    status, _, body = get(eg, "eg", meta_path, host=host)
+    assert status == 200 and json.loads(body)["resource"] == resource
+    assert get(eg, "eg", path, token=tamper_signature(idps.token()), host=host)[0] == 401
+    # A path the HTTPRoute does not route never meets the filter.
+    assert get(eg, "eg", "/admin", host=host)[0] == 404
+
+
+def test_envoy_gateway_an_mcp_client_finds_its_way_in(eg, idps):
+    resource, _ = resource_of(EG_SHAPE)
+    check_client_path(idps, eg.ports["eg"], resource, idps.backend_as.exchanges())
+
+
+def test_envoy_gateway_other_hosts_are_left_alone(eg, idps):
+    check_other_host_left_alone(eg, "eg", idps.other_app)

@@ -7,9 +7,11 @@
   against the recording stand-ins in tests/standins/providers.py, which check
   every field Google's and Microsoft's documentation specifies and answer as
   those pages show. They are not Google or Microsoft.
-- ToolHive's seed setups, translated (istio/toolhive/*.yaml), run as written:
-  delivered as Istio delivers them, with the IdPs at the hosts and paths the
-  files name, behind TLS.
+- ToolHive's seed setups, translated (istio/toolhive-okta/,
+  istio/toolhive-bigquery/), run as written: each WasmPlugin delivered as
+  Istio delivers it to the MCP server's sidecar, behind the shape's own
+  gateway routes, with the IdPs at the hosts and paths the files name,
+  behind TLS; the official Python MCP SDK finds its way in from the MCP URL.
 """
 
 import base64
@@ -22,9 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from constants import BACKEND_AUDIENCE, MCP_AUDIENCE, MCP_SCOPE
-from harness import ROOT, WASM, Backend, IdP, call, decode_part, free_port
-from istio import CA, Ecds, EnvoyProc, IdpFront, ecds_resource, envoy_bootstrap, filter_name, hcm_listener
-from istio import istio_clusters, static_cluster, wasmplugin
+from harness import WASM, Backend, IdP, McpServer, call, decode_part, free_port
+from istio import CA, Ecds, EnvoyProc, IdpFront, ecds_resource, envoy_bootstrap, filter_name
+from istio import istio_clusters, shape_listeners, static_cluster
+from mcp_client import Resolver, call_tool
+from shapes import shape
 from stacks import Stack, clients_for, exchange_client, start_backend_as
 from standins.providers import EntraStandin, GoogleStandin, make_client_certificate
 
@@ -200,21 +204,20 @@ def test_entra_claims_challenge_reaches_the_client(ps):
 # ---------------------------------------------------------------------------
 # ToolHive's seeds, translated, run as written.
 
-TOOLHIVE = ROOT / "istio" / "toolhive"
 
-
-def seed_envoy(cleanup, wp_path, front, ca, backend, env):
-    """Envoy running the WasmPlugin in `wp_path` as Istio delivers it, with
-    the clusters its ServiceEntries and DestinationRules make, all pointed at
-    the TLS front."""
-    wp = wasmplugin(wp_path)
-    ecds = Ecds(wp_path.stem)
+def seed_envoy(cleanup, shape_, front, ca, upstream, env):
+    """Envoy running the shape's WasmPlugin as Istio delivers it to the MCP
+    server's sidecar, behind the shape's gateway routes, with the clusters
+    its ServiceEntries and DestinationRules make, all pointed at the TLS
+    front. The MCP server's Service is `upstream`."""
+    (wp,) = shape_.of("WasmPlugin")
+    ecds = Ecds(shape_.dir.name)
     ecds.put(ecds_resource(wp, WASM))
-    port, admin = free_port(), free_port()
-    listener = hcm_listener("seed", port, [ecds.http_filter(filter_name(wp))],
-                            [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}])
-    clusters = [static_cluster("backend", backend.port)] + istio_clusters(wp_path, front.port, ca.ca)
-    envoy = EnvoyProc(cleanup, f"envoy-{wp_path.stem}", envoy_bootstrap(admin, [listener], clusters), admin,
+    listeners, clusters, port = shape_listeners("seed", shape_.routes(), ecds.http_filter(filter_name(wp)), True,
+                                                lambda r: "upstream")
+    clusters += [static_cluster("upstream", upstream.port)] + istio_clusters(shape_.docs, front.port, ca.ca)
+    admin = free_port()
+    envoy = EnvoyProc(cleanup, f"envoy-{shape_.dir.name}", envoy_bootstrap(admin, listeners, clusters), admin,
                       env=env).wait_ready([port])
     envoy.port = port
     return wp["spec"]["pluginConfig"], envoy
@@ -228,14 +231,26 @@ def host(url):
     return urllib.parse.urlsplit(url).hostname
 
 
+def client_routes(oidc, mcp_as):
+    """What an MCP client reads from the authorization server: its OIDC
+    metadata under the issuer, and the token endpoint that names."""
+    return [(path(oidc["issuer"]) + "/.well-known/openid-configuration", mcp_as.port,
+             "/.well-known/openid-configuration"), ("/token", mcp_as.port, "/token")]
+
+
+def mcp_url(oidc):
+    """The MCP endpoint: the resource's path, or /mcp for a resource that is a whole host."""
+    return oidc["resourceUrl"] if path(oidc["resourceUrl"]).strip("/") else oidc["resourceUrl"].rstrip("/") + "/mcp"
+
+
 def test_seed_okta_two_authorization_servers_runs_as_written(cleanup):
-    wp_path = TOOLHIVE / "okta-wasmplugin.yaml"
-    pc = wasmplugin(wp_path)["spec"]["pluginConfig"]
+    shape_ = shape("istio/toolhive-okta")
+    pc = shape_.plugins()[0].config
     oidc, te = pc["oidc"], pc["tokenExchange"]
     okta = host(oidc["jwksUrl"])
     mcp_as = IdP(cleanup, "okta-mcp-as", issuer=oidc["issuer"],
                  resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": MCP_SCOPE}},
-                 clients=clients_for("alice")).start()
+                 clients=clients_for("alice"), extra_env={"IDP_BEHIND_PROXY": "1"}).start()
     backend_issuer = te["tokenUrl"].rsplit("/v1/token", 1)[0]
     backend_as = start_backend_as(
         cleanup, mcp_as, "okta-backend-as", issuer=backend_issuer, audience=oidc["audience"], trust_jwks=True,
@@ -243,43 +258,53 @@ def test_seed_okta_two_authorization_servers_runs_as_written(cleanup):
         clients=[exchange_client(te["clientId"], "okta-secret")])
     ca = CA(okta)
     front = IdpFront(cleanup, ca, {okta: [(path(oidc["jwksUrl"]), mcp_as.port, "/jwks"),
-                                          (path(te["tokenUrl"]), backend_as.port, "/token")]})
+                                          (path(te["tokenUrl"]), backend_as.port, "/token")]
+                                   + client_routes(oidc, mcp_as)})
     backend = Backend(cleanup, verify_with=backend_as, audience=te["audience"])
-    _, envoy = seed_envoy(cleanup, wp_path, front, ca, backend, {te["clientSecretEnv"]: "okta-secret"})
-    token = mcp_as.token("alice", "alice-secret", oidc["resourceUrl"], MCP_SCOPE)
+    server = McpServer(cleanup, backend.port)
+    _, envoy = seed_envoy(cleanup, shape_, front, ca, server, {te["clientSecretEnv"]: "okta-secret"})
     mcp_host = host(oidc["resourceUrl"])
-    status, _, body = call(envoy.port, "/mcp", headers={"host": mcp_host, "authorization": f"Bearer {token}"})
-    assert status == 200, body
-    claims = json.loads(body)["verified_claims"]
-    assert (claims["iss"], claims["aud"], claims["sub"]) == (backend_issuer, te["audience"], "alice")
-    assert claims["scope"] == "api:read api:write"
     status, headers, _ = call(envoy.port, "/mcp", headers={"host": mcp_host})
     assert status == 401 and f'resource_metadata="https://{mcp_host}/.well-known/oauth-protected-resource"' in \
         headers["www-authenticate"]
+    metadata = json.loads(call(envoy.port, "/.well-known/oauth-protected-resource", headers={"host": mcp_host})[2])
+    assert metadata["scopes_supported"] == ["openid"], "ToolHive's default, as the file says"
+
+    resolver = Resolver({mcp_host: (envoy.port, False), okta: (front.port, True)}, ca.ca)
+    _, result, token = call_tool(mcp_url(oidc), resolver, "alice", "alice-secret", oidc["issuer"], MCP_SCOPE)
+    assert not result.is_error, result
+    claims = json.loads(result.content[0].text)["verified_claims"]
+    assert (claims["iss"], claims["aud"], claims["sub"]) == (backend_issuer, te["audience"], "alice")
+    assert claims["scope"] == "api:read api:write"
+    assert token not in json.dumps(server.seen())
+    assert backend_as.exchanges() == 1
 
 
 def test_seed_bigquery_runs_as_written_against_the_google_standin(cleanup):
-    wp_path = TOOLHIVE / "bigquery-wasmplugin.yaml"
-    pc = wasmplugin(wp_path)["spec"]["pluginConfig"]
+    shape_ = shape("istio/toolhive-bigquery")
+    pc = shape_.plugins()[0].config
     oidc, te = pc["oidc"], pc["tokenExchange"]
     okta, sts = host(oidc["jwksUrl"]), host(te["tokenUrl"])
     mcp_as = IdP(cleanup, "okta-as", issuer=oidc["issuer"],
                  resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": MCP_SCOPE}},
-                 clients=clients_for("alice")).start()
+                 clients=clients_for("alice"), extra_env={"IDP_BEHIND_PROXY": "1"}).start()
     google = GoogleStandin(f"http://127.0.0.1:{mcp_as.port}/jwks", oidc["issuer"], oidc["audience"],
                            audience=te["audience"], scope=" ".join(te["scopes"]))
     cleanup.add(google)
     ca = CA(okta, sts)
-    front = IdpFront(cleanup, ca, {okta: [(path(oidc["jwksUrl"]), mcp_as.port, "/jwks")],
+    front = IdpFront(cleanup, ca, {okta: [(path(oidc["jwksUrl"]), mcp_as.port, "/jwks")] + client_routes(oidc, mcp_as),
                                    sts: [(path(te["tokenUrl"]), google.port, "/v1/token")]})
-    backend = Backend(cleanup)
-    _, envoy = seed_envoy(cleanup, wp_path, front, ca, backend, {})
-    token = mcp_as.token("alice", "alice-secret", oidc["resourceUrl"], MCP_SCOPE)
-    status, _, body = call(envoy.port, "/mcp", headers={"host": host(oidc["resourceUrl"]),
-                                                        "authorization": f"Bearer {token}"})
-    assert status == 200, body
-    issued = google.issued[forwarded(body)]
-    assert (issued["kind"], issued["sub"]) == ("sts", "alice")
+    server = McpServer(cleanup, Backend(cleanup).port)
+    _, envoy = seed_envoy(cleanup, shape_, front, ca, server, {})
+    mcp_host = host(oidc["resourceUrl"])
+    resolver = Resolver({mcp_host: (envoy.port, False), okta: (front.port, True)}, ca.ca)
+    tools, result, token = call_tool(mcp_url(oidc), resolver, "alice", "alice-secret", oidc["issuer"],
+                                     MCP_SCOPE, tool="ping")
+    assert "whoami" in tools and not result.is_error, result
+    # The MCP server got Google's token for alice, never Okta's.
+    got = {v.split(" ", 1)[1] for v in server.seen() if v}
+    assert got and all(google.issued[t]["kind"] == "sts" and google.issued[t]["sub"] == "alice" for t in got)
+    assert token not in got
     form = google.requests[0]["form"]
     assert form["subject_token_type"] == "urn:ietf:params:oauth:token-type:id_token"
     assert form["requested_token_type"] == "urn:ietf:params:oauth:token-type:access_token"

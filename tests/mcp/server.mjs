@@ -7,7 +7,11 @@
 //
 // Tools:
 //   whoami             GET ${BACKEND_URL}/whoami with the Authorization header
-//                      this MCP request carried; the backend's JSON as text
+//                      this MCP request carried; as text, only what the
+//                      backend verified: {"verified_claims": {...} or null}.
+//                      Never the backend's whole echo, which repeats the
+//                      request's headers and so the exchanged token: the
+//                      client never holds a backend token.
 //   ping {notify?}     "pong"; with notify: true, also a logging notification
 //                      on the session's GET stream (not on this POST's answer)
 // GET /_seen answers the Authorization values of every request received, so a
@@ -31,7 +35,8 @@ function newServer() {
   mcp.registerTool('whoami', { description: 'What the backend sees of the caller' }, async (extra) => {
     const authorization = extra.requestInfo?.headers?.authorization;
     const res = await fetch(`${backendUrl}/whoami`, { headers: authorization ? { authorization } : {} });
-    const text = await res.text();
+    const seen = await res.json().catch(() => ({}));
+    const text = JSON.stringify({ verified_claims: seen.verified_claims ?? null });
     return { content: [{ type: 'text', text }], isError: !res.ok };
   });
   mcp.registerTool(

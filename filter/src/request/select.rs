@@ -1,6 +1,7 @@
 //! The first phase: which policy a request gets. RFC 9728 metadata requests
 //! are answered here, before any rule is matched, each resource's at its
-//! own well-known path (and host, where two hosts share a path); then the
+//! own well-known path on its own host (other hosts' well-known paths are
+//! theirs); then the
 //! rules pick the policy (or a skip) from `:authority` and `:path`, read
 //! only when something needs them, since each read is a call into the proxy.
 
@@ -90,18 +91,16 @@ impl Select {
     /// authentication; `None` for any other request.
     fn metadata(&self, host: &dyn Host, path: Option<&str>) -> Option<Reply> {
         let path = path?.split('?').next()?;
-        let mut at_path = self.documents.iter().filter(|d| d.path == path);
-        let first = at_path.next()?;
-        let doc = match at_path.next() {
-            None => first,
-            // Two hosts serve this path: the request's host says which.
-            Some(_) => {
-                let authority = host.request_header(":authority").unwrap_or_default();
-                self.documents
-                    .iter()
-                    .find(|d| d.path == path && host_matches(&d.host, &authority))?
-            }
-        };
+        if !self.documents.iter().any(|d| d.path == path) {
+            return None;
+        }
+        // Only the resource's own host: another host's well-known path is
+        // that host's business.
+        let authority = host.request_header(":authority").unwrap_or_default();
+        let doc = self
+            .documents
+            .iter()
+            .find(|d| d.path == path && host_matches(&d.host, &authority))?;
         Some(match host.request_header(":method").as_deref().unwrap_or_default() {
             "GET" | "HEAD" => Reply {
                 status: 200,

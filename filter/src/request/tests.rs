@@ -412,6 +412,7 @@ fn metadata_endpoint_is_served_without_auth() {
         2,
         &[
             (":method", "GET"),
+            (":authority", "127.0.0.1:8080"),
             (":path", "/.well-known/oauth-protected-resource/mcp?x=1"),
         ],
     );
@@ -426,6 +427,7 @@ fn metadata_endpoint_is_served_without_auth() {
         3,
         &[
             (":method", "OPTIONS"),
+            (":authority", "127.0.0.1:8080"),
             (":path", "/.well-known/oauth-protected-resource/mcp"),
         ],
     );
@@ -435,6 +437,7 @@ fn metadata_endpoint_is_served_without_auth() {
         4,
         &[
             (":method", "POST"),
+            (":authority", "127.0.0.1:8080"),
             (":path", "/.well-known/oauth-protected-resource/mcp"),
         ],
     );
@@ -1566,6 +1569,25 @@ fn each_resource_checks_tokens_with_its_own_issuer_keys_and_audience() {
     );
     assert_eq!(f.on_request_headers(&mut m, false), Action::Continue);
     assert_eq!(m.callouts.len(), 3);
+}
+
+#[test]
+fn another_hosts_well_known_path_is_that_hosts_own() {
+    let (mut f, mut m) = (two_resources(), Mock::new());
+    m.open(
+        2,
+        &[
+            (":method", "GET"),
+            (":authority", "app.example.com"),
+            (":path", "/.well-known/oauth-protected-resource/github/mcp"),
+        ],
+    );
+    assert_eq!(
+        f.on_request_headers(&mut m, false),
+        Action::Continue,
+        "skipped like the rest of that host"
+    );
+    assert!(m.sent(2).is_none());
 }
 
 #[test]
