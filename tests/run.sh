@@ -38,14 +38,16 @@ echo "==> integration tests (Envoy $(envoy_version .venv/bin/envoy))" >&2
 
 # The oldest supported Envoy (README, "Which Envoy"): a representative slice,
 # core validation and keys, exchange and cache, CORS, the tool gate, claim
-# headers, metrics and audit, and one provider (the Okta translation, as Istio
-# delivers it, with an MCP client's discovery); then the log scan.
+# headers, metrics and audit, path readings under both path settings, and
+# one provider (the Okta translation, as Istio delivers it, with an MCP
+# client's discovery); then the log scan.
 oldest="$root/.venv-oldest-envoy/bin/envoy"
 echo "==> integration tests, a slice, on the oldest supported Envoy ($(envoy_version "$oldest"))" >&2
 TEST_ENVOY="$oldest" .venv/bin/pytest -v \
   tests/integration/test_validation.py \
   tests/integration/test_exchange.py \
   tests/integration/test_edge.py \
+  tests/integration/test_path_readings.py \
   tests/integration/test_providers.py::test_seed_okta_two_authorization_servers_runs_as_written \
   tests/integration/test_envoy_version.py \
   tests/integration/test_zz_no_secrets_in_logs.py

@@ -319,6 +319,41 @@ fn main() {
             high(0xC4, "400", r#"{"error":"invalid_scope"}"#),
         ],
     );
+
+    // Rule bytes: prefix index | action << 4 (0 skip, n policy n) | hosts << 6.
+    let admin = 4 | 1 << 4;
+    let other_skip = 3 << 6;
+    let mut paths = Vec::new();
+    for p in [
+        "/mcp",
+        "/MCP",
+        "/mcp/",
+        "/%6Dcp",
+        "/mcp;v",
+        "//mcp",
+        "/a/../mcp",
+        "/mcp/.",
+        "/mcp%2F",
+        "/mcp\\",
+    ] {
+        paths.push(paths::input(8, &[], p));
+    }
+    for p in [
+        "/admin/v",
+        "/Admin/v",
+        "/%61dmin/v",
+        "/admin;v/",
+        "//admin/v",
+        "/v/../admin",
+        "/admin%2fv",
+        "/a/..;/admin/",
+    ] {
+        paths.push(paths::input(1, &[admin], p));
+    }
+    paths.push(paths::input(1, &[admin], "/a%2"));
+    paths.push(paths::input(2 | 1 << 4, &[other_skip, admin], "/a%2F../%2"));
+    paths.push(paths::input(2 | 8 | 2 << 4, &[other_skip, admin], "/MCP"));
+    write("path_readings", &paths);
 }
 
 fn base64_url(b: &[u8]) -> String {

@@ -8,6 +8,8 @@
 //! Everything here is deterministic: the keys come from fixed bytes, never
 //! from a random source, so a crash reproduces from its input alone.
 
+pub mod paths;
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jwt_simple::prelude::*;
@@ -189,7 +191,14 @@ pub fn keyset() -> &'static KeySet {
 
 pub fn verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
-    V.get_or_init(|| Verifier::new(parse_config(&config_json()).oidc.as_ref().expect("the fuzz config has oidc")))
+    V.get_or_init(|| {
+        Verifier::new(
+            parse_config(&config_json())
+                .oidc
+                .as_ref()
+                .expect("the fuzz config has oidc"),
+        )
+    })
 }
 
 /// One exchanger per entry of `exchange_sections`.

@@ -3,7 +3,7 @@
 //! MCP-aware checks (per-tool scopes).
 
 use crate::error::ConfigError;
-use crate::field::{non_empty, scope_list};
+use crate::field::{non_empty, plain_path, scope_list};
 use crate::oidc::Resource;
 use crate::raw::{RawClaimHeader, RawCors, RawMcp};
 
@@ -128,15 +128,7 @@ pub fn mcp(raw: Option<RawMcp>, resource: Option<&Resource>) -> Result<Option<Mc
         return Ok(None);
     };
     let path = match (raw.path, resource) {
-        (Some(p), _) => {
-            if !p.starts_with('/') || p.contains(['?', '#']) {
-                return Err(ConfigError::new(
-                    "mcp.path",
-                    format!("must be a path starting with '/', got {p:?}"),
-                ));
-            }
-            p
-        }
+        (Some(p), _) => p,
         (None, Some(r)) => url::Url::parse(&r.url)
             .map(|u| u.path().to_string())
             .unwrap_or_default(),
@@ -147,6 +139,7 @@ pub fn mcp(raw: Option<RawMcp>, resource: Option<&Resource>) -> Result<Option<Mc
             ))
         }
     };
+    plain_path("mcp.path", &path)?;
     let mut tool_scopes = Vec::new();
     for (tool, scopes) in raw.tool_scopes {
         let at = format!("mcp.toolScopes.{tool}");

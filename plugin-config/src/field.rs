@@ -1,5 +1,5 @@
 //! Checks of single values that every section shares: non-empty strings,
-//! scope lists, token type names.
+//! scope lists, token type names, request paths.
 
 use crate::error::ConfigError;
 
@@ -31,6 +31,27 @@ pub(crate) fn scope_list(path: &str, scopes: &[String]) -> Result<(), ConfigErro
                 format!("{s:?} is not a valid scope: use printable ASCII without spaces, '\"' or '\\'"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A path the filter matches requests against (`rules[].match.pathPrefix`,
+/// `mcp.path`): plain, so that every reading of a request is compared with
+/// one text. No query or fragment, escapes, backslashes, `;` parameters,
+/// `//`, or `.` and `..` segments.
+pub(crate) fn plain_path(path: &str, p: &str) -> Result<(), ConfigError> {
+    let plain = p.starts_with('/')
+        && !p.contains(['?', '#', '%', '\\', ';'])
+        && !p.contains("//")
+        && !p.split('/').any(|s| s == "." || s == "..");
+    if !plain {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "must be a plain path starting with '/', without '?', '#', '%', '\\', ';', '//' or '.' and '..' \
+                 segments; got {p:?}"
+            ),
+        ));
     }
     Ok(())
 }

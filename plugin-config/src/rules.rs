@@ -4,7 +4,7 @@
 
 use crate::error::ConfigError;
 use crate::exchange::{self, TokenExchange};
-use crate::field::{non_empty, scope_list};
+use crate::field::{non_empty, plain_path, scope_list};
 use crate::oidc::{self, Oidc};
 use crate::raw::{RawOidc, RawRule};
 
@@ -20,7 +20,7 @@ pub struct Match {
     /// Lower-case host patterns: `api.example.com`, `*.example.com` or `*`,
     /// each optionally with `:port`. Empty: any host.
     pub hosts: Vec<String>,
-    /// Starts with `/`.
+    /// A plain path (`field::plain_path`); `/admin/` also covers `/admin`.
     pub path_prefix: Option<String>,
 }
 
@@ -73,12 +73,7 @@ fn rule(raw: RawRule, at: &str, top: &RawOidc, env: &dyn Fn(&str) -> Option<Stri
         }
     }
     if let Some(p) = raw.matcher.path_prefix.clone() {
-        if !p.starts_with('/') || p.contains(['?', '#']) {
-            return Err(ConfigError::new(
-                format!("{at}.match.pathPrefix"),
-                format!("must be a path starting with '/', without '?' or '#', got {p:?}"),
-            ));
-        }
+        plain_path(&format!("{at}.match.pathPrefix"), &p)?;
         matcher.path_prefix = Some(p);
     }
 

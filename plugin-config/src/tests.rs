@@ -1067,6 +1067,29 @@ fn edge_errors_name_their_path() {
     assert_eq!(parse_value(&v).unwrap_err().path, "mcp.path");
 }
 
+#[test]
+fn matched_paths_must_be_plain() {
+    for bad in [
+        "/admin/../x",
+        "/a//b",
+        "/%61dmin/",
+        "/admin;x/",
+        "/a\\b",
+        "/admin/.",
+        "/a?b",
+        "admin",
+    ] {
+        let mut v = base();
+        v["rules"] = serde_json::json!([{"match": {"pathPrefix": bad}, "skip": true}]);
+        let e = parse_value(&v).unwrap_err();
+        assert_eq!(e.path, "rules[0].match.pathPrefix", "{bad}");
+        assert!(e.to_string().contains("plain path"), "{e}");
+        let mut v = base();
+        v["mcp"] = serde_json::json!({"path": bad, "toolScopes": {"t": ["a"]}});
+        assert_eq!(parse_value(&v).unwrap_err().path, "mcp.path", "{bad}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Many protected resources on one filter (issue 16).
 

@@ -1,6 +1,7 @@
 //! Scopes per tool (`mcp.toolScopes`): a `tools/call` of a listed tool needs
 //! its scopes as well as the route's. The JSON-RPC body is read only for a
-//! POST to the MCP path with the map configured, and only up to
+//! POST to the MCP endpoint with the map configured (`request::path` decides
+//! which paths are the endpoint, over all their readings), and only up to
 //! `mcp.maxBodyBytes`; a batch is judged by its strictest member.
 
 use plugin_config::Mcp;
@@ -30,10 +31,9 @@ impl Tools {
         })
     }
 
-    /// Whether a request with this method and path (query included) must
-    /// have its body read.
-    pub fn applies(&self, method: Option<&str>, path: Option<&str>) -> bool {
-        method == Some("POST") && path.and_then(|p| p.split('?').next()) == Some(self.path.as_str())
+    /// The MCP endpoint's path, whose POSTs have their body read.
+    pub fn endpoint(&self) -> &str {
+        &self.path
     }
 
     /// Every scope the calls in `body` need (none for other methods and
@@ -112,12 +112,8 @@ mod tests {
     }
 
     #[test]
-    fn only_posts_to_the_mcp_path() {
-        let t = tools();
-        assert!(t.applies(Some("POST"), Some("/mcp")));
-        assert!(t.applies(Some("POST"), Some("/mcp?session=1")));
-        assert!(!t.applies(Some("GET"), Some("/mcp")));
-        assert!(!t.applies(Some("POST"), Some("/mcp/other")));
+    fn only_with_tool_scopes() {
+        assert_eq!(tools().endpoint(), "/mcp");
         assert!(Tools::new(&Mcp {
             path: "/mcp".into(),
             tool_scopes: vec![],

@@ -53,14 +53,10 @@ impl Gate {
         }
     }
 
-    /// Whether any request can be gated (so `:path` must be read).
-    pub fn configured(&self) -> bool {
-        self.tools.is_some()
-    }
-
-    /// Whether a request with this method and path has its body judged.
-    pub fn applies(&self, method: Option<&str>, path: Option<&str>) -> bool {
-        self.tools.as_ref().is_some_and(|t| t.applies(method, path))
+    /// The MCP endpoint, whose POSTs have their body judged; `None`
+    /// without tool scopes.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.tools.as_ref().map(Tools::endpoint)
     }
 
     /// Gates the current request: its body will be judged.

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod gate;
 pub mod keyring;
 pub mod outcome;
+pub mod path;
 pub mod policy;
 pub mod routes;
 pub mod select;
@@ -64,7 +65,7 @@ impl Filter {
             config.cache.expiry_skew_seconds.saturating_mul(1000),
         );
         Ok(Filter {
-            select: Select::new(Rc::clone(&policies), &config.metadata, gate.configured()),
+            select: Select::new(Rc::clone(&policies), &config.metadata, gate.endpoint()),
             effects: Effects::new(policies, config),
             validation,
             forward,
@@ -136,7 +137,7 @@ impl Plugin for Filter {
     }
 
     fn on_request_headers(&mut self, host: &mut dyn Host, body_follows: bool) -> Action {
-        let route = match self.select.route(host) {
+        let route = match self.select.route(host, body_follows) {
             Ok(route) => route,
             Err(outcome) => return self.effects.apply(host, outcome, &mut self.gate, When::Inline),
         };
@@ -144,12 +145,7 @@ impl Plugin for Filter {
             Ok(token) => token,
             Err(outcome) => return self.effects.apply(host, outcome, &mut self.gate, When::Inline),
         };
-        if body_follows
-            && self.gate.configured()
-            && self
-                .gate
-                .applies(host.request_header(":method").as_deref(), route.path.as_deref())
-        {
+        if route.gated {
             self.gate.open(host.context_id());
         }
         let validated = self.validation.validate(host, &token, route.policy);

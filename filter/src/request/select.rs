@@ -3,7 +3,10 @@
 //! own well-known path on its own host (other hosts' well-known paths are
 //! theirs); then the
 //! rules pick the policy (or a skip) from `:authority` and `:path`, read
-//! only when something needs them, since each read is a call into the proxy.
+//! only when something needs them, since each read is a call into the proxy,
+//! and whether the body gate judges the request. The path is judged on
+//! every common reading of it (`request::path`): one servers may read as a
+//! path decided differently gets 400.
 
 use crate::edge::challenge::metadata_document;
 use crate::host::Host;
@@ -22,21 +25,22 @@ struct Document {
     body: Rc<str>,
 }
 
-/// A request's policy, and its path when it was read.
+/// A request's policy, and whether its body is gated (a tool with scopes
+/// may be called in it).
 pub struct Route {
     pub policy: PolicyId,
-    pub path: Option<String>,
+    pub gated: bool,
 }
 
 pub struct Select {
     policies: Rc<Policies>,
     documents: Vec<Document>,
-    /// The body gate looks at the path too.
-    gate_needs_path: bool,
+    /// The MCP endpoint, with tool scopes: the gate looks at the path too.
+    gate: Option<String>,
 }
 
 impl Select {
-    pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata], gate_needs_path: bool) -> Select {
+    pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata], gate: Option<&str>) -> Select {
         let documents = metadata
             .iter()
             .map(|m| Document {
@@ -48,14 +52,15 @@ impl Select {
         Select {
             policies,
             documents,
-            gate_needs_path,
+            gate: gate.map(String::from),
         }
     }
 
-    /// The current request's route, or what to do with it instead.
-    pub fn route(&self, host: &dyn Host) -> Result<Route, Outcome> {
+    /// The current request's route, or what to do with it instead;
+    /// `body_follows` unless its headers end it.
+    pub fn route(&self, host: &dyn Host, body_follows: bool) -> Result<Route, Outcome> {
         let routes = self.policies.routes();
-        let path = if !self.documents.is_empty() || routes.by_path() || self.gate_needs_path {
+        let path = if !self.documents.is_empty() || routes.by_path() || self.gate.is_some() {
             host.request_header(":path")
         } else {
             None
@@ -68,20 +73,23 @@ impl Select {
         } else {
             None
         };
-        match self.policies.select(authority.as_deref(), path.as_deref()) {
-            Ok(Selection::Policy(policy)) => Ok(Route { policy, path }),
-            Ok(Selection::Skip) => Err(Outcome::Pass(Unjudged::SkipRoute)),
-            Ok(Selection::Nothing) => {
+        // A POST with a body to the MCP endpoint may call a tool with scopes.
+        let gate = self.gate.as_deref().filter(|_| body_follows && is_post(host));
+        let (authority, path) = (authority.unwrap_or_default(), path.unwrap_or_default());
+        match self.policies.select(&authority, &path, gate) {
+            Ok((Selection::Policy(policy), gated)) => Ok(Route { policy, gated }),
+            Ok((Selection::Skip, _)) => Err(Outcome::Pass(Unjudged::SkipRoute)),
+            Ok((Selection::Nothing, _)) => {
                 log::warn!("rejected: no rule matched and there is no top-level policy");
                 let d = self.policies.fallback_challenges().invalid_request("no route");
                 Err(Outcome::Deny(d, Who::default()))
             }
-            Err(_) => {
-                log::info!("rejected: path not in normal form");
+            Err(refusal) => {
+                log::info!("rejected: {}", refusal.description());
                 let d = self
                     .policies
                     .fallback_challenges()
-                    .invalid_request("path not in normal form");
+                    .invalid_request(refusal.description());
                 Err(Outcome::Deny(d, Who::default()))
             }
         }
@@ -128,4 +136,9 @@ impl Select {
             },
         })
     }
+}
+
+fn is_post(host: &dyn Host) -> bool {
+    host.request_header(":method")
+        .is_some_and(|m| m.eq_ignore_ascii_case("POST"))
 }

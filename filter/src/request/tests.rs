@@ -834,14 +834,23 @@ fn skipped_routes_pass_untouched_and_unchecked() {
     // Anything else is checked as before.
     assert_eq!(request_at(&mut f, &mut m, 4, "h", "/mcp", None), Action::Pause);
     assert_eq!(m.sent(4).unwrap().status, 401);
-    // A path that could resolve into another route is refused, not matched.
-    request_at(&mut f, &mut m, 5, "h", "/healthz/../mcp", None);
-    let s = m.sent(5).unwrap();
-    assert_eq!(s.status, 400);
-    assert!(s
-        .header("www-authenticate")
-        .unwrap()
-        .contains("path not in normal form"));
+    // A path that servers may read as another route is refused, not matched.
+    for (id, path) in [(5, "/healthz/../mcp"), (6, "/HEALTHZ"), (7, "//healthz")] {
+        request_at(&mut f, &mut m, id, "h", path, None);
+        let s = m.sent(id).unwrap();
+        assert_eq!(s.status, 400, "{path}");
+        assert!(
+            s.header("www-authenticate").unwrap().contains("ambiguous path"),
+            "{path}"
+        );
+        assert!(s.body.contains(r#""error":"invalid_request""#));
+    }
+    // One every reading of which is skipped is skipped.
+    assert_eq!(
+        request_at(&mut f, &mut m, 8, "h", "/healthz/./live", None),
+        Action::Continue
+    );
+    assert!(m.sent(8).is_none());
 }
 
 #[test]
@@ -1466,6 +1475,37 @@ fn a_gated_request_is_decided_once_at_its_body_or_its_end() {
     f.on_done(&mut m, 4);
     assert_eq!(counts(&mut f, &mut m), (2, 1));
     assert!(f.gate.is_empty());
+}
+
+#[test]
+fn posts_to_a_variant_of_the_endpoint_are_refused_before_anything_goes_on() {
+    let (mut f, mut m) = (tools_filter(false), Mock::new());
+    warm(&mut f, &mut m);
+    let plain = good();
+    let auth = format!("Bearer {plain}");
+    for (id, path) in [(2, "/MCP"), (3, "/mcp;x"), (4, "//mcp"), (5, "/%6Dcp")] {
+        let headers = [(":method", "POST"), (":path", path), ("authorization", auth.as_str())];
+        assert_eq!(open_with(&mut f, &mut m, id, &headers, true), Action::Pause, "{path}");
+        let s = m.sent(id).unwrap();
+        assert_eq!(s.status, 400, "{path}");
+        assert!(s.header("www-authenticate").unwrap().contains("ambiguous path"));
+    }
+    // With a trailing slash it is the endpoint: judged, and refused for the tool.
+    let headers = [
+        (":method", "POST"),
+        (":path", "/mcp/"),
+        ("authorization", auth.as_str()),
+    ];
+    assert_eq!(open_with(&mut f, &mut m, 6, &headers, true), Action::Continue);
+    m.streams.get_mut(&6).unwrap().body = tool_call("delete_repo");
+    let n = m.stream(6).body.len();
+    assert_eq!(f.on_request_body(&mut m, n, true), Action::Pause);
+    assert_eq!(m.sent(6).unwrap().status, 403);
+    // A GET, or a POST without a body, has no tool call: its path is not read.
+    let get = [(":method", "GET"), (":path", "/MCP"), ("authorization", auth.as_str())];
+    assert_eq!(open_with(&mut f, &mut m, 7, &get, false), Action::Continue);
+    let bodiless = [(":method", "POST"), (":path", "/MCP"), ("authorization", auth.as_str())];
+    assert_eq!(open_with(&mut f, &mut m, 8, &bodiless, false), Action::Continue);
 }
 
 // ---------------------------------------------------------------------------
