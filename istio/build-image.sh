@@ -35,7 +35,8 @@
 #     sha256: <hex>
 #
 # Needs umoci and python3 (skopeo only to push): tests/bootstrap.sh --oci
-# installs them, or: apt-get install umoci skopeo
+# installs them, or: apt-get install umoci skopeo. The default module is run
+# through wasm-opt first (Debian's binaryen, installed if missing).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -60,6 +61,12 @@ done
 command -v umoci >/dev/null || die "umoci is missing: run tests/bootstrap.sh --oci, or apt-get install umoci skopeo"
 command -v python3 >/dev/null || die "python3 is missing"
 [ -f "$wasm" ] || die "no module at $wasm (build it: tests/bootstrap.sh, or pass --wasm FILE)"
+# The default module ships as tests/bootstrap.sh builds it: after wasm-opt,
+# which a bare `cargo build` undoes (tests/lib.sh, optimize_filter).
+if [ "$wasm" -ef "$root/target/wasm32-wasip1/release/token_exchange_filter.wasm" ]; then
+  # shellcheck source=tests/lib.sh
+  (cd "$root" && . tests/lib.sh && optimize_filter)
+fi
 [[ "$name" =~ ^[a-z0-9]+([._-][a-z0-9]+)*$ ]] || die "--name must be a lower-case image name, got '$name'"
 if [ -z "$tag" ]; then
   tag="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml")"

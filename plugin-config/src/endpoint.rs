@@ -24,7 +24,15 @@ pub struct Endpoint {
 /// a bearer token or client secret must not cross a network in clear text by accident.
 pub fn parse_url(path: &str, value: &str, allow_http: bool) -> Result<Url, ConfigError> {
     let bad = || ConfigError::new(path, format!("must be an absolute http(s) URL, got {value:?}"));
-    let url = Url::parse(value).map_err(|_| bad())?;
+    // Host names are ASCII here (no IDNA tables in the module, see
+    // Cargo.toml): an internationalized name is written in its xn-- form.
+    let url = Url::parse(value).map_err(|_| match value.is_ascii() {
+        true => bad(),
+        false => ConfigError::new(
+            path,
+            format!("must be an absolute http(s) URL with an ASCII host name (write an internationalized one in its xn-- form), got {value:?}"),
+        ),
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(bad());
     }
@@ -125,6 +133,18 @@ mod tests {
         let e = parse_url("x", "http://idp.internal/k", false).unwrap_err();
         assert!(e.message.contains("insecureAllowHttp"), "{e}");
         assert!(parse_url("x", "http://idp.internal/k", true).is_ok());
+    }
+
+    #[test]
+    fn internationalized_host_names_in_their_ascii_form() {
+        let e = parse_url("oidc.issuer", "https://bücher.example/", false).unwrap_err();
+        assert_eq!(e.path, "oidc.issuer");
+        assert!(e.message.contains("xn-- form"), "{e}");
+        assert_eq!(
+            ep("https://xn--bcher-kva.example/k").cluster,
+            "outbound|443||xn--bcher-kva.example"
+        );
+        assert_eq!(ep("https://idp.example/ü").path, "/%C3%BC");
     }
 
     #[test]

@@ -9,8 +9,14 @@ through the variants (A B C ... A B C ...); the tables report medians and
 ratios from this one run. Absolute numbers are noise; ratios in one run are
 the result. --profile adds where the Envoy under test spends its CPU (perf).
 
+`--compare NAME=PATH` runs the exchange-hit variant (5) again on another
+build, e.g. main's, as one more listener in the same rounds. Then
+footprint.py's table follows: Envoy RSS with no filter, the floor and this
+filter (and the --compare builds), after start and after load, and the time
+to ready (2 workers; --no-footprint skips it).
+
 Usage: .venv/bin/python tests/bench/perf.py [--rounds 3] [--duration 10]
-           [--slice 1] [--memory] [--profile]
+           [--slice 1] [--memory] [--profile] [--compare NAME=PATH]
            [--chart docs/bench.png] [--markdown docs/bench.md]
 A script, not a test: it asserts nothing about time.
 """
@@ -31,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
-from common import GRANT, SECRET_ENV, authorization_servers, envoy_version, pct, timed_request  # noqa: E402
+from common import (GRANT, SECRET_ENV, authorization_servers, envoy_version, many_servers, pct,  # noqa: E402
+                    timed_request)
 from constants import BACKEND_AUDIENCE, BACKEND_SCOPE, GW_CLIENT, MCP_AUDIENCE, MCP_SCOPE  # noqa: E402
 from harness import ENVOY, ROOT, WASM, WORK, Cleanup, Proc, call, free_port, wait_port  # noqa: E402
 
@@ -45,6 +52,7 @@ VARIANTS = [
     ("validate", "4. this filter, validation only (repeat token)"),
     ("exchange", "5. this filter + exchange, cache hit"),
     ("rules", "8. as 5, behind 3 route rules that do not match"),
+    ("rules100", "9. as 5, behind 100 resources' rules (10 issuers) that do not match"),
     ("floor", "7. wasm floor (read + set one header)"),
 ]
 SHORT = {
@@ -54,13 +62,15 @@ SHORT = {
     "validate": "this filter:\nvalidation",
     "exchange": "this filter:\nexchange hit",
     "rules": "exchange hit\n+ 3 rules",
+    "rules100": "exchange hit\n+ 100 rules",
     "floor": "wasm floor",
     "cold": "this filter:\nnew user",
 }
 
 
 def pinned(core, cmd):
-    return ["taskset", "-c", str(core)] + cmd if os.cpu_count() and os.cpu_count() > 1 else cmd
+    """`cmd` on one core (`core` None: on all)."""
+    return ["taskset", "-c", str(core)] + cmd if core is not None and os.cpu_count() and os.cpu_count() > 1 else cmd
 
 
 def hcm(name, filters, cluster="upstream"):
@@ -111,15 +121,17 @@ def jwt_authn(issuer, jwks, cache):
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "mcp"}}]}}
 
 
-def start_envoy(cleanup, name, listeners, clusters, core, concurrency=1, env=None):
+def start_envoy(cleanup, name, listeners, clusters, core, concurrency=1, env=None, wait=True, log_args=None):
     admin = free_port()
     doc = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
            "static_resources": {"listeners": listeners, "clusters": clusters}}
     path = WORK / f"bench-{name}-{admin}.yaml"
     path.write_text(yaml.safe_dump(doc))
     cmd = pinned(core, [str(ENVOY), "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart",
-                        "-l", "warning"])
+                        "-l", "warning"] + (log_args or []))
     proc = cleanup.add(Proc(f"bench-{name}", cmd, env=env))
+    if not wait:
+        return proc
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -285,8 +297,13 @@ def run_throughput(args, cleanup, report):
             {"match": {"pathPrefix": "/github/"}, "tokenExchange": {**exchange["tokenExchange"], "audience": "github"}},
             {"match": {"pathPrefix": "/healthz"}, "skip": True},
         ]}, "tef", env_keys)],
+        # Issue 16's budget: 100 resources on other hosts cost at most 3%.
+        "rules100": [wasm_filter(WASM, many_servers(exchange, 100, 10), "tef", env_keys)],
         "floor": [wasm_filter(FLOOR, None, "floor")],
     }
+    # --compare NAME=PATH: the exchange-hit variant again on another build.
+    for key, path in args.compare:
+        filters[key] = [wasm_filter(path, exchange, f"tef-{key}", env_keys)]
     listeners = [listener(k, ports[k], filters[k]) for k, _ in VARIANTS]
     clusters = [cluster("upstream", upstream)] + [cluster(f"outbound|{p}||127.0.0.1", p)
                                                    for p in (mcp.port, backend_as.port)]
@@ -357,6 +374,9 @@ def run_throughput(args, cleanup, report):
     report["cold"] = {"rps": rps, "p50": pct(lat16, 50), "p99": pct(lat16, 99), "cpu_us": cold_cpu,
                       "serial_p50": pct(lat1, 50), "baseline_p50": pct(base1, 50), "idp_p50": pct(idp_us, 50),
                       "tokens": len(loaded)}
+    # Rules against the same config without them, round by round.
+    report["rules100_vs_exchange"] = [a["rps"] / b["rps"] for a, b in zip(results.get("rules100", []),
+                                                                         results.get("exchange", []))]
     report["variants"] = {key: {
         "label": label,
         "ratio": med(ratios[key]) if key in ratios else 1.0,
@@ -452,6 +472,11 @@ def render(report, args):
               "(validation, callout, caching).",
               f"Envoy under test RSS at the end: {report['envoy_rss_kib'] / 1024:.1f} MiB. "
               f".wasm: {report['wasm_bytes']:,} bytes."]
+    per_round = report.get("rules100_vs_exchange")
+    if per_round:
+        lines += ["", f"100 resources' rules that do not match, against the same config without them (9 over 5, "
+                  f"round by round): median **{med(per_round):.3f}** (rounds: "
+                  + ", ".join(f"{x:.3f}" for x in per_round) + ")."]
     if "idp_calls" in report:
         i = report["idp_calls"]
         lines += ["", f"IdP exchange calls for {i['users']} users × {i['per_user']} requests through 2 Envoy "
@@ -475,6 +500,9 @@ def render(report, args):
         "cache hit (5) / jwt_authn no cache (2) ≥ 1.2": v["exchange"]["ratio"] / v["jwt_authn"]["ratio"],
         "validation only (4) / no filter (1) ≥ 0.80": v["validate"]["ratio"],
     }
+    for key, _ in args.compare:
+        ratios[f"cache hit, {key.removeprefix('exchange_')} build (5b) / this build (5)"] = (
+            v[key]["ratio"] / v["exchange"]["ratio"])
     if "idp_calls" in report:
         ratios["IdP calls, 100 users × 100 requests, 2 workers ≤ 200"] = report["idp_calls"]["calls"]
     lines += ["", "| target | measured |", "|---|---:|"] + [
@@ -532,6 +560,32 @@ def chart(report, path):
     fig.savefig(path, dpi=110)
 
 
+def footprint(args):
+    """footprint.py's table (RSS and time to ready, 2 workers), with the
+    --compare builds beside this one."""
+    from types import SimpleNamespace
+
+    import footprint as fp
+
+    fargs = SimpleNamespace(rounds=args.rounds, concurrency=[2], requests=3000, detail=False,
+                            wasm=[f"{key.removeprefix('exchange_')}={path}" for key, path in args.compare])
+    cleanup = Cleanup()
+    try:
+        results, labels = fp.run(fargs, cleanup)
+    finally:
+        cleanup.close()
+    return fp.render(results, labels, fargs)
+
+
+def compared(spec):
+    """NAME=PATH from --compare: registers the variant, returns (key, path)."""
+    name, path = spec.split("=", 1)
+    key = f"exchange_{name}"
+    VARIANTS.insert([k for k, _ in VARIANTS].index("exchange") + 1, (key, f"5b. as 5, {name} build"))
+    SHORT[key] = f"exchange hit\n{name}"
+    return key, Path(path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -541,11 +595,15 @@ def main():
     ap.add_argument("--memory-only", action="store_true", help="only the memory test")
     ap.add_argument("--profile", action="store_true", help="also split Envoy's CPU by code with perf (needs perf)")
     ap.add_argument("--only", default="", help="comma-separated variant keys, for quick iterations (no report)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                    help="also the exchange-hit variant on another .wasm (e.g. main's build), side by side")
+    ap.add_argument("--no-footprint", action="store_true", help="skip the RSS and time-to-ready table")
     ap.add_argument("--cold-tokens", type=int, default=3000, help="distinct tokens for the cold path")
     ap.add_argument("--memory-users", type=int, default=100_000, help="maxEntries and first fill for --memory")
     ap.add_argument("--chart", type=Path, default=ROOT / "docs" / "bench.png")
     ap.add_argument("--markdown", type=Path, default=ROOT / "docs" / "bench.md")
     args = ap.parse_args()
+    args.compare = [compared(c) for c in args.compare]
     assert WASM.exists() and FLOOR.exists(), "run tests/bench/run.sh (it builds both .wasm files)"
     if args.profile and not shutil.which("perf"):
         ap.error("--profile needs perf (Debian: apt-get install linux-perf)")
@@ -574,6 +632,8 @@ def main():
         finally:
             cleanup.close()
     text = render(report, args)
+    if not (args.memory_only or args.no_footprint):
+        text += "\n\n" + footprint(args)
     print(text)
     if args.memory_only:
         return

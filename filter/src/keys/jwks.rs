@@ -8,38 +8,9 @@
 //! algorithm-confusion attacks have no key to work with.
 
 use crate::keys::alg::Alg;
-use crate::keys::rsa::RsaKey;
-use jwt_simple::prelude::*;
+use crate::keys::signature::Verifying;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-enum PublicKey {
-    RS256(RS256PublicKey),
-    RS384(RS384PublicKey),
-    RS512(RS512PublicKey),
-    PS256(PS256PublicKey),
-    PS384(PS384PublicKey),
-    PS512(PS512PublicKey),
-    ES256(ES256PublicKey),
-    ES384(ES384PublicKey),
-    EdDSA(Ed25519PublicKey),
-}
-
-impl PublicKey {
-    fn from_jwk(alg: Alg, jwk: &str) -> Option<PublicKey> {
-        Some(match alg {
-            Alg::RS256 => PublicKey::RS256(RS256PublicKey::from_jwk(jwk).ok()?),
-            Alg::RS384 => PublicKey::RS384(RS384PublicKey::from_jwk(jwk).ok()?),
-            Alg::RS512 => PublicKey::RS512(RS512PublicKey::from_jwk(jwk).ok()?),
-            Alg::PS256 => PublicKey::PS256(PS256PublicKey::from_jwk(jwk).ok()?),
-            Alg::PS384 => PublicKey::PS384(PS384PublicKey::from_jwk(jwk).ok()?),
-            Alg::PS512 => PublicKey::PS512(PS512PublicKey::from_jwk(jwk).ok()?),
-            Alg::ES256 => PublicKey::ES256(ES256PublicKey::from_jwk(jwk).ok()?),
-            Alg::ES384 => PublicKey::ES384(ES384PublicKey::from_jwk(jwk).ok()?),
-            Alg::EdDSA => PublicKey::EdDSA(Ed25519PublicKey::from_jwk(jwk).ok()?),
-        })
-    }
-}
 
 /// One usable key: a JWK bound to one algorithm.
 pub struct Key {
@@ -48,31 +19,14 @@ pub struct Key {
     /// Identifies the key material across refreshes, so a cached verdict can
     /// be dropped when its key is.
     pub id: u64,
-    key: PublicKey,
-    /// For RS256/384/512: the same key prepared for `rsa`'s fast check.
-    pub rsa: Option<RsaKey>,
+    key: Verifying,
 }
 
 impl Key {
-    /// Checks the signature with jwt-simple, and the registered claims
-    /// against `options`.
-    pub fn verify<C: serde::de::DeserializeOwned>(
-        &self,
-        token: &str,
-        options: VerificationOptions,
-    ) -> Result<JWTClaims<C>, jwt_simple::Error> {
-        let o = Some(options);
-        match &self.key {
-            PublicKey::RS256(k) => k.verify_token(token, o),
-            PublicKey::RS384(k) => k.verify_token(token, o),
-            PublicKey::RS512(k) => k.verify_token(token, o),
-            PublicKey::PS256(k) => k.verify_token(token, o),
-            PublicKey::PS384(k) => k.verify_token(token, o),
-            PublicKey::PS512(k) => k.verify_token(token, o),
-            PublicKey::ES256(k) => k.verify_token(token, o),
-            PublicKey::ES384(k) => k.verify_token(token, o),
-            PublicKey::EdDSA(k) => k.verify_token(token, o),
-        }
+    /// Whether this key, with its algorithm, made `signature` over `signed`
+    /// (the token's `header.payload`).
+    pub fn verifies(&self, signed: &[u8], signature: &[u8]) -> bool {
+        self.key.verifies(self.alg, signed, signature)
     }
 }
 
@@ -139,8 +93,7 @@ impl KeySet {
             // A declared alg narrows the key to that one algorithm.
             .filter(|alg| declared.is_none_or(|d| Alg::from_name(d) == Some(**alg)))
             .filter_map(|&alg| {
-                PublicKey::from_jwk(alg, &text).map(|key| Key {
-                    rsa: fast_rsa(&key),
+                Verifying::from_jwk(alg, &text).map(|key| Key {
                     kid: kid.clone(),
                     alg,
                     id,
@@ -173,17 +126,6 @@ impl KeySet {
             .iter()
             .filter(move |k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid))
     }
-}
-
-/// The fast-path form of an RSASSA-PKCS1-v1_5 key (see `rsa`).
-fn fast_rsa(key: &PublicKey) -> Option<RsaKey> {
-    let c = match key {
-        PublicKey::RS256(k) => k.to_components(),
-        PublicKey::RS384(k) => k.to_components(),
-        PublicKey::RS512(k) => k.to_components(),
-        _ => return None,
-    };
-    RsaKey::new(&c.n, &c.e)
 }
 
 fn first8(d: &[u8]) -> [u8; 8] {

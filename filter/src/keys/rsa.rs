@@ -12,8 +12,8 @@
 //! Only the public operation is here, and it is variable-time on purpose:
 //! everything it touches (key, signature, message) is public. Keys are
 //! accepted only after jwt-simple's strict JWK import has checked them
-//! (2048 to 4096 bits, e = 65537), and jwt-simple remains the verifier for
-//! every other algorithm. The tests hold this against jwt-simple.
+//! (2048 to 4096 bits, e = 65537); the other algorithms are checked by
+//! their libraries (`signature`). The tests hold this against jwt-simple.
 
 use crate::keys::alg::Alg;
 use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod forward;
 pub mod gate;
 pub mod keyring;
+pub mod metadata;
 pub mod outcome;
 pub mod path;
 pub mod policy;

@@ -4,20 +4,18 @@
 //! scopes travel with the principal and `Principal::has_scopes` checks them
 //! on every request, verified just now or remembered.
 //!
-//! Signatures are checked by jwt-simple, except RS256/384/512, which `rsa`
-//! checks several times faster; the claims are checked here, the same way
-//! for every algorithm.
+//! Each key checks its signature with its own library (`keys::signature`);
+//! the header and claims are parsed once, and checked here the same way for
+//! every algorithm.
 //!
 //! Rejections carry a short, fixed description that is safe to send to the
 //! client and to log: nothing in it comes from the token.
 
 use crate::keys::alg::Alg;
 use crate::keys::jwks::{Key, KeySet};
-use crate::keys::rsa::RsaKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::*;
-use jwt_simple::JWTError;
 use plugin_config::Oidc;
 use serde_json::Value;
 
@@ -142,10 +140,16 @@ impl Verifier {
     /// Verifies `token` at time `now` (seconds). Counts signature checks in
     /// `signatures` so callers (and tests) can see the cache at work.
     pub fn verify(&self, keys: &KeySet, token: &str, now: u64, signatures: &mut u64) -> Result<Principal, Failure> {
-        self.shape(token)?;
-        let meta = Token::decode_metadata(token).map_err(|_| Reject::Malformed)?;
-        let alg = Alg::from_name(meta.algorithm()).ok_or(Reject::UnsupportedAlg)?;
-        let kid = meta.key_id();
+        let header = self.shape(token)?;
+        let alg = match header.get("alg") {
+            Some(Value::String(a)) => Alg::from_name(a).ok_or(Reject::UnsupportedAlg)?,
+            _ => return Err(Reject::Malformed.into()),
+        };
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(Reject::Malformed.into()),
+        };
         if let Some(kid) = kid {
             if !keys.has_kid(kid) {
                 return Err(Reject::UnknownKey.into());
@@ -155,7 +159,7 @@ impl Verifier {
         for key in keys.candidates(alg, kid) {
             tried = true;
             *signatures += 1;
-            match signed_claims(key, alg, token)? {
+            match signed_claims(key, token)? {
                 Some(claims) => return self.check(claims, key.id, now),
                 // Without a kid, another key of the algorithm may fit.
                 None => continue,
@@ -176,7 +180,7 @@ impl Verifier {
     /// base64url; a header and a payload that are JSON objects without
     /// duplicate keys, whose `exp`, `nbf` and `iat` are whole seconds; no `crit` (we implement no extension, and RFC 7515
     /// forbids an empty list); a `typ` that names an access token.
-    fn shape(&self, token: &str) -> Result<(), Reject> {
+    fn shape(&self, token: &str) -> Result<Value, Reject> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -219,7 +223,7 @@ impl Verifier {
         if !ok {
             return Err(Reject::TokenType);
         }
-        Ok(())
+        Ok(header)
     }
 
     /// The registered claims, with skew.
@@ -264,39 +268,13 @@ impl Verifier {
 }
 
 /// The token's claims if `key` made its signature, `None` if it did not.
-fn signed_claims(key: &Key, alg: Alg, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
-    match &key.rsa {
-        Some(rsa) => fast_rsa(rsa, alg, token),
-        None => match key.verify::<Extra>(token, signature_only()) {
-            Ok(claims) => Ok(Some(claims)),
-            Err(e) => match e.downcast_ref::<JWTError>() {
-                Some(JWTError::InvalidSignature) => Ok(None),
-                Some(JWTError::AlgorithmMismatch) => Err(Reject::UnsupportedAlg),
-                _ => Err(Reject::Malformed),
-            },
-        },
-    }
-}
-
-/// jwt-simple checks only the signature and header here; `check` does the
-/// claims for every algorithm alike. (At time 0 with no tolerance, its own
-/// `exp` test always passes; `accept_future` skips `iat` and `nbf`.)
-fn signature_only() -> VerificationOptions {
-    VerificationOptions {
-        accept_future: true,
-        time_tolerance: Some(Duration::from_secs(0)),
-        artificial_time: Some(UnixTimeStamp::from_secs(0)),
-        ..Default::default()
-    }
-}
-
-/// RS256/384/512 through `rsa`. The header rules (no `crit`, an access
-/// token's `typ`) were applied by `Verifier::shape`, for every algorithm.
-fn fast_rsa(rsa: &RsaKey, alg: Alg, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
+/// The header rules (no `crit`, an access token's `typ`) were applied by
+/// `Verifier::shape`.
+fn signed_claims(key: &Key, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
     let (signed, signature) = token.rsplit_once('.').ok_or(Reject::Malformed)?;
     let (_, payload) = signed.split_once('.').ok_or(Reject::Malformed)?;
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reject::Malformed)?;
-    if !rsa.verify(alg, signed.as_bytes(), &signature) {
+    if !key.verifies(signed.as_bytes(), &signature) {
         return Ok(None);
     }
     let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reject::Malformed)?;
