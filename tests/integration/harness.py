@@ -204,15 +204,21 @@ class IdP:
         s = self.stats()
         return s["token_exchange"] if target is None else s["token_exchange_by_target"].get(target, 0)
 
+    def grants(self, grant_type):
+        """Grants of `grant_type` this IdP has issued a token for."""
+        return json.loads(call(self.port, "/_stats")[2])["grants"].get(grant_type, 0)
+
 
 class Backend:
     """tests/backend.py; with `verify_with` (an IdP), it verifies the tokens it
     receives against that IdP's keys, issuer and `audience` (comma-separated:
-    any of them)."""
+    any of them), and with `act_sub` that they name that actor."""
 
-    def __init__(self, cleanup, verify_with=None, audience=None, marker=None):
+    def __init__(self, cleanup, verify_with=None, audience=None, marker=None, act_sub=None):
         self.port = free_port()
         env = {"BACKEND_MARKER_HEADER": marker} if marker else {}
+        if act_sub:
+            env["BACKEND_ACT_SUB"] = act_sub
         if verify_with is not None:
             env = {
                 "BACKEND_JWKS_URL": f"http://127.0.0.1:{verify_with.port}/jwks",

@@ -1118,13 +1118,19 @@ fn google_second_step_failures_map_and_release_every_waiter() {
         f.on_callout(&mut m, iam.token, &answer);
         assert_eq!(m.sent(2).unwrap().status, status);
     }
-    // A second step that never answers times out like the first.
-    let (mut f, mut m) = (google_filter(), Mock::new());
+    second_step_times_out(google_filter(), &sts_ok());
+}
+
+/// A second step (after `first`, the first step's answer) that never
+/// answers times out like the first: 504.
+fn second_step_times_out(mut f: Filter, first: &CalloutResponse) {
+    let mut m = Mock::new();
     warm(&mut f, &mut m);
     request(&mut f, &mut m, 2, Some(&good()));
-    let sts = m.callouts.last().unwrap().clone();
+    let step1 = m.callouts.last().unwrap().clone();
     m.enter(2);
-    f.on_callout(&mut m, sts.token, &sts_ok());
+    f.on_callout(&mut m, step1.token, first);
+    assert_eq!(m.callouts.len(), 3, "keys, first step, second step");
     m.now_ms += 3_500;
     m.enter(ROOT);
     f.on_tick(&mut m);
@@ -1699,3 +1705,5 @@ fn each_resource_serves_its_own_metadata_before_any_rule() {
     }
     assert!(m.callouts.is_empty());
 }
+
+mod exchange_steps;
