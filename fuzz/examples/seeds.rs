@@ -8,8 +8,8 @@ use jwt_simple::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use token_exchange_filter::exchange::{Stamp, Step};
-use token_exchange_filter::host::CalloutResponse;
+use token_exchange_filter::fuzzing::CalloutResponse;
+use token_exchange_filter::fuzzing::{Stamp, Step};
 use token_exchange_fuzz::*;
 
 fn write(target: &str, inputs: &[Vec<u8>]) {
@@ -248,7 +248,16 @@ fn main() {
         body: ok(json!({})).into_bytes(),
         truncated: false,
     };
-    if let Err(f) = exchangers()[0].answer(Step::Token, &answer, 10, SUBJECT, &Stamp { now_ms: 0, jti: "jti-1".into() }) {
+    if let Err(f) = exchangers()[0].answer(
+        Step::Token,
+        &answer,
+        10,
+        SUBJECT,
+        &Stamp {
+            now_ms: 0,
+            jti: "jti-1".into(),
+        },
+    ) {
         panic!("the token endpoint seed is refused: {f:?}");
     }
     write(
@@ -314,8 +323,16 @@ fn main() {
             // Bit 7: the resource AS's answer to id-jag's assertion grant
             // (0xC0), and the actor token's client credentials grant (0xC4).
             high(0xC0, "200", &ok(json!({"scope": "todos.read"}))),
-            high(0xC0, "400", r#"{"error":"invalid_grant","error_description":"ID-JAG was used before"}"#),
-            high(0xC4, "200", r#"{"access_token":"own-actor","token_type":"Bearer","expires_in":300}"#),
+            high(
+                0xC0,
+                "400",
+                r#"{"error":"invalid_grant","error_description":"ID-JAG was used before"}"#,
+            ),
+            high(
+                0xC4,
+                "200",
+                r#"{"access_token":"own-actor","token_type":"Bearer","expires_in":300}"#,
+            ),
             high(0xC4, "400", r#"{"error":"invalid_scope"}"#),
         ],
     );

@@ -27,7 +27,7 @@ mod rfc8693;
 pub mod singleflight;
 pub mod token_cache;
 
-pub use answer::{Exchanged, Failure, MAX_RESPONSE_BYTES};
+pub use answer::{Exchanged, Failure};
 pub use client::Stamp;
 
 use crate::host::CalloutResponse;

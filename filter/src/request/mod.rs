@@ -26,8 +26,6 @@ pub mod select;
 pub mod validation;
 
 pub use crate::host::Action;
-pub use forward::cache_until;
-pub use validation::MAX_WAIT_MS;
 
 use crate::edge::metrics::Metric;
 use crate::host::{CalloutResponse, Host, Plugin};

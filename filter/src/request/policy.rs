@@ -39,7 +39,7 @@ macro_rules! index {
         }
     )*};
 }
-index!(TargetId, VerifierId, IssuerId);
+index!(TargetId, IssuerId);
 
 /// What a route asks of a request.
 pub struct Policy {

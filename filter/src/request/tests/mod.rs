@@ -1,5 +1,7 @@
 //! The request flow's tests, a file per phase; the helpers they share.
 
+use super::forward::cache_until;
+use super::validation::MAX_WAIT_MS;
 use super::*;
 use crate::exchange::Exchanged;
 use crate::host::mock::{ok, Mock, Shared, ROOT};
