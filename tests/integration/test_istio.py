@@ -54,7 +54,10 @@ from mcp_client import Resolver, call_tool
 from shapes import SHAPES, Route, shape
 from stacks import clients_for, exchange_client, start_backend_as
 
-ISTIO_SHAPES = [s for s in SHAPES if s.platform == "istio" and "toolhive" not in s.name]
+SHARED_SHAPE = shape("istio/shared-gateway")
+# The shapes of one MCP server, whose authorization servers are idp.example.com's
+# (the `idps` fixture). The shared gateway's servers each have their own.
+ISTIO_SHAPES = [s for s in SHAPES if s.platform == "istio" and "toolhive" not in s.name and s is not SHARED_SHAPE]
 EG_SHAPE = shape("envoy-gateway/mcp-route")
 GATEWAY_SHAPE, SIDECAR_SHAPE = shape("istio/ingress-gateway"), shape("istio/sidecar")
 (GATEWAY,) = GATEWAY_SHAPE.of("WasmPlugin")
