@@ -5,6 +5,7 @@
 use crate::endpoint;
 use crate::error::ConfigError;
 use crate::field::{non_empty, scope_list, token_type_name};
+use crate::introspection::{self, Introspection};
 use crate::keys::{Discovery, KeySource};
 use crate::raw::{OneOrMany, RawOidc};
 
@@ -25,6 +26,8 @@ pub struct Oidc {
     pub allowed_token_types: Option<Vec<String>>,
     /// `insecureAllowHttp`: plain-HTTP URLs allowed everywhere (local demos).
     pub allow_http: bool,
+    /// Opaque bearers are introspected here; without it they are refused.
+    pub introspection: Option<Introspection>,
 }
 
 /// The protected resource, for RFC 9728 metadata and `resource_metadata` challenges.
@@ -49,8 +52,9 @@ pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 /// Validates an `oidc` section found at `at` (`oidc`, or a rule's merged
-/// one, `rules[2].oidc`), so every error names its real path.
-pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
+/// one, `rules[2].oidc`), so every error names its real path. `env`
+/// gives the introspection client's secrets.
+pub fn oidc(mut o: RawOidc, at: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Oidc, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
     let allow_http = o.insecure_allow_http.unwrap_or(false);
     let Some(issuer) = o.issuer.clone() else {
@@ -96,7 +100,13 @@ pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
         &field,
         allow_http,
     )?;
+    let introspection = o
+        .introspection
+        .take()
+        .map(|i| introspection::introspection(i, &field("introspection"), allow_http, env))
+        .transpose()?;
     Ok(Oidc {
+        introspection,
         issuer,
         audiences,
         keys,

@@ -5,7 +5,7 @@
 
 mod actor;
 mod assertion_grant;
-mod client_auth;
+pub(crate) mod client_auth;
 pub mod model;
 pub mod provider;
 
@@ -33,7 +33,7 @@ pub fn token_exchange(
     provider.defaults(&mut raw, &field)?;
 
     let (url, token_url) = token_url(&raw, &field, allow_http)?;
-    let client = client_auth::client_auth(&raw, provider, &field, &token_url, env)?;
+    let client = client_auth::client_auth(&raw.client(), provider.default_secret_method(), &field, &token_url, env)?;
     let ExtraCallouts {
         actor,
         grant: assertion_grant,
