@@ -66,13 +66,7 @@ pub fn oidc(mut o: RawOidc, at: &str, env: &dyn Fn(&str) -> Option<String>) -> R
     non_empty(&field("issuer"), &issuer)?;
     let issuer_url = endpoint::parse_url(&field("issuer"), &issuer, allow_http)?;
     let keys = key_source(&o, &issuer_url, &field)?;
-    let audiences = o.audience.map(OneOrMany::into_vec).unwrap_or_default();
-    if audiences.is_empty() {
-        return Err(ConfigError::new(field("audience"), "must name at least one audience"));
-    }
-    for (i, a) in audiences.iter().enumerate() {
-        non_empty(&format!("{}[{i}]", field("audience")), a)?;
-    }
+    let audiences = audiences(o.audience.take(), &field("audience"))?;
     let required_scopes = o.required_scopes.unwrap_or_default();
     scope_list(&field("requiredScopes"), &required_scopes)?;
     let clock_skew_seconds = o.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
@@ -132,6 +126,17 @@ fn key_source(o: &RawOidc, issuer: &url::Url, field: &dyn Fn(&str) -> String) ->
         }
         None => KeySource::Discovery(Discovery::new(issuer, o.jwks_cluster.clone(), allow_http)?),
     })
+}
+
+fn audiences(audience: Option<OneOrMany>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let audiences = audience.map(OneOrMany::into_vec).unwrap_or_default();
+    if audiences.is_empty() {
+        return Err(ConfigError::new(path, "must name at least one audience"));
+    }
+    for (i, a) in audiences.iter().enumerate() {
+        non_empty(&format!("{path}[{i}]"), a)?;
+    }
+    Ok(audiences)
 }
 
 fn within(path: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
