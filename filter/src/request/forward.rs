@@ -37,7 +37,7 @@ pub(super) struct Job {
     begun_ms: u64,
     /// The caller's token, to send again if the flight is restarted. Kept in
     /// memory only, never logged.
-    subject: String,
+    subject: Box<str>,
     principal: Rc<Principal>,
 }
 
@@ -150,7 +150,7 @@ impl Forward {
             job: Job {
                 step: Step::Token,
                 begun_ms: now,
-                subject: token.to_string(),
+                subject: token.into(),
                 principal: Rc::clone(&passed.verified.principal),
             },
         };
