@@ -13,6 +13,9 @@ use base64::Engine;
 use plugin_config::{Client, ClientAuthMethod, ConfigError, Endpoint};
 use url::form_urlencoded::{byte_serialize, Serializer};
 
+/// A callout's headers.
+pub type Headers = Vec<(&'static str, String)>;
+
 /// What makes each signed client assertion unique: the time it is made at
 /// and a random `jti`.
 pub struct Stamp {
@@ -94,12 +97,7 @@ impl ClientAuth {
     /// The headers and body of a form POST of `parts` to `endpoint`,
     /// authenticated as this client: what every OAuth endpoint the filter
     /// calls takes (token, introspection).
-    pub fn form_post(
-        &self,
-        endpoint: &Endpoint,
-        parts: &[&str],
-        stamp: &Stamp,
-    ) -> Result<(Vec<(&'static str, String)>, Vec<u8>), Failure> {
+    pub fn form_post(&self, endpoint: &Endpoint, parts: &[&str], stamp: &Stamp) -> Result<(Headers, Vec<u8>), Failure> {
         let mut headers = post_headers(endpoint, "application/x-www-form-urlencoded");
         if let Some(a) = &self.authorization {
             headers.push(("authorization", a.clone()));

@@ -1707,3 +1707,4 @@ fn each_resource_serves_its_own_metadata_before_any_rule() {
 }
 
 mod exchange_steps;
+mod opaque_tokens;
