@@ -238,7 +238,16 @@ fn log_configured(config: &Config) {
         }));
     let mut issuers: Vec<String> = Vec::new();
     for o in sections {
-        let line = format!("issuer {}, {}", o.issuer, o.keys);
+        let mut line = format!("issuer {}, {}", o.issuer, o.keys);
+        if let Some(i) = &o.introspection {
+            line.push_str(&format!(", opaque tokens introspected at {}", i.endpoint.url));
+            if i.client.secret_inline {
+                log::warn!(
+                    "{}.clientSecret is set inline: for local demos only; use clientSecretEnv",
+                    i.at
+                );
+            }
+        }
         if !issuers.contains(&line) {
             issuers.push(line);
         }
