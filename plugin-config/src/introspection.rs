@@ -31,16 +31,15 @@ pub fn introspection(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Introspection, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
-    let Some(url) = raw.url.as_deref() else {
-        return Err(ConfigError::new(
-            field("url"),
-            "is required: the issuer's introspection endpoint (introspection_endpoint in its metadata)",
-        ));
-    };
-    let parsed = endpoint::parse_url(&field("url"), url, allow_http)?;
-    if let Some(c) = &raw.cluster {
-        crate::field::non_empty(&field("cluster"), c)?;
-    }
+    let parsed = endpoint::required(
+        &field("url"),
+        raw.url.as_deref(),
+        "the issuer's introspection endpoint (introspection_endpoint in its metadata)",
+        &field("cluster"),
+        raw.cluster.as_deref(),
+        allow_http,
+    )?;
+    let url = raw.url.as_deref().unwrap_or_default();
     // RFC 7662 §2.1: the endpoint requires client authentication, so a
     // public client is refused here rather than by every introspection.
     let client = client_auth(&raw.client(), ClientAuthMethod::ClientSecretBasic, &field, url, env)?;
