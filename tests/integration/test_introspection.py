@@ -20,7 +20,7 @@ import urllib.parse
 import pytest
 
 from constants import BACKEND_AUDIENCE, CLIENT, MCP_AUDIENCE, MCP_SCOPE
-from harness import BrokenTokenEndpoint, call, free_port
+from harness import BrokenTokenEndpoint, call, free_port, wait_for
 from stacks import Stack, clients_for, mcp_resources
 
 # The filter's client at the MCP AS, for its introspection endpoint.
@@ -70,7 +70,14 @@ class OpaqueStack(Stack):
         return self.config(oidc={"introspection": introspection(url)})
 
     def introspections(self):
+        """Introspection requests the IdP has had."""
         return self.mcp_as.stats()["introspection"]
+
+    def stat(self, name):
+        """The filter's metric `name` in Envoy's /stats (0 before it moves)."""
+        prefix = f"wasmcustom.token_exchange_filter.{name}: "
+        lines = call(self.envoy.admin, f"/stats?filter=token_exchange_filter.{name}")[2].splitlines()
+        return sum(int(line[len(prefix):]) for line in lines if line.startswith(prefix))
 
     def revoke(self, token):
         basic = base64.b64encode(f"{CLIENT}:{CLIENT}-secret".encode()).decode()
@@ -102,6 +109,8 @@ def test_an_active_token_passes_and_n_requests_make_one_introspection(opaque):
         status, _, body = opaque.get(token=token)
         assert status == 200, body
     assert opaque.introspections() - before == 1
+    wait_for(lambda: opaque.stat("introspection_cache.hit") >= 9, "cache hits in the metrics")
+    assert opaque.stat("introspections.ok") >= 1
     # The caller's token goes on (no exchange here); claimToHeaders read the answer.
     assert echoed_header(body, "authorization") == f"Bearer {token}"
     assert echoed_header(body, "x-client-id") == CLIENT
@@ -167,6 +176,7 @@ def test_an_endpoint_that_fails_gives_503_within_the_callout_timeout(opaque, lis
     assert status == 503, body
     assert "token introspection unavailable" in body
     assert headers.get("retry-after")
+    wait_for(lambda: opaque.stat("introspections.failed") >= 1, "failures in the metrics")
     assert elapsed < 8, elapsed
     log = opaque.envoy.proc.text()
     assert "token introspection unavailable" in log

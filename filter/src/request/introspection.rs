@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod call;
 
+use crate::edge::metrics::{Metric, Metrics};
 use crate::exchange::singleflight::{Flight, Flights, Out};
 use crate::host::{CalloutResponse, Host};
 use crate::request::outcome::{Outcome, Passed, Released, Who};
@@ -63,7 +64,7 @@ impl Introspection {
 
     /// Checks `token` for `policy`: from the cache, or waiting for the
     /// endpoint (joining a callout already out for it).
-    pub fn check(&mut self, host: &mut dyn Host, token: &str, policy: PolicyId) -> Outcome {
+    pub fn check(&mut self, host: &mut dyn Host, token: &str, policy: PolicyId, metrics: &mut Metrics) -> Outcome {
         let Some(id) = self.policies.policy(policy).introspector else {
             return self.settle(Err(Reject::Malformed), policy, [0; 32]);
         };
@@ -71,9 +72,11 @@ impl Introspection {
         let now = host.now_ms();
         let key = AnswerCache::key(&self.policies.introspector(id).params(), &hash);
         if let Some(v) = self.cache.verdict(&key, now) {
+            metrics.inc(Metric::IntrospectionCacheHit);
             return self.settle(v, policy, hash);
         }
         if let Some((answer, until)) = self.cache.answer(host, &key, now) {
+            metrics.inc(Metric::IntrospectionCacheHit);
             let verdict = self.judge(id, &answer, now, until);
             self.cache.remember(key, &verdict, until, now);
             return self.settle(verdict, policy, hash);
@@ -94,20 +97,29 @@ impl Introspection {
                 self.flights.start((id, hash), flight);
                 Outcome::Wait
             }
-            Err(f) => self.fault(id, f, policy),
+            Err(f) => {
+                metrics.inc(Metric::IntrospectionsFailed);
+                self.fault(id, f, policy)
+            }
         }
     }
 
     /// A callout answered: `None` if no introspection made it; else the
     /// requests that waited for it, decided.
-    pub fn on_callout(&mut self, host: &mut dyn Host, token: u32, resp: &CalloutResponse) -> Option<Vec<Released>> {
+    pub fn on_callout(
+        &mut self,
+        host: &mut dyn Host,
+        token: u32,
+        resp: &CalloutResponse,
+        metrics: &mut Metrics,
+    ) -> Option<Vec<Released>> {
         let (key, flight) = self.flights.finish(token)?;
-        Some(self.land(host, key, flight, resp))
+        Some(self.land(host, key, flight, resp, metrics))
     }
 
     /// Restarts flights whose owner went away, and answers the waiters of
     /// those that will never land with a 503.
-    pub fn on_tick(&mut self, host: &mut dyn Host) -> Vec<Released> {
+    pub fn on_tick(&mut self, host: &mut dyn Host, metrics: &mut Metrics) -> Vec<Released> {
         if self.flights.is_empty() {
             return Vec::new();
         }
@@ -127,7 +139,7 @@ impl Introspection {
         });
         let mut released = Vec::new();
         for (key, flight) in stuck {
-            released.extend(self.land(host, key, flight, &CalloutResponse::default()));
+            released.extend(self.land(host, key, flight, &CalloutResponse::default(), metrics));
         }
         released
     }
@@ -144,10 +156,16 @@ impl Introspection {
         key: Key,
         flight: Flight<PolicyId, Job>,
         resp: &CalloutResponse,
+        metrics: &mut Metrics,
     ) -> Vec<Released> {
         let (id, hash) = key;
         let now = host.now_ms();
-        let verdict = match call::read(resp) {
+        let read = call::read(resp);
+        metrics.inc(match read {
+            Ok(_) => Metric::IntrospectionsOk,
+            Err(_) => Metric::IntrospectionsFailed,
+        });
+        let verdict = match read {
             Ok(answer) => {
                 let cache_key = AnswerCache::key(&self.policies.introspector(id).params(), &hash);
                 let until = self.until(id, &answer, now);

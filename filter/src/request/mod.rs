@@ -163,7 +163,9 @@ impl Plugin for Filter {
             self.gate.open(host.context_id());
         }
         let validated = match self.introspection.takes(&token, route.policy) {
-            true => self.introspection.check(host, &token, route.policy),
+            true => self
+                .introspection
+                .check(host, &token, route.policy, &mut self.effects.metrics),
             false => self.validation.validate(host, &token, route.policy),
         };
         let outcome = self.forward(host, &token, validated);
@@ -188,7 +190,10 @@ impl Plugin for Filter {
         if let Some(released) = self.validation.on_callout(host, token, resp, &mut self.effects.metrics) {
             return self.release_validated(host, released);
         }
-        if let Some(released) = self.introspection.on_callout(host, token, resp) {
+        if let Some(released) = self
+            .introspection
+            .on_callout(host, token, resp, &mut self.effects.metrics)
+        {
             return self.release_validated(host, released);
         }
         match self.forward.on_callout(host, token, resp, &mut self.effects.metrics) {
@@ -208,7 +213,7 @@ impl Plugin for Filter {
         self.effects.metrics.flush(host);
         let released = self.validation.on_tick(host);
         self.release_validated(host, released);
-        let released = self.introspection.on_tick(host);
+        let released = self.introspection.on_tick(host, &mut self.effects.metrics);
         self.release_validated(host, released);
         for landed in self.forward.on_tick(host, &mut self.effects.metrics) {
             self.release_landed(host, landed);

@@ -157,6 +157,11 @@ fn an_active_token_passes_with_claim_headers_and_is_then_served_from_the_cache()
     assert!(other.callouts.is_empty());
     assert_eq!(header(&other, 2, "x-sub").as_deref(), Some("alice"));
     assert!(m.shared.borrow().keys().all(|k| k.starts_with("tef:tef:i")));
+    m.enter(ROOT);
+    f.on_tick(&mut m);
+    assert_eq!(m.metric("token_exchange_filter.introspections.ok"), 1);
+    assert_eq!(m.metric("token_exchange_filter.introspection_cache.hit"), 7);
+    assert_eq!(m.metric("token_exchange_filter.introspections.failed"), 0);
 }
 
 #[test]
@@ -300,6 +305,9 @@ fn endpoint_faults_give_503_and_are_not_cached() {
         assert!(s.body.contains("token introspection unavailable"));
         request(&mut f, &mut m, 3, Some(OPAQUE));
         assert_eq!(m.callouts.len(), 2, "a fault is not cached");
+        m.enter(ROOT);
+        f.on_tick(&mut m);
+        assert_eq!(m.metric("token_exchange_filter.introspections.failed"), 1);
     }
     let (mut f, mut m) = (filter(), Mock::new());
     m.refuse_dispatch = true;
