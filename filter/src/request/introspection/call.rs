@@ -45,8 +45,9 @@ pub struct Introspector {
     issuer: String,
     audiences: Vec<String>,
     skew: u64,
-    /// SHA-256 over everything an answer's verdict depends on but the
-    /// token: endpoint, client, issuer, audiences, requireAudience.
+    /// SHA-256 over everything an answer's verdict and lifetime depend on
+    /// but the token: endpoint, client, issuer, audiences, requireAudience,
+    /// cacheSeconds.
     params: [u8; 32],
 }
 
@@ -56,9 +57,16 @@ impl Introspector {
         let client = ClientAuth::new(&config.client, &config.at)?;
         let mut h = Sha256::new();
         let require = if config.require_audience { "aud" } else { "" };
-        for part in [config.endpoint.url.as_str(), &client.key_part(), &oidc.issuer, require]
-            .into_iter()
-            .chain(oidc.audiences.iter().map(String::as_str))
+        let lifetime = config.cache_seconds.to_string();
+        for part in [
+            config.endpoint.url.as_str(),
+            &client.key_part(),
+            &oidc.issuer,
+            require,
+            &lifetime,
+        ]
+        .into_iter()
+        .chain(oidc.audiences.iter().map(String::as_str))
         {
             h.update(part.as_bytes());
             h.update([0]);

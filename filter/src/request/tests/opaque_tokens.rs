@@ -259,6 +259,31 @@ fn cached_until_the_sooner_of_exp_and_cache_seconds() {
 }
 
 #[test]
+fn a_changed_config_finds_nothing_an_old_one_cached() {
+    let (mut f, mut m) = (filter(), Mock::new());
+    let a = answer(&m, json!({}));
+    introspected(&mut f, &mut m, 2, OPAQUE, &a);
+    let changed = [
+        ("cacheSeconds", json!(30)),
+        ("requireAudience", json!(true)),
+        ("clientAuthMethod", json!("client_secret_post")),
+        ("url", json!("http://127.0.0.1:9001/introspect")),
+    ];
+    for (key, value) in changed {
+        let mut i = intro();
+        i[key] = value;
+        let mut other = Mock::with_shared(m.shared.clone());
+        assert_eq!(
+            request(&mut config_with(i, &[]), &mut other, 2, Some(OPAQUE)),
+            Action::Pause,
+            "{key}"
+        );
+    }
+    let mut same = Mock::with_shared(m.shared.clone());
+    assert_eq!(request(&mut filter(), &mut same, 2, Some(OPAQUE)), Action::Continue);
+}
+
+#[test]
 fn junk_tokens_cannot_grow_shared_data() {
     let (mut f, mut m) = (filter(), Mock::new());
     for i in 0..200 {
