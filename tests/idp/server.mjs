@@ -37,7 +37,8 @@
 // GET /_stats answers {"token_exchange": <exchange requests so far>,
 // "token_exchange_by_target": {<resource or audience asked for>: <count>},
 // "grants": {"<grant_type>": <successful grants>},
-// "introspection": <introspection requests so far>}.
+// "introspection": <introspection requests so far>,
+// "introspection_by_client": {"<client that authenticated>": <count>}}.
 //
 // With IDP_OPAQUE=1 it issues access tokens in oidc-provider's default,
 // opaque format (a resource may still ask for "format": "jwt") and enables
@@ -208,7 +209,7 @@ const idJag = process.env.IDP_ID_JAG && JSON.parse(process.env.IDP_ID_JAG);
 const idJagTrust = process.env.IDP_ID_JAG_TRUST && JSON.parse(process.env.IDP_ID_JAG_TRUST);
 const trustIntrospection = process.env.IDP_TRUST_INTROSPECTION && JSON.parse(process.env.IDP_TRUST_INTROSPECTION);
 const stats = {
-  token_exchange: 0, token_exchange_by_target: {}, grants: {}, introspection: 0,
+  token_exchange: 0, token_exchange_by_target: {}, grants: {}, introspection: 0, introspection_by_client: {},
 };
 provider.on('grant.success', (ctx) => {
   const g = ctx.oidc.params.grant_type;
@@ -389,11 +390,15 @@ provider.use(async (ctx, next) => {
     ctx.body = stats;
     return;
   }
-  if (ctx.path === '/token/introspection') {
-    stats.introspection += 1;
-    if (introspectionDelay) await new Promise((resolve) => { setTimeout(resolve, introspectionDelay); });
+  if (ctx.path !== '/token/introspection') {
+    await next();
+    return;
   }
+  stats.introspection += 1;
+  if (introspectionDelay) await new Promise((resolve) => { setTimeout(resolve, introspectionDelay); });
   await next();
+  const client = ctx.oidc?.client?.clientId;
+  if (client) stats.introspection_by_client[client] = (stats.introspection_by_client[client] || 0) + 1;
 });
 
 // The library answers CORS on its other endpoints, but not on registration.

@@ -6,8 +6,10 @@ Covers active, inactive (unknown, revoked), expired and wrong-audience
 tokens; the shared cache (N requests, one introspection) and its negative
 entries; one introspection per worker under 20 concurrent requests; an
 endpoint that is down, hangs or answers garbage (503, within the callout
-timeout); a JWT beside an opaque token on one route; and an opaque token
-exchanged end to end, the backend verifying what it gets.
+timeout); a JWT beside an opaque token on one route; a rule's resource
+introspecting with its own client, its answers kept apart from the other
+route's; and an opaque token exchanged end to end, the backend verifying
+what it gets.
 """
 
 import base64
@@ -32,11 +34,15 @@ INTRO_ENV = "INTROSPECTION_SECRET"
 DELAY_MS = 400
 # Envoy's workers in the tests (harness.Envoy's --concurrency).
 WORKERS = 2
-LISTENERS = ("main", "garbage", "down", "hang")
+LISTENERS = ("main", "garbage", "down", "hang", "rules")
+# A second client at the MCP AS, for the rule that introspects on its own.
+OTHER_CLIENT = "gw-introspect-other"
+OTHER_SECRET = "gw-introspect-other-secret"
+OTHER_ENV = "OTHER_INTROSPECTION_SECRET"
 
 
-def introspection(url):
-    return {"url": url, "clientId": INTRO_CLIENT, "clientSecretEnv": INTRO_ENV}
+def introspection(url, client=INTRO_CLIENT, env=INTRO_ENV):
+    return {"url": url, "clientId": client, "clientSecretEnv": env}
 
 
 def resources(url):
@@ -55,14 +61,24 @@ class OpaqueStack(Stack):
         self.broken = cleanup.add(BrokenTokenEndpoint())
         self.closed = free_port()
         super().__init__(cleanup, listeners=LISTENERS, resources=resources,
-                         clients=clients_for(CLIENT) + [{"client_id": INTRO_CLIENT, "client_secret": INTRO_SECRET}],
+                         clients=clients_for(CLIENT) + [{"client_id": INTRO_CLIENT, "client_secret": INTRO_SECRET},
+                                                        {"client_id": OTHER_CLIENT, "client_secret": OTHER_SECRET}],
                          idp_env={"IDP_OPAQUE": "1", "IDP_INTROSPECTION_DELAY_MS": str(DELAY_MS)},
-                         clusters=[self.broken.port, self.closed], env={INTRO_ENV: INTRO_SECRET},
+                         clusters=[self.broken.port, self.closed], env={INTRO_ENV: INTRO_SECRET, OTHER_ENV: OTHER_SECRET},
                          sections={"claimToHeaders": [{"claim": "client_id", "header": "x-client-id"}]}, **kw)
 
     def configure(self, name):
+        endpoint = f"{self.mcp_as.issuer}/token/introspection"
+        if name == "rules":
+            # /other is another resource, introspected with its own client;
+            # everything else inherits the top-level section.
+            cfg = self.config(oidc={"introspection": introspection(endpoint)})
+            cfg["rules"] = [{"match": {"pathPrefix": "/other"}, "oidc": {
+                "audience": "some-other-api", "requiredScopes": [MCP_SCOPE],
+                "introspection": introspection(endpoint, OTHER_CLIENT, OTHER_ENV)}}]
+            return cfg
         url = {
-            "main": f"{self.mcp_as.issuer}/token/introspection",
+            "main": endpoint,
             "garbage": f"{self.broken.origin}/garbage",
             "down": f"http://127.0.0.1:{self.closed}/token/introspection",
             "hang": f"{self.broken.origin}/hang",
@@ -181,6 +197,24 @@ def test_an_endpoint_that_fails_gives_503_within_the_callout_timeout(opaque, lis
     log = opaque.envoy.proc.text()
     assert "token introspection unavailable" in log
     assert token not in log
+
+
+def test_each_resource_checks_its_own_audience_with_its_own_client(opaque):
+    other = opaque.token(resource="urn:test:other")  # aud some-other-api
+    mine = opaque.token()
+    before = opaque.introspections()
+    by_client = opaque.mcp_as.stats()["introspection_by_client"]
+    assert opaque.get("rules", token=other, path="/other")[0] == 200
+    assert opaque.get("rules", token=other, path="/mcp")[0] == 401, "not for this resource"
+    assert opaque.get("rules", token=mine, path="/mcp")[0] == 200
+    assert opaque.get("rules", token=mine, path="/other")[0] == 401
+    assert opaque.introspections() - before == 4, "a token checked for one resource is not taken for another"
+    after = opaque.mcp_as.stats()["introspection_by_client"]
+    assert after.get(OTHER_CLIENT, 0) - by_client.get(OTHER_CLIENT, 0) == 2, "the rule's own client"
+    assert after.get(INTRO_CLIENT, 0) - by_client.get(INTRO_CLIENT, 0) == 2
+    assert opaque.get("rules", token=other, path="/other")[0] == 200
+    assert opaque.get("rules", token=other, path="/mcp")[0] == 401
+    assert opaque.introspections() - before == 4, "each answer cached under its own resource"
 
 
 def test_an_opaque_token_is_exchanged_end_to_end(cleanup):
