@@ -38,6 +38,12 @@ pub mod fuzzing {
     pub use crate::request::Filter;
     pub use crate::token::bearer::{extract, Bearer};
     pub use crate::token::verify::{Failure, Principal, Reject, Verifier};
+
+    /// RFC 7662 answers: the callout's reading and the checks.
+    pub mod introspection {
+        pub use crate::request::introspection::call::read;
+        pub use crate::token::introspection::{check, Answer, Expect};
+    }
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -371,6 +371,31 @@ fn main() {
     paths.push(paths::input(2 | 1 << 4, &[other_skip, admin], "/a%2F../%2"));
     paths.push(paths::input(2 | 8 | 2 << 4, &[other_skip, admin], "/MCP"));
     write("path_readings", &paths);
+
+    let active = |extra: serde_json::Value| {
+        let mut v = json!({"active": true, "sub": "alice", "client_id": "vscode", "iss": ISSUER,
+            "aud": AUDIENCE, "exp": EXP, "iat": NOW, "scope": "mcp:tools:call"});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v.to_string()
+    };
+    write(
+        "introspection_answer",
+        &[
+            high(0, "200", &active(json!({}))),
+            high(1, "200", &active(json!({"aud": [AUDIENCE, "other"]}))),
+            high(1, "200", &active(json!({"aud": null}))),
+            high(0, "200", r#"{"active":true,"client_id":"svc","exp":4102444800}"#),
+            high(0, "200", &active(json!({"exp": NOW - 61}))),
+            high(0, "200", &active(json!({"iss": "https://evil.example"}))),
+            high(0, "200", r#"{"active":false}"#),
+            high(0, "200", r#"{"active":true,"active":true}"#),
+            high(0, "401", r#"{"error":"invalid_client"}"#),
+            high(2, "", ""),
+            high(4, "200", &active(json!({}))),
+        ],
+    );
 }
 
 fn base64_url(b: &[u8]) -> String {

@@ -151,6 +151,7 @@ mod forward;
 mod gate;
 mod key_waiters;
 mod metadata;
+mod opaque_tokens;
 mod providers;
 mod resources;
 mod rules;
