@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut exchanges: Vec<_> = config.token_exchange.iter().collect();
     for rule in &config.rules {
-        if let RuleAction::Apply { oidc, exchange } = &rule.action {
+        if let RuleAction::Apply { oidc, exchange, .. } = &rule.action {
             let _ = Verifier::new(oidc);
             if let RuleExchange::Replace(te) = exchange {
                 exchanges.push(te);

@@ -36,7 +36,8 @@ pub struct ClaimHeader {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mcp {
-    /// The MCP endpoint's path, where `tools/call` bodies are read.
+    /// The MCP endpoint's path, where `tools/call` bodies are read (for
+    /// the policy the section belongs to).
     pub path: String,
     /// Tool name -> scopes its `tools/call` needs, besides the route's.
     pub tool_scopes: Vec<(String, Vec<String>)>,
@@ -123,43 +124,87 @@ pub fn claim_headers(raw: Vec<RawClaimHeader>) -> Result<Vec<ClaimHeader>, Confi
     Ok(out)
 }
 
-pub fn mcp(raw: Option<RawMcp>, resource: Option<&Resource>) -> Result<Option<Mcp>, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(None);
+/// An `mcp` section's keys, each checked where it is written. A rule's
+/// are merged over the top-level ones (`over`), then the path's default
+/// is filled in from the section's resource (`resolve`).
+#[derive(Debug, Clone, Default)]
+pub struct McpKeys {
+    path: Option<String>,
+    tool_scopes: Option<Vec<(String, Vec<String>)>>,
+    max_body_bytes: Option<usize>,
+}
+
+/// Checks the keys of an `mcp` section written at `at` (`mcp`, `rules[1].mcp`).
+pub fn mcp_keys(raw: RawMcp, at: &str) -> Result<McpKeys, ConfigError> {
+    if let Some(p) = &raw.path {
+        plain_path(&format!("{at}.path"), p)?;
+    }
+    let tool_scopes = match raw.tool_scopes {
+        None => None,
+        Some(map) => {
+            let mut tools = Vec::new();
+            for (tool, scopes) in map {
+                let at = format!("{at}.toolScopes.{tool}");
+                non_empty(&at, &tool)?;
+                if scopes.is_empty() {
+                    return Err(ConfigError::new(at, "lists no scopes; list them or remove the tool"));
+                }
+                scope_list(&at, &scopes)?;
+                tools.push((tool, scopes));
+            }
+            Some(tools)
+        }
     };
-    let path = match (raw.path, resource) {
-        (Some(p), _) => p,
-        (None, Some(r)) => url::Url::parse(&r.url)
-            .map(|u| u.path().to_string())
-            .unwrap_or_default(),
-        (None, None) => {
+    let max_body_bytes = match raw.max_body_bytes {
+        None => None,
+        Some(n) if (1..=MAX_MAX_BODY_BYTES).contains(&n) => Some(n as usize),
+        Some(n) => {
             return Err(ConfigError::new(
-                "mcp.path",
-                "is required without oidc.resourceUrl: the MCP endpoint's path, e.g. /mcp",
+                format!("{at}.maxBodyBytes"),
+                format!("must be between 1 and {MAX_MAX_BODY_BYTES}, got {n}"),
             ))
         }
     };
-    plain_path("mcp.path", &path)?;
-    let mut tool_scopes = Vec::new();
-    for (tool, scopes) in raw.tool_scopes {
-        let at = format!("mcp.toolScopes.{tool}");
-        non_empty(&at, &tool)?;
-        if scopes.is_empty() {
-            return Err(ConfigError::new(at, "lists no scopes; list them or remove the tool"));
-        }
-        scope_list(&at, &scopes)?;
-        tool_scopes.push((tool, scopes));
-    }
-    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-    if !(1..=MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
-        return Err(ConfigError::new(
-            "mcp.maxBodyBytes",
-            format!("must be between 1 and {MAX_MAX_BODY_BYTES}, got {max_body_bytes}"),
-        ));
-    }
-    Ok(Some(Mcp {
-        path,
+    Ok(McpKeys {
+        path: raw.path,
         tool_scopes,
-        max_body_bytes: max_body_bytes as usize,
-    }))
+        max_body_bytes,
+    })
+}
+
+impl McpKeys {
+    /// `self`'s keys over `base`'s, key by key (a tool map replaces the
+    /// other whole), but the path: a rule's endpoint is its own resource's
+    /// unless it names one, never the top-level one, which its requests
+    /// would not reach.
+    pub fn over(self, base: Option<&McpKeys>) -> McpKeys {
+        let b = base.cloned().unwrap_or_default();
+        McpKeys {
+            path: self.path,
+            tool_scopes: self.tool_scopes.or(b.tool_scopes),
+            max_body_bytes: self.max_body_bytes.or(b.max_body_bytes),
+        }
+    }
+
+    /// The section in force: its path defaults to `resource`'s.
+    pub fn resolve(self, at: &str, resource: Option<&Resource>) -> Result<Mcp, ConfigError> {
+        let path = match (self.path, resource) {
+            (Some(p), _) => p,
+            (None, Some(r)) => url::Url::parse(&r.url)
+                .map(|u| u.path().to_string())
+                .unwrap_or_default(),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    format!("{at}.path"),
+                    "is required without oidc.resourceUrl: the MCP endpoint's path, e.g. /mcp",
+                ))
+            }
+        };
+        plain_path(&format!("{at}.path"), &path)?;
+        Ok(Mcp {
+            path,
+            tool_scopes: self.tool_scopes.unwrap_or_default(),
+            max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES as usize),
+        })
+    }
 }

@@ -54,6 +54,8 @@ pub struct Config {
     /// One JSON line per decision.
     pub audit: bool,
     pub claim_to_headers: Vec<ClaimHeader>,
+    /// The tool gate of the top-level policy and of every rule without an
+    /// `mcp` of its own.
     pub mcp: Option<Mcp>,
     /// Every protected resource's RFC 9728 document.
     pub metadata: Vec<Metadata>,
@@ -126,12 +128,17 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         .map(|t| exchange::token_exchange(t, "tokenExchange", allow_http, env))
         .transpose()?;
     let cache = exchange::cache(raw.cache)?;
-    let rules = rules::rules(raw.rules, &top, env)?;
+    let top_mcp = raw.mcp.map(|m| edge::mcp_keys(m, "mcp")).transpose()?;
+    let base = rules::Base {
+        oidc: &top,
+        mcp: top_mcp.as_ref(),
+    };
+    let rules = rules::rules(raw.rules, &base, env)?;
     let metadata = metadata::documents(sections(oidc.as_ref(), &rules))?;
     let cors = edge::cors(raw.cors)?;
     let claim_to_headers = edge::claim_headers(raw.claim_to_headers)?;
     let first_resource = sections(oidc.as_ref(), &rules).find_map(|(_, o)| o.resource.as_ref());
-    let mcp = edge::mcp(raw.mcp, first_resource)?;
+    let mcp = top_mcp.map(|k| k.resolve("mcp", first_resource)).transpose()?;
 
     Ok(Config {
         token_exchange,

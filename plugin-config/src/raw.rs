@@ -43,10 +43,10 @@ pub struct RawClaimHeader {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawMcp {
-    /// Tool name -> scopes a `tools/call` of it needs.
-    #[serde(default)]
-    pub tool_scopes: std::collections::BTreeMap<String, Vec<String>>,
-    /// Default: the path of oidc.resourceUrl.
+    /// Tool name -> scopes a `tools/call` of it needs; a rule's replaces
+    /// the top-level map whole.
+    pub tool_scopes: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Default: the path of oidc.resourceUrl (a rule's: of its own).
     pub path: Option<String>,
     #[serde(default, deserialize_with = "number::opt_u64")]
     pub max_body_bytes: Option<u64>,
@@ -246,6 +246,8 @@ pub struct RawRule {
     /// Absent: the top-level `tokenExchange`; `null`: validate only.
     #[serde(default, deserialize_with = "present")]
     pub token_exchange: Option<Option<RawTokenExchange>>,
+    /// Merged over the top-level `mcp`.
+    pub mcp: Option<RawMcp>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,11 +2,12 @@
 //! first rule whose `match` fits a request decides; a request no rule
 //! matches gets the top-level sections.
 
+use crate::edge::{self, Mcp, McpKeys};
 use crate::error::ConfigError;
 use crate::exchange::{self, TokenExchange};
 use crate::field::{non_empty, plain_path, scope_list};
 use crate::oidc::{self, Oidc};
-use crate::raw::{RawOidc, RawRule};
+use crate::raw::{RawMatch, RawMcp, RawOidc, RawRule};
 
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -33,6 +34,10 @@ pub enum Action {
         /// The rule's `oidc` merged over the top-level one, validated.
         oidc: Box<Oidc>,
         exchange: Exchange,
+        /// The rule's own tool gate: its `mcp` merged over the top-level
+        /// one, the path defaulting to its resource's. `None`: the
+        /// top-level `mcp` applies, as it does to the top-level policy.
+        mcp: Option<Mcp>,
     },
 }
 
@@ -45,9 +50,15 @@ pub enum Exchange {
     Replace(Box<TokenExchange>),
 }
 
-/// Validates `rules`; `top` is the top-level `oidc` as written (perhaps
-/// partial), which each rule's own keys are merged over.
-pub fn rules(raw: Vec<RawRule>, top: &RawOidc, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Rule>, ConfigError> {
+/// The top-level sections a rule's own are merged over: `oidc` as written
+/// (perhaps partial), and `mcp`'s keys.
+pub struct Base<'a> {
+    pub oidc: &'a RawOidc,
+    pub mcp: Option<&'a McpKeys>,
+}
+
+/// Validates `rules`, each merged over `top`.
+pub fn rules(raw: Vec<RawRule>, top: &Base, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Rule>, ConfigError> {
     raw.into_iter()
         .enumerate()
         .map(|(i, r)| rule(r, &format!("rules[{i}]"), top, env))
@@ -59,24 +70,8 @@ pub fn matches_everything(raw: &RawRule) -> bool {
     raw.matcher.hosts.is_none() && raw.matcher.path_prefix.is_none()
 }
 
-fn rule(raw: RawRule, at: &str, top: &RawOidc, env: &dyn Fn(&str) -> Option<String>) -> Result<Rule, ConfigError> {
-    let mut matcher = Match::default();
-    if let Some(hosts) = &raw.matcher.hosts {
-        if hosts.is_empty() {
-            return Err(ConfigError::new(
-                format!("{at}.match.hosts"),
-                "is empty, so the rule matches nothing; list hosts or remove the key",
-            ));
-        }
-        for (i, h) in hosts.iter().enumerate() {
-            matcher.hosts.push(host_pattern(&format!("{at}.match.hosts[{i}]"), h)?);
-        }
-    }
-    if let Some(p) = raw.matcher.path_prefix.clone() {
-        plain_path(&format!("{at}.match.pathPrefix"), &p)?;
-        matcher.path_prefix = Some(p);
-    }
-
+fn rule(raw: RawRule, at: &str, top: &Base, env: &dyn Fn(&str) -> Option<String>) -> Result<Rule, ConfigError> {
+    let matcher = matcher(&raw.matcher, at)?;
     let action = if raw.skip {
         if raw.required_scopes.is_some() || raw.token_exchange.is_some() || raw.oidc.is_some() {
             return Err(ConfigError::new(
@@ -85,15 +80,21 @@ fn rule(raw: RawRule, at: &str, top: &RawOidc, env: &dyn Fn(&str) -> Option<Stri
                  tokenExchange, or remove skip",
             ));
         }
-        Action::Skip
-    } else {
-        if raw.required_scopes.is_none() && raw.token_exchange.is_none() && raw.oidc.is_none() {
+        if raw.mcp.is_some() {
             return Err(ConfigError::new(
-                at,
-                "changes nothing; give it skip: true, oidc, requiredScopes, or tokenExchange (null to validate only)",
+                format!("{at}.mcp"),
+                "a skipped route's bodies are never read, so it has no tool gate; remove mcp, or remove skip",
             ));
         }
-        let oidc = merged_oidc(&raw, at, top, env)?;
+        Action::Skip
+    } else {
+        if raw.required_scopes.is_none() && raw.token_exchange.is_none() && raw.oidc.is_none() && raw.mcp.is_none() {
+            return Err(ConfigError::new(
+                at,
+                "changes nothing; give it skip: true, oidc, requiredScopes, mcp, or tokenExchange (null to validate only)",
+            ));
+        }
+        let oidc = merged_oidc(&raw, at, top.oidc, env)?;
         let exchange = match raw.token_exchange {
             None => Exchange::Default,
             Some(None) => Exchange::None,
@@ -104,12 +105,44 @@ fn rule(raw: RawRule, at: &str, top: &RawOidc, env: &dyn Fn(&str) -> Option<Stri
                 env,
             )?)),
         };
+        let mcp = raw
+            .mcp
+            .map(|m| rule_mcp(m, &format!("{at}.mcp"), top.mcp, &oidc, &matcher))
+            .transpose()?;
         Action::Apply {
             oidc: Box::new(oidc),
             exchange,
+            mcp,
         }
     };
     Ok(Rule { matcher, action })
+}
+
+fn matcher(raw: &RawMatch, at: &str) -> Result<Match, ConfigError> {
+    let mut matcher = Match::default();
+    if let Some(hosts) = &raw.hosts {
+        if hosts.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.match.hosts"),
+                "is empty, so the rule matches nothing; list hosts or remove the key",
+            ));
+        }
+        for (i, h) in hosts.iter().enumerate() {
+            matcher.hosts.push(host_pattern(&format!("{at}.match.hosts[{i}]"), h)?);
+        }
+    }
+    if let Some(p) = raw.path_prefix.clone() {
+        plain_path(&format!("{at}.match.pathPrefix"), &p)?;
+        matcher.path_prefix = Some(p);
+    }
+    Ok(matcher)
+}
+
+/// The rule's `mcp` over the top-level one, its path defaulting to its resource's.
+fn rule_mcp(raw: RawMcp, at: &str, top: Option<&McpKeys>, oidc: &Oidc, matcher: &Match) -> Result<Mcp, ConfigError> {
+    let mcp = edge::mcp_keys(raw, at)?.over(top).resolve(at, oidc.resource.as_ref())?;
+    within_prefix(&mcp, matcher, at)?;
+    Ok(mcp)
 }
 
 /// The rule's `oidc` (with `requiredScopes`, its alias) over the top-level one.
@@ -131,6 +164,25 @@ fn merged_oidc(
         own.required_scopes = Some(s.clone());
     }
     oidc::oidc(own.over(top), &format!("{at}.oidc"), env)
+}
+
+/// A rule's gate must be at a path the rule matches: one outside its
+/// `pathPrefix` would never be judged, and its tools never gated.
+fn within_prefix(mcp: &Mcp, matcher: &Match, at: &str) -> Result<(), ConfigError> {
+    let Some(prefix) = &matcher.path_prefix else {
+        return Ok(());
+    };
+    let path = mcp.path.as_str();
+    if mcp.tool_scopes.is_empty() || path.starts_with(prefix.as_str()) || prefix.strip_suffix('/') == Some(path) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        format!("{at}.path"),
+        format!(
+            "{path} (given, or oidc.resourceUrl's path) is outside the rule's match.pathPrefix {prefix}, so its \
+             tool calls would never be judged; set mcp.path under {prefix}"
+        ),
+    ))
 }
 
 /// `host`, `*.suffix` (one or more labels) or `*`, optionally with `:port`;

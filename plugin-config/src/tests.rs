@@ -520,6 +520,7 @@ fn rules_parse_in_order_with_their_actions() {
         RuleAction::Apply {
             oidc,
             exchange: RuleExchange::Replace(t),
+            ..
         } => {
             assert_eq!(
                 oidc.required_scopes,
@@ -537,6 +538,7 @@ fn rules_parse_in_order_with_their_actions() {
         RuleAction::Apply {
             oidc,
             exchange: RuleExchange::Default,
+            ..
         } => assert_eq!(oidc.required_scopes, vec!["admin".to_string()]),
         other => panic!("{other:?}"),
     }
@@ -1228,3 +1230,5 @@ fn one_resource_one_issuer_and_one_place_per_document() {
     assert_eq!(c.metadata.len(), 1);
     assert_eq!(c.metadata[0].scopes_supported, vec!["repo:read", "repo:write"]);
 }
+
+mod mcp;

@@ -1,8 +1,10 @@
-//! Scopes per tool (`mcp.toolScopes`): a `tools/call` of a listed tool needs
-//! its scopes as well as the route's. The JSON-RPC body is read only for a
-//! POST to the MCP endpoint with the map configured (`request::path` decides
-//! which paths are the endpoint, over all their readings), and only up to
-//! `mcp.maxBodyBytes`; a batch is judged by its strictest member.
+//! Scopes per tool (`mcp.toolScopes`, top-level or a rule's): a `tools/call`
+//! of a listed tool needs its scopes as well as the route's. Each policy
+//! has its own (`request::policy`). The JSON-RPC body is read only for a
+//! POST to the policy's MCP endpoint with the map configured
+//! (`request::path` decides which paths are the endpoint, over all their
+//! readings), and only up to `mcp.maxBodyBytes`; a batch is judged by its
+//! strictest member.
 
 use plugin_config::Mcp;
 use serde_json::Value;

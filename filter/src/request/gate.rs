@@ -1,5 +1,6 @@
-//! The body gate: a POST to the MCP endpoint may call a tool that needs
-//! scopes of its own (`mcp.toolScopes`), so its body must be judged. Envoy
+//! The body gate: a POST to a policy's MCP endpoint may call a tool that
+//! needs scopes of its own (its `mcp.toolScopes`), so its body must be
+//! judged, by that policy's tools. Envoy
 //! delivers a body to a proxy-wasm filter only after its headers went on,
 //! so the headers (with the exchanged token) reach the upstream first; the
 //! body, which is the call, is held until it is judged, and a refusal
@@ -12,18 +13,17 @@ use crate::edge::challenge::{self, Denial};
 use crate::edge::tools::{BodyError, Tools};
 use crate::host::Host;
 use crate::request::outcome::{Passed, Who};
-use crate::request::policy::Policies;
+use crate::request::policy::{Policies, PolicyId};
 use crate::support::logsafe::excerpt;
-use plugin_config::Mcp;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// A gated request, by context id.
+/// A gated request, by context id, with its policy's tools.
 enum Held {
     /// Its headers are still being decided.
-    Open,
+    Open(Rc<Tools>),
     /// Its headers went on; its body decides.
-    Passed(Passed),
+    Passed(Passed, Rc<Tools>),
 }
 
 /// What the gate makes of body data.
@@ -39,41 +39,38 @@ pub enum Body {
 
 pub struct Gate {
     policies: Rc<Policies>,
-    /// `None` without `mcp.toolScopes`: nothing is ever gated.
-    tools: Option<Tools>,
+    /// Whether any policy has tool scopes; without, nothing is ever gated.
+    any: bool,
     held: HashMap<u32, Held>,
 }
 
 impl Gate {
-    pub fn new(policies: Rc<Policies>, mcp: Option<&Mcp>) -> Gate {
+    pub fn new(policies: Rc<Policies>) -> Gate {
         Gate {
+            any: policies.gates().is_some(),
             policies,
-            tools: mcp.and_then(Tools::new),
             held: HashMap::new(),
         }
     }
 
-    /// The MCP endpoint, whose POSTs have their body judged; `None`
-    /// without tool scopes.
-    pub fn endpoint(&self) -> Option<&str> {
-        self.tools.as_ref().map(Tools::endpoint)
-    }
-
-    /// Gates the current request: its body will be judged.
-    pub fn open(&mut self, ctx: u32) {
-        self.held.insert(ctx, Held::Open);
+    /// Gates the current request, of `policy`: its body will be judged by
+    /// the policy's tools.
+    pub fn open(&mut self, ctx: u32, policy: PolicyId) {
+        if let Some(tools) = &self.policies.policy(policy).tools {
+            self.held.insert(ctx, Held::Open(Rc::clone(tools)));
+        }
     }
 
     /// The request `ctx` passed at its headers. A gated one is held for its
     /// body (`None`); any other is handed back, decided.
     pub fn hold(&mut self, ctx: u32, passed: Passed) -> Option<Passed> {
         // Gates exist only with tool scopes: no map lookup on the hot path otherwise.
-        if self.tools.is_none() {
+        if !self.any {
             return Some(passed);
         }
-        match self.held.get_mut(&ctx) {
-            Some(held) => {
-                *held = Held::Passed(passed);
+        match self.held.remove(&ctx) {
+            Some(Held::Open(tools) | Held::Passed(_, tools)) => {
+                self.held.insert(ctx, Held::Passed(passed, tools));
                 None
             }
             None => Some(passed),
@@ -82,7 +79,7 @@ impl Gate {
 
     /// The request `ctx` was refused: nothing left to judge.
     pub fn close(&mut self, ctx: u32) {
-        if self.tools.is_some() {
+        if self.any {
             self.held.remove(&ctx);
         }
     }
@@ -91,20 +88,21 @@ impl Gate {
     /// judged, its decision is handed back to be recorded.
     pub fn leave(&mut self, ctx: u32) -> Option<Passed> {
         match self.held.remove(&ctx)? {
-            Held::Passed(p) => Some(p),
-            Held::Open => None,
+            Held::Passed(p, _) => Some(p),
+            Held::Open(_) => None,
         }
     }
 
     /// Body data of the current request, `size` bytes so far.
     pub fn judge(&mut self, host: &dyn Host, size: usize, end_of_stream: bool) -> Body {
         let ctx = host.context_id();
-        let Some(tools) = self.tools.as_ref() else {
-            return Body::NotHeld;
-        };
-        if !self.held.contains_key(&ctx) {
+        if !self.any {
             return Body::NotHeld;
         }
+        let tools = match self.held.get(&ctx) {
+            Some(Held::Open(t) | Held::Passed(_, t)) => Rc::clone(t),
+            None => return Body::NotHeld,
+        };
         let needed = if size > tools.max_body_bytes {
             Err(BodyError::TooLarge)
         } else if !end_of_stream {
@@ -120,7 +118,7 @@ impl Gate {
             }
         };
         let passed = match self.held.remove(&ctx) {
-            Some(Held::Passed(p)) => Some(p),
+            Some(Held::Passed(p, _)) => Some(p),
             _ => None,
         };
         let Some(p) = passed else {

@@ -60,7 +60,7 @@ impl Filter {
     /// key that does not fit.
     pub fn new(config: &Config, plugin_name: &str) -> Result<Filter, ConfigError> {
         let policies = Rc::new(Policies::new(config)?);
-        let gate = Gate::new(Rc::clone(&policies), config.mcp.as_ref());
+        let gate = Gate::new(Rc::clone(&policies));
         let validation = Validation::new(Rc::clone(&policies), config.claim_to_headers.clone(), plugin_name);
         let introspection = Introspection::new(
             Rc::clone(&policies),
@@ -75,7 +75,7 @@ impl Filter {
             config.cache.expiry_skew_seconds.saturating_mul(1000),
         );
         Ok(Filter {
-            select: Select::new(Rc::clone(&policies), &config.metadata, gate.endpoint()),
+            select: Select::new(Rc::clone(&policies), &config.metadata),
             effects: Effects::new(policies, config),
             validation,
             introspection,
@@ -158,7 +158,7 @@ impl Plugin for Filter {
             Err(outcome) => return self.effects.apply(host, outcome, &mut self.gate, When::Inline),
         };
         if route.gated {
-            self.gate.open(host.context_id());
+            self.gate.open(host.context_id(), route.policy);
         }
         let validated = match self.introspection.takes(&token, route.policy) {
             true => self

@@ -2,16 +2,18 @@
 //! (immutable) by every phase: the policies (their `oidc`: issuer,
 //! audiences, scopes, resource; and their exchange target), the verifiers
 //! and issuers the policies share, the exchange targets, the introspection
-//! endpoints, and the rules that
+//! endpoints, the tool gates, and the rules that
 //! pick a policy. Ids are made only here, so an id always names an entry.
 
 use crate::edge::challenge::Challenges;
+use crate::edge::tools::Tools;
 use crate::exchange::Exchanger;
 use crate::request::introspection::call::Introspector;
-use crate::request::path::{self, Refusal};
+use crate::request::path::{self, Gates, Refusal};
 use crate::request::routes::{HostRules, Route, Routes};
 use crate::token::verify::Verifier;
-use plugin_config::{Config, ConfigError, KeySource, Oidc, RuleAction, RuleExchange, TokenExchange};
+use plugin_config::{Config, ConfigError, KeySource, Mcp, Oidc, RuleAction, RuleExchange, TokenExchange};
+use std::rc::Rc;
 
 /// A policy of the table: the default (top-level sections) or a rule's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +62,9 @@ pub struct Policy {
     pub challenges: Challenges,
     /// The protected resource, for the audit line.
     pub resource: Option<String>,
+    /// Its MCP endpoint and the scopes its tools need; `None` without tool
+    /// scopes. Shared by the policies whose `mcp` is the top-level one.
+    pub tools: Option<Rc<Tools>>,
 }
 
 /// Which policy a request gets.
@@ -84,6 +89,8 @@ pub struct Policies {
     issuers: Vec<Oidc>,
     introspectors: Vec<Introspector>,
     routes: Routes,
+    /// Whether any policy has a tool gate.
+    gated: bool,
 }
 
 impl Policies {
@@ -98,31 +105,38 @@ impl Policies {
             issuers: Vec::new(),
             introspectors: Vec::new(),
             routes: Routes::new(Vec::new()),
+            gated: false,
         };
+        let top_tools = tools(config.mcp.as_ref());
         let default_target = config
             .token_exchange
             .as_ref()
             .map(|t| table.add_target(t))
             .transpose()?;
         if let Some(oidc) = &config.oidc {
-            table.default = Some(table.add_policy(oidc, default_target)?);
+            table.default = Some(table.add_policy(oidc, default_target, top_tools.clone())?);
         }
         let mut rules = Vec::new();
         for rule in &config.rules {
             let route = match &rule.action {
                 RuleAction::Skip => Route::Skip,
-                RuleAction::Apply { oidc, exchange } => {
+                RuleAction::Apply { oidc, exchange, mcp } => {
                     let target = match exchange {
                         RuleExchange::Default => default_target,
                         RuleExchange::None => None,
                         RuleExchange::Replace(t) => Some(table.add_target(t)?),
                     };
-                    Route::Policy(table.add_policy(oidc, target)?.0)
+                    let tools = match mcp {
+                        None => top_tools.clone(),
+                        Some(own) => tools(Some(own)),
+                    };
+                    Route::Policy(table.add_policy(oidc, target, tools)?.0)
                 }
             };
             rules.push((rule.matcher.clone(), route));
         }
         table.routes = Routes::new(rules);
+        table.gated = table.policies.iter().any(|p| p.tools.is_some());
         Ok(table)
     }
 
@@ -132,7 +146,12 @@ impl Policies {
     }
 
     /// Fails only on an introspection client key that does not fit.
-    fn add_policy(&mut self, oidc: &Oidc, target: Option<TargetId>) -> Result<PolicyId, ConfigError> {
+    fn add_policy(
+        &mut self,
+        oidc: &Oidc,
+        target: Option<TargetId>,
+        tools: Option<Rc<Tools>>,
+    ) -> Result<PolicyId, ConfigError> {
         let issuer = match self.issuers.iter().position(|o| same_keys(o, oidc)) {
             Some(i) => IssuerId(i),
             None => {
@@ -163,6 +182,7 @@ impl Policies {
             introspector,
             challenges: Challenges::new(oidc),
             resource: oidc.resource.as_ref().map(|r| r.url.clone()),
+            tools,
         });
         Ok(PolicyId(self.policies.len() - 1))
     }
@@ -212,12 +232,22 @@ impl Policies {
         &self.routes
     }
 
+    /// The tool gates, when any policy has one.
+    pub fn gates(&self) -> Option<&dyn Gates> {
+        self.gated.then_some(self as &dyn Gates)
+    }
+
     /// The policy for a request whose host's rules are `rules`, at `path`,
     /// judged on every reading of the path (`request::path`), and whether
-    /// its body is gated; `gate` is the MCP endpoint when the request is a
-    /// POST with a body and tools have scopes.
-    pub fn select(&self, rules: &HostRules, path: &str, gate: Option<&str>) -> Result<(Selection, bool), Refusal> {
-        let target = path::target(rules, path, gate)?;
+    /// its body is gated; `gates` (`Policies::gates`) when the request is a
+    /// POST with a body.
+    pub fn select(
+        &self,
+        rules: &HostRules,
+        path: &str,
+        gates: Option<&dyn Gates>,
+    ) -> Result<(Selection, bool), Refusal> {
+        let target = path::target(rules, path, gates)?;
         let selection = match target.route {
             Some(Route::Skip) => Selection::Skip,
             Some(Route::Policy(n)) => Selection::Policy(PolicyId(n)),
@@ -225,6 +255,22 @@ impl Policies {
         };
         Ok((selection, target.gated))
     }
+}
+
+impl Gates for Policies {
+    fn endpoint(&self, route: Option<Route>) -> Option<&str> {
+        let id = match route {
+            Some(Route::Policy(n)) => PolicyId(n),
+            Some(Route::Skip) => return None,
+            None => self.default?,
+        };
+        self.policy(id).tools.as_deref().map(Tools::endpoint)
+    }
+}
+
+/// A section's tool gate, built once: `None` without tool scopes.
+fn tools(mcp: Option<&Mcp>) -> Option<Rc<Tools>> {
+    mcp.and_then(Tools::new).map(Rc::new)
 }
 
 /// Whether two sections name the same keys: one issuer, found the same way.

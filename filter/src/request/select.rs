@@ -25,23 +25,20 @@ pub struct Route {
 pub struct Select {
     policies: Rc<Policies>,
     documents: Documents,
-    /// The MCP endpoint, with tool scopes: the gate looks at the path too.
-    gate: Option<String>,
 }
 
 impl Select {
-    pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata], gate: Option<&str>) -> Select {
+    pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata]) -> Select {
         Select {
             policies,
             documents: Documents::new(metadata),
-            gate: gate.map(String::from),
         }
     }
 
     /// The current request's route, or what to do with it instead;
     /// `body_follows` unless its headers end it. `:authority` is read when
-    /// a rule looks at hosts, `:path` when a document, a rule or the gate
-    /// may need it for this host.
+    /// a rule looks at hosts, `:path` when a document, a rule or the tool
+    /// gate of this host's policy may need it.
     pub fn route(&self, host: &dyn Host, body_follows: bool) -> Result<Route, Outcome> {
         let routes = self.policies.routes();
         let authority = if routes.by_host() {
@@ -50,9 +47,9 @@ impl Select {
             None
         };
         let rules = routes.for_host(authority.as_deref().unwrap_or_default());
-        // A POST with a body to the MCP endpoint may call a tool with scopes.
-        let gate = self.gate.as_deref().filter(|_| body_follows && is_post(host));
-        let path = if self.documents.may_serve(authority.as_deref()) || path::needs_path(&rules, gate) {
+        // A POST with a body to a policy's MCP endpoint may call a tool with scopes.
+        let gates = self.policies.gates().filter(|_| body_follows && is_post(host));
+        let path = if self.documents.may_serve(authority.as_deref()) || path::needs_path(&rules, gates) {
             host.request_header(":path").unwrap_or_default()
         } else {
             String::new()
@@ -71,7 +68,7 @@ impl Select {
                 return Err(Outcome::Answer(reply));
             }
         }
-        match self.policies.select(&rules, &path, gate) {
+        match self.policies.select(&rules, &path, gates) {
             Ok((Selection::Policy(policy), gated)) => Ok(Route { policy, gated }),
             Ok((Selection::Skip, _)) => Err(Outcome::Pass(Unjudged::SkipRoute)),
             Ok((Selection::Nothing, _)) => {

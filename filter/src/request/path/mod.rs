@@ -1,13 +1,15 @@
 //! What a request's path decides, judged on every reading of it
 //! (`reading`): the route (`request::routes`), and whether the body is read
-//! for the tool gate (`edge::tools`). The rule: **when any common reading of
+//! for the tool gate of the policy that route selects (`edge::tools`; each
+//! policy may have its own endpoint). The rule: **when any common reading of
 //! a path would be decided differently from its exact text, the request is
 //! refused with 400; otherwise it gets the decision all readings agree on.**
 //! Paths are read for matching only: the upstream gets the path as it came.
 //!
 //! Only a path that can change the decision is read: a host whose first
 //! matching rule takes any path is decided without it (`%2F` and all),
-//! unless its route is a policy and the request a POST the gate may judge.
+//! unless its route is a policy with a tool gate and the request a POST
+//! the gate may judge.
 
 pub mod reading;
 
@@ -45,18 +47,35 @@ impl Refusal {
     }
 }
 
+/// The tool gates: where each route's MCP endpoint is, if its policy has
+/// tools with scopes. Given only for a request the gate may judge (a POST
+/// with a body).
+pub trait Gates {
+    /// The endpoint of the policy `route` selects (`None`: the top-level
+    /// policy); never asked about a skip.
+    fn endpoint(&self, route: Option<Route>) -> Option<&str>;
+}
+
+/// The endpoint a reading is judged against: its route's, unless skipped.
+fn endpoint(gates: Option<&dyn Gates>, route: Option<Route>) -> Option<&str> {
+    match (gates, route) {
+        (Some(g), route) if route != Some(Route::Skip) => g.endpoint(route),
+        _ => None,
+    }
+}
+
 /// Whether the path can change the decision: a rule for the host looks at
-/// it, or the request's route is a policy and the gate may judge its body.
-pub fn needs_path(rules: &HostRules, gate: Option<&str>) -> bool {
-    rules.path_decides() || (gate.is_some() && rules.select(|_| false) != Some(Route::Skip))
+/// it, or the request's route is a policy whose gate may judge its body.
+pub fn needs_path(rules: &HostRules, gates: Option<&dyn Gates>) -> bool {
+    rules.path_decides() || endpoint(gates, rules.select(|_| false)).is_some()
 }
 
 /// The decision for a request whose host's rules are `rules`, at `path`
 /// (`:path`, query included; empty when not read, which it need not be
-/// where `needs_path` says no). `gate` is the MCP endpoint when the request
-/// is a POST with a body and tools have scopes.
-pub fn target(rules: &HostRules, path: &str, gate: Option<&str>) -> Result<Target, Refusal> {
-    if !needs_path(rules, gate) {
+/// where `needs_path` says no). `gates` when the request is a POST with a
+/// body: a reading is gated when it is the endpoint of the policy it selects.
+pub fn target(rules: &HostRules, path: &str, gates: Option<&dyn Gates>) -> Result<Target, Refusal> {
+    if !needs_path(rules, gates) {
         return Ok(Target {
             route: rules.select(|_| false),
             gated: false,
@@ -69,7 +88,7 @@ pub fn target(rules: &HostRules, path: &str, gate: Option<&str>) -> Result<Targe
         let route = rules.select(|prefix| r.starts_with(prefix));
         Target {
             route,
-            gated: route != Some(Route::Skip) && gate.is_some_and(|endpoint| r.is(endpoint)),
+            gated: endpoint(gates, route).is_some_and(|e| r.is(e)),
         }
     };
     let exact = decide(&Reading::exact(path));
@@ -116,6 +135,26 @@ mod tests {
     });
 
     const AMBIGUOUS: Result<Target, Refusal> = Err(Refusal::Ambiguous);
+
+    /// One endpoint for every policy.
+    struct Everywhere(&'static str);
+
+    impl Gates for Everywhere {
+        fn endpoint(&self, _: Option<Route>) -> Option<&str> {
+            Some(self.0)
+        }
+    }
+
+    const MCP: Option<&dyn Gates> = Some(&Everywhere("/mcp"));
+
+    /// Each policy its own endpoint, or none.
+    struct PerPolicy(&'static [(Option<Route>, &'static str)]);
+
+    impl Gates for PerPolicy {
+        fn endpoint(&self, route: Option<Route>) -> Option<&str> {
+            self.0.iter().find(|(r, _)| *r == route).map(|(_, e)| *e)
+        }
+    }
     const GATED: Result<Target, Refusal> = Ok(Target {
         route: None,
         gated: true,
@@ -172,7 +211,7 @@ mod tests {
     #[test]
     fn the_gate_judges_the_endpoint_and_refuses_its_variants() {
         let routes = Routes::new(vec![]);
-        let post = |p: &str| target(&routes.for_host(""), p, Some("/mcp"));
+        let post = |p: &str| target(&routes.for_host(""), p, MCP);
         assert_eq!(post("/mcp"), GATED);
         assert_eq!(post("/mcp/?session=1"), GATED, "with or without a trailing slash");
         assert_eq!(post("/mcpx"), DEFAULT);
@@ -196,9 +235,53 @@ mod tests {
     }
 
     #[test]
+    fn each_policy_is_gated_at_its_own_endpoint() {
+        let routes = Routes::new(vec![
+            rule(&["plain.example"], None, Route::Policy(3)),
+            rule(&[], Some("/github/"), Route::Policy(1)),
+            rule(&[], Some("/jira/"), Route::Policy(2)),
+        ]);
+        let gates = PerPolicy(&[
+            (Some(Route::Policy(1)), "/github/mcp"),
+            (Some(Route::Policy(2)), "/jira/mcp"),
+        ]);
+        let post = |p: &str| target(&routes.for_host("h"), p, Some(&gates));
+        let gated = |n| {
+            Ok(Target {
+                route: Some(Route::Policy(n)),
+                gated: true,
+            })
+        };
+        assert_eq!(post("/github/mcp"), gated(1));
+        assert_eq!(post("/jira/mcp/"), gated(2));
+        assert_eq!(
+            post("/github/jira/mcp"),
+            to(Route::Policy(1)),
+            "not the route's endpoint"
+        );
+        assert_eq!(post("/jira/github/mcp"), to(Route::Policy(2)));
+        assert_eq!(post("/mcp"), DEFAULT, "the top-level policy has no gate");
+        for variant in [
+            "/github/MCP",
+            "/jira/%6Dcp",
+            "/github/../jira/mcp",
+            "/jira/x/../mcp",
+            "/github/mcp;x",
+        ] {
+            assert_eq!(post(variant), AMBIGUOUS, "{variant}");
+        }
+        // A host whose only route has no gate never has its path read.
+        assert_eq!(
+            target(&routes.for_host("plain.example"), "/MCP%zz", Some(&gates)),
+            to(Route::Policy(3))
+        );
+        assert!(!needs_path(&routes.for_host("plain.example"), Some(&gates)));
+    }
+
+    #[test]
     fn a_skipped_reading_of_the_endpoint_is_ambiguous_too() {
         let routes = Routes::new(vec![rule(&[], Some("/mcp/public"), Route::Skip)]);
-        let post = |p: &str| target(&routes.for_host(""), p, Some("/mcp"));
+        let post = |p: &str| target(&routes.for_host(""), p, MCP);
         assert_eq!(post("/mcp/public"), to(Route::Skip), "skipped: nothing to gate");
         assert_eq!(post("/mcp/Public"), AMBIGUOUS);
     }
@@ -217,7 +300,7 @@ mod tests {
                 "{p:?}"
             );
             assert_eq!(
-                target(&routes.for_host("other.example"), p, Some("/mcp")),
+                target(&routes.for_host("other.example"), p, MCP),
                 to(Route::Skip),
                 "{p:?}"
             );
@@ -228,7 +311,7 @@ mod tests {
             );
         }
         // A policy route with the gate configured still has its POSTs read.
-        assert_eq!(target(&routes.for_host("api.example"), "/MCP", Some("/mcp")), AMBIGUOUS);
+        assert_eq!(target(&routes.for_host("api.example"), "/MCP", MCP), AMBIGUOUS);
         assert_eq!(target(&routes.for_host("elsewhere"), "/Admin/", None), AMBIGUOUS);
     }
 }

@@ -155,4 +155,5 @@ mod opaque_tokens;
 mod providers;
 mod resources;
 mod rules;
+mod tool_gates;
 mod validation;
