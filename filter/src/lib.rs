@@ -33,7 +33,7 @@ pub mod fuzzing {
     pub use crate::keys::alg::Alg;
     pub use crate::keys::jwks::{max_age, KeySet};
     pub use crate::request::path::reading::Unjudgeable;
-    pub use crate::request::path::{target, Refusal, Target};
+    pub use crate::request::path::{target, Gates, Refusal, Target};
     pub use crate::request::routes::{Route, Routes};
     pub use crate::request::Filter;
     pub use crate::token::bearer::{extract, Bearer};

@@ -370,6 +370,26 @@ fn main() {
     paths.push(paths::input(1, &[admin], "/a%2"));
     paths.push(paths::input(2 | 1 << 4, &[other_skip, admin], "/a%2F../%2"));
     paths.push(paths::input(2 | 8 | 2 << 4, &[other_skip, admin], "/MCP"));
+    // Each policy its own endpoint (GATES[2]: the top-level policy /mcp,
+    // policy 1 /a/b, policy 2 /admin/mcp, policy 3 none): a reading is
+    // gated at the endpoint of the policy it selects, and a host whose
+    // only route has no gate is decided without its path.
+    let (a_1, admin_2, any_3) = (2 | 1 << 4, 4 | 2 << 4, 3 << 6 | 3 << 4);
+    for p in [
+        "/admin/mcp",
+        "/admin/mcp/",
+        "/admin/MCP",
+        "/admin/v/../mcp",
+        "/admin/../mcp",
+        "/mcp",
+        "/a/b",
+        "/A/b",
+        "/a/../admin/mcp",
+    ] {
+        paths.push(paths::input(2 | 8 | 2 << 6, &[a_1, admin_2], p));
+    }
+    paths.push(paths::input(1 | 8 | 2 << 4 | 2 << 6, &[any_3], "/a%2"));
+    paths.push(paths::input(1 | 8 | 2 << 4 | 3 << 6, &[any_3], "/a;v"));
     write("path_readings", &paths);
 
     let active = |extra: serde_json::Value| {

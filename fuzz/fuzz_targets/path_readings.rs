@@ -11,10 +11,14 @@
 //! - "tangled" needs two rewrites that change segments (or decoding and dots);
 //! - "malformed" needs a path not starting with `/` or a bad `%` escape;
 //! - a host whose first rule takes any path is decided without the path
-//!   (unless the gate may judge a policy route), whatever the path holds.
+//!   (unless that route's policy has a gate and the request may be gated),
+//!   whatever the path holds.
 //!
-//! Input: byte 0 picks the rule count, the gate, the endpoint and the
-//! authority; one byte per rule picks its prefix, action and hosts; every
+//! A reading is gated when it is the endpoint of the policy it selects:
+//! each policy has its own (`GATES`), or all share one.
+//!
+//! Input: byte 0 picks the rule count, whether the request may be gated,
+//! the policies' endpoints and the authority; one byte per rule picks its prefix, action and hosts; every
 //! further byte is one character of the path, from `ALPHABET`.
 #![no_main]
 
@@ -22,13 +26,26 @@ use libfuzzer_sys::fuzz_target;
 use plugin_config::Match;
 use std::collections::{BTreeSet, VecDeque};
 use token_exchange_filter::fuzzing::Unjudgeable;
-use token_exchange_filter::fuzzing::{target, Refusal, Target};
+use token_exchange_filter::fuzzing::{target, Gates, Refusal, Target};
 use token_exchange_filter::fuzzing::{Route, Routes};
-use token_exchange_fuzz::paths::{ALPHABET, AUTHORITIES, ENDPOINTS, PREFIXES};
+use token_exchange_fuzz::paths::{ALPHABET, AUTHORITIES, GATES, PREFIXES};
 
 /// More readings than this and the input is skipped (long, busy paths).
 const MAX_READINGS: usize = 4000;
 const MAX_PATH: usize = 20;
+
+/// Each policy's endpoint: the top-level one's, then policies 1 to 3.
+struct Endpoints([Option<&'static str>; 4]);
+
+impl Gates for Endpoints {
+    fn endpoint(&self, route: Option<Route>) -> Option<&str> {
+        match route {
+            None => self.0[0],
+            Some(Route::Policy(n)) => self.0.get(n).copied().flatten(),
+            Some(Route::Skip) => None,
+        }
+    }
+}
 
 struct Rule {
     hosts: Vec<String>,
@@ -46,7 +63,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let (rule_bytes, path_bytes) = rest.split_at(count);
     let rules: Vec<Rule> = rule_bytes.iter().map(|&b| rule(b)).collect();
-    let gate = (head & 8 != 0).then_some(ENDPOINTS[usize::from(head >> 6) % ENDPOINTS.len()]);
+    let gates = Endpoints(GATES[usize::from(head >> 6)]);
+    let gate = (head & 8 != 0).then_some(&gates);
     let authority = AUTHORITIES[usize::from(head >> 4 & 3) % AUTHORITIES.len()];
     let path: String = path_bytes
         .iter()
@@ -65,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
             })
             .collect(),
     );
-    let got = target(&routes.for_host(authority), &path, gate);
+    let got = target(&routes.for_host(authority), &path, gate.map(|g| g as &dyn Gates));
     check(&rules, authority, &path, gate, got);
 });
 
@@ -84,7 +102,7 @@ fn rule(b: u8) -> Rule {
     Rule { hosts, prefix, route }
 }
 
-fn check(rules: &[Rule], authority: &str, raw: &str, gate: Option<&str>, got: Result<Target, Refusal>) {
+fn check(rules: &[Rule], authority: &str, raw: &str, gate: Option<&Endpoints>, got: Result<Target, Refusal>) {
     let path = raw.split(['?', '#']).next().unwrap_or_default();
     let first = rules
         .iter()
@@ -93,7 +111,7 @@ fn check(rules: &[Rule], authority: &str, raw: &str, gate: Option<&str>, got: Re
         prefix: None, route, ..
     }) = first
     {
-        if gate.is_none() || *route == Route::Skip {
+        if endpoint(gate, Some(*route)).is_none() {
             let want = Target {
                 route: Some(*route),
                 gated: false,
@@ -102,7 +120,7 @@ fn check(rules: &[Rule], authority: &str, raw: &str, gate: Option<&str>, got: Re
             return;
         }
     }
-    if first.is_none() && gate.is_none() {
+    if first.is_none() && endpoint(gate, None).is_none() {
         assert_eq!(
             got,
             Ok(Target {
@@ -149,7 +167,7 @@ fn check(rules: &[Rule], authority: &str, raw: &str, gate: Option<&str>, got: Re
 
 /// The decision for one reading: first match, a prefix `/x/` covering `/x`;
 /// the endpoint with or without a trailing slash.
-fn decide(rules: &[Rule], authority: &str, gate: Option<&str>, r: &str, fold: bool) -> Target {
+fn decide(rules: &[Rule], authority: &str, gate: Option<&Endpoints>, r: &str, fold: bool) -> Target {
     let same = |a: &str, b: &str| if fold { a.eq_ignore_ascii_case(b) } else { a == b };
     let under =
         |q: &str| r.get(..q.len()).is_some_and(|h| same(h, q)) || q.strip_suffix('/').is_some_and(|q| same(r, q));
@@ -161,8 +179,13 @@ fn decide(rules: &[Rule], authority: &str, gate: Option<&str>, r: &str, fold: bo
     let is_endpoint = |e: &str| same(r, e) || same(r, &format!("{e}/"));
     Target {
         route,
-        gated: route != Some(Route::Skip) && gate.is_some_and(is_endpoint),
+        gated: endpoint(gate, route).is_some_and(is_endpoint),
     }
+}
+
+/// The endpoint of `route`'s policy, if the request may be gated.
+fn endpoint(gate: Option<&Endpoints>, route: Option<Route>) -> Option<&str> {
+    gate.and_then(|g| g.endpoint(route))
 }
 
 fn escapes_ok(path: &str) -> bool {
