@@ -12,7 +12,8 @@ shape: a partial top-level `oidc` (GitHub's issuer and keys), a rule per
 server with its own `oidc` merged over it and its own `tokenExchange`, and a
 last rule that skips everything else.
 
-Also here: the configs the filter refuses, each pushed to that gateway, and
+Also here: per-resource tool gates (each rule's own `mcp`, pushed to that
+gateway), the configs the filter refuses, each pushed to that gateway, and
 a config of 100 resources and 10 issuers.
 """
 
@@ -27,7 +28,7 @@ import pytest
 
 from constants import CLIENT, GW_CLIENT, GW_SECRET, GW_SECRET_ENV, SECRET
 from gateway import Gateway
-from harness import ISSUED_TOKENS, Backend, IdP, McpServer, decode_part, free_port, run_client, wait_for
+from harness import ISSUED_TOKENS, Backend, IdP, McpServer, call, decode_part, free_port, run_client, wait_for
 from login import login
 from stacks import clients_for, exchange_client, start_backend_as
 
@@ -46,7 +47,9 @@ def start_server(cleanup, name, port):
     audience, scopes, api, api_scope = SERVERS[name]
     resource = f"http://127.0.0.1:{port}/{name}/mcp"
     audience = audience or resource
-    mcp_as = IdP(cleanup, f"{name}-as", resources={resource: {"audience": audience, "scope": " ".join(scopes)}},
+    # The AS may also grant <server>:admin, which a gated tool needs.
+    offered = " ".join(scopes + [f"{name}:admin"])
+    mcp_as = IdP(cleanup, f"{name}-as", resources={resource: {"audience": audience, "scope": offered}},
                  clients=clients_for(CLIENT), extra_env={"IDP_INTERACTIVE": "1"}).start()
     backend_as = start_backend_as(cleanup, mcp_as, f"{name}-backend-as", audience=audience,
                                   resources={f"https://{api}.example.com/": {"audience": api, "scope": api_scope}},
@@ -233,6 +236,77 @@ def test_one_sdk_client_logs_in_to_both_servers_at_their_own_authorization_serve
             "the MCP server got exchanged tokens only"
 
 
+# --- Per-resource tool gates ----------------------------------------------------
+
+# Each server's tool that needs <server>:admin: GitHub's ping, Jira's whoami.
+GATED = {"github": "ping", "jira": "whoami"}
+
+
+def mcp_session(gw, s, tok):
+    """An MCP session at `s`'s endpoint through the gateway, with `tok`;
+    returns a function that calls a tool in it: (status, challenge, answer)."""
+    headers = {"authorization": f"Bearer {tok}", "content-type": "application/json",
+               "accept": "application/json, text/event-stream"}
+
+    def post(message):
+        status, h, body = call(gw.gateway.port, f"/{s.name}/mcp", "POST", headers, json.dumps(message))
+        data = [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
+        return status, h, (data[-1] if data else None)
+
+    status, h, init = post({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                       "clientInfo": {"name": "pytest", "version": "1"}}})
+    assert status == 200, (status, init)
+    headers["mcp-session-id"] = h["mcp-session-id"]
+    headers["mcp-protocol-version"] = init["result"]["protocolVersion"]
+    assert post({"jsonrpc": "2.0", "method": "notifications/initialized"})[0] == 202
+
+    def tool(name):
+        status, h, answer = post({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                  "params": {"name": name, "arguments": {}}})
+        return status, h.get("www-authenticate"), answer
+    return tool
+
+
+@pytest.fixture
+def gated(gw):
+    """The gateway with a tool gate per server (each rule's own `mcp`);
+    the module's config again afterwards."""
+    config = copy.deepcopy(gw.config)
+    for rule, s in zip(config["rules"], gw.servers):
+        rule["mcp"] = {"toolScopes": {GATED[s.name]: [f"{s.name}:admin"]}}
+    gw.gateway.push(config)
+    yield gw
+    gw.gateway.push(gw.config)
+
+
+@pytest.mark.parametrize("name,other", [("github", "jira"), ("jira", "github")])
+def test_each_server_gates_its_own_tool(gated, name, other):
+    """On `name`'s endpoint its gated tool runs only with <name>:admin (403
+    naming the route's scopes and that one, and the tool never runs); the
+    tool gated on `other` is not gated here; variants of the endpoint are
+    refused before anything goes on."""
+    s, gw = getattr(gated, name), gated
+    plain = mcp_session(gw, s, token(s))
+    admin = mcp_session(gw, s, token(s, scopes=s.scopes + [f"{name}:admin"]))
+    ran = s.backend.requests()  # whoami asks the backend; ping does not
+    status, challenge, _ = plain(GATED[name])
+    assert status == 403
+    assert challenge.startswith('Bearer error="insufficient_scope"'), challenge
+    assert f'scope="{" ".join(s.scopes)} {name}:admin"' in challenge and s.metadata in challenge, challenge
+    assert s.backend.requests() == ran, "the refused call never ran"
+    for call_tool in (admin, plain):
+        status, _, answer = call_tool(GATED[other])
+        assert status == 200 and not answer["result"].get("isError"), answer
+    status, _, answer = admin(GATED[name])
+    assert status == 200 and not answer["result"].get("isError"), answer
+    tok = f"Bearer {token(s)}"
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": GATED[name]}})
+    for path in (f"/{name}/MCP", f"/{name}/mcp;x", f"/{name}/x/../mcp", f"/{other}/../{name}/mcp"):
+        status, headers, _ = call(gw.gateway.port, path, "POST", {"authorization": tok}, body)
+        assert status == 400 and "ambiguous path" in headers["www-authenticate"], (path, status)
+
+
 # --- Refused configs -----------------------------------------------------------
 
 def same_resource_two_issuers(c, gw):
@@ -258,8 +332,18 @@ def no_oidc_and_no_catch_all(c, gw):
     return "oidc: is required, unless the last rule matches every request"
 
 
+def gate_outside_the_rule(c, gw):
+    c["rules"][0]["mcp"] = {"path": "/jira/mcp", "toolScopes": {"ping": ["github:admin"]}}
+    return "rules[0].mcp.path: /jira/mcp (given, or oidc.resourceUrl's path) is outside the rule's match.pathPrefix"
+
+
+def gate_on_a_skip(c, gw):
+    c["rules"][2]["mcp"] = {"path": "/mcp", "toolScopes": {"ping": ["github:admin"]}}
+    return "rules[2].mcp: a skipped route's bodies are never read"
+
+
 @pytest.mark.parametrize("change", [same_resource_two_issuers, same_metadata_place, incomplete_rule,
-                                    no_oidc_and_no_catch_all])
+                                    no_oidc_and_no_catch_all, gate_outside_the_rule, gate_on_a_skip])
 def test_a_refused_config_names_its_field(gw, change):
     """Pushed to the running gateway, each config is refused by
     on_configure with one log line naming the field; the last good config
