@@ -9,7 +9,8 @@ With BACKEND_JWKS_URL, BACKEND_ISSUER and BACKEND_AUDIENCE set, it behaves
 like a real API behind the gateway: it verifies the bearer token (RS256
 signature against that JWKS, iss, aud, exp), answers 401 if it does not
 verify, and prints one line per request with the token's iss, aud, sub and
-scope.
+scope. With BACKEND_ACT_SUB too, the token must also name that actor
+(`act.sub`, RFC 8693 §4.1): the party the exchange was made by.
 
 Usage: backend.py PORT
 """
@@ -33,6 +34,9 @@ if JWKS_URL:
     _jwks = jwt.PyJWKClient(JWKS_URL, cache_keys=True)
 
 
+ACT_SUB = os.environ.get("BACKEND_ACT_SUB")
+
+
 def verify(authorization):
     """Verified claims, or an error string."""
     if not authorization or not authorization.lower().startswith("bearer "):
@@ -40,9 +44,12 @@ def verify(authorization):
     token = authorization.split(" ", 1)[1].strip()
     try:
         key = _jwks.get_signing_key_from_jwt(token)
-        return jwt.decode(token, key.key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER), None
+        claims_ = jwt.decode(token, key.key, algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER)
     except Exception as e:  # any failure is a 401, as a real API would answer
         return None, f"{type(e).__name__}: {e}"
+    if ACT_SUB and (claims_.get("act") or {}).get("sub") != ACT_SUB:
+        return None, f"act {claims_.get('act')!r} does not name {ACT_SUB}"
+    return claims_, None
 
 _count = 0
 _lock = threading.Lock()

@@ -61,8 +61,12 @@ start=$(date +%s)
 cargo fuzz build -O -s none >&2
 echo "    built in $(( $(date +%s) - start ))s" >&2
 
-logs="$cache/logs"
-mkdir -p "$logs"
+# Logs and exit codes are this run's own: two runs at once (two checkouts,
+# one cache) must not read each other's results. The corpus is shared.
+mkdir -p "$cache/logs"
+logs="$(mktemp -d "$cache/logs/run.XXXXXX")"
+# Keep the last few runs' logs, not every run's.
+ls -dt "$cache"/logs/run.* 2>/dev/null | tail -n +6 | xargs -r rm -rf
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
 bin="$root/fuzz/target/$host/release"

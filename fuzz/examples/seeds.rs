@@ -8,7 +8,7 @@ use jwt_simple::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use token_exchange_filter::exchange::Step;
+use token_exchange_filter::exchange::{Stamp, Step};
 use token_exchange_filter::host::CalloutResponse;
 use token_exchange_fuzz::*;
 
@@ -33,6 +33,11 @@ fn b(s: impl AsRef<[u8]>) -> Vec<u8> {
 /// `prefix` followed by `a \n b`.
 fn joined(prefix: &str, a: &str, c: &str) -> Vec<u8> {
     format!("{prefix}{a}\n{c}").into_bytes()
+}
+
+/// `joined` with a first byte that is not ASCII.
+fn high(flags: u8, a: &str, c: &str) -> Vec<u8> {
+    [vec![flags], format!("{a}\n{c}").into_bytes()].concat()
 }
 
 fn claims_with(f: impl FnOnce(&mut serde_json::Value)) -> String {
@@ -206,6 +211,16 @@ fn main() {
                 "clientAssertionKeyEnv": "RSA_KEY", "clientAssertionKid": "k1", "audience": "backend"
             })
         }),
+        with(&|c| {
+            c["tokenExchange"] = json!({
+                "provider": "id-jag", "tokenUrl": "https://idp.example.com/token", "clientId": "gw",
+                "clientSecretEnv": "CLIENT_SECRET", "audience": "https://as.example.com", "scopes": ["todos.read"],
+                "actor": {"source": "clientCredentials", "scopes": ["agent"]},
+                "assertionGrant": {"tokenUrl": "https://as.example.com/token", "clientId": "gw-at-as",
+                    "clientSecretEnv": "CLIENT_SECRET", "resource": "https://api.example.com/"}
+            })
+        }),
+        with(&|c| c["tokenExchange"]["actor"] = json!({"source": "env", "env": "CLIENT_SECRET", "tokenType": "jwt"})),
         with(&|c| c["tokenExchange"]["clientSecretEnv"] = json!("UNSET")),
         with(&|c| c["oidc"]["jwksUrl"] = json!("http://idp.example.com/k")),
         with(&|c| c["oidc"]["clockSkewSeconds"] = json!(1e6)),
@@ -233,7 +248,7 @@ fn main() {
         body: ok(json!({})).into_bytes(),
         truncated: false,
     };
-    if let Err(f) = exchangers()[0].answer(Step::Token, &answer, 10, SUBJECT) {
+    if let Err(f) = exchangers()[0].answer(Step::Token, &answer, 10, SUBJECT, &Stamp { now_ms: 0, jti: "jti-1".into() }) {
         panic!("the token endpoint seed is refused: {f:?}");
     }
     write(
@@ -296,6 +311,12 @@ fn main() {
                 r#"{"error":{"code":403,"message":"Permission denied","status":"PERMISSION_DENIED"}}"#,
             ),
             joined("G", "429", "{}"),
+            // Bit 7: the resource AS's answer to id-jag's assertion grant
+            // (0xC0), and the actor token's client credentials grant (0xC4).
+            high(0xC0, "200", &ok(json!({"scope": "todos.read"}))),
+            high(0xC0, "400", r#"{"error":"invalid_grant","error_description":"ID-JAG was used before"}"#),
+            high(0xC4, "200", r#"{"access_token":"own-actor","token_type":"Bearer","expires_in":300}"#),
+            high(0xC4, "400", r#"{"error":"invalid_scope"}"#),
         ],
     );
 

@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             })
             .collect(),
     );
-    let got = target(&routes, authority, &path, gate);
+    let got = target(&routes.for_host(authority), &path, gate);
     check(&rules, authority, &path, gate, got);
 });
 

@@ -314,9 +314,11 @@ pub fn check_verdict(token: &str, now: u64, verdict: &Result<Principal, Failure>
         }
         Err(f) => {
             let _ = f.reject.description();
+            // Not `Issuer`: another issuer's token is refused before any key
+            // is tried, so that verdict says nothing of the signature.
             matches!(
                 f.reject,
-                Reject::Expired | Reject::NoExpiry | Reject::NotYetValid | Reject::Issuer | Reject::Audience
+                Reject::Expired | Reject::NoExpiry | Reject::NotYetValid | Reject::Audience
             )
         }
     };

@@ -22,7 +22,8 @@ pub use edge::{ClaimHeader, Cors, Mcp};
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use exchange::{
-    AssertionAlg, Cache, ClientAssertion, ClientAuthMethod, Impersonation, Provider, Secret, TokenExchange,
+    Actor, AssertionAlg, AssertionGrant, Cache, Client, ClientAssertion, ClientAuthMethod, Impersonation, Provider,
+    Secret, TokenExchange, ID_JAG,
 };
 pub use field::token_type_name;
 pub use keys::{Discovery, KeySource};

@@ -81,6 +81,24 @@ pub struct RawTokenExchange {
     pub external_token_header_name: Option<String>,
     #[serde(default, deserialize_with = "number::opt_u64")]
     pub timeout_ms: Option<u64>,
+    /// Who acts for the user: `actor_token` (RFC 8693 §2.1).
+    pub actor: Option<RawActor>,
+    /// id-jag: the second step, an RFC 7523 JWT bearer grant at the resource
+    /// authorization server. The same shape as this section (its endpoint
+    /// and client keys, `scopes`, `resource`); validation refuses the rest.
+    pub assertion_grant: Option<Box<RawTokenExchange>>,
+}
+
+/// `tokenExchange.actor`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawActor {
+    /// `clientCredentials` or `env`.
+    pub source: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub env: Option<String>,
+    pub token_type: Option<String>,
 }
 
 /// google-sts: the second step, IAM Credentials' generateAccessToken.

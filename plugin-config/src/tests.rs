@@ -303,9 +303,9 @@ fn token_exchange_full_example() {
     v["cache"] = serde_json::json!({"maxEntries": 10000, "expirySkewSeconds": 30});
     let c = parse_env(&v).unwrap();
     let t = c.token_exchange.unwrap();
-    assert_eq!(t.client_secret.as_ref().unwrap().expose(), "s3cr=t&x");
-    assert!(!t.secret_inline);
-    assert_eq!(t.auth_method, ClientAuthMethod::ClientSecretPost);
+    assert_eq!(t.client.secret.as_ref().unwrap().expose(), "s3cr=t&x");
+    assert!(!t.client.secret_inline);
+    assert_eq!(t.client.method, ClientAuthMethod::ClientSecretPost);
     assert_eq!(t.subject_token_type, "urn:ietf:params:oauth:token-type:access_token");
     assert_eq!(
         t.requested_token_type.as_deref(),
@@ -330,7 +330,7 @@ fn token_exchange_minimal_defaults() {
     ))
     .unwrap();
     let t = c.token_exchange.unwrap();
-    assert_eq!(t.auth_method, ClientAuthMethod::None);
+    assert_eq!(t.client.method, ClientAuthMethod::None);
     assert_eq!(t.timeout_ms, 5000);
     assert_eq!(t.token.cluster, "outbound|443||idp.example.com");
     assert_eq!(c.cache, Cache::default());
@@ -344,8 +344,8 @@ fn secret_defaults_auth_to_basic_and_inline_secret_is_flagged() {
     })))
     .unwrap();
     let t = c.token_exchange.unwrap();
-    assert_eq!(t.auth_method, ClientAuthMethod::ClientSecretBasic);
-    assert!(t.secret_inline);
+    assert_eq!(t.client.method, ClientAuthMethod::ClientSecretBasic);
+    assert!(t.client.secret_inline);
 }
 
 #[test]
@@ -662,8 +662,8 @@ fn private_key_jwt_reads_the_key_and_certificate_from_the_environment() {
         "clientAssertionKeyEnv": "TE_KEY", "clientAssertionKid": "k1", "clientAssertionAlg": "ES256",
         "clientAssertionCertEnv": "TE_CERT"}))
     .unwrap();
-    assert_eq!(t.auth_method, ClientAuthMethod::PrivateKeyJwt, "implied by the key");
-    let a = t.assertion.as_ref().unwrap();
+    assert_eq!(t.client.method, ClientAuthMethod::PrivateKeyJwt, "implied by the key");
+    let a = t.client.assertion.as_ref().unwrap();
     assert_eq!(
         (a.alg, a.kid.as_deref(), a.audience.as_str()),
         (AssertionAlg::ES256, Some("k1"), "https://idp/t")
@@ -725,7 +725,7 @@ fn okta_requires_client_auth_audience_and_scopes() {
         "clientSecretEnv": "TE_SECRET", "audience": "api://backend", "scopes": ["api:read"]});
     let t = exchange(ok.clone()).unwrap();
     assert_eq!(
-        (t.provider, t.auth_method),
+        (t.provider, t.client.method),
         (Provider::Okta, ClientAuthMethod::ClientSecretBasic)
     );
     let without = |k: &str| {
@@ -757,7 +757,7 @@ fn google_sts_fills_its_defaults_and_checks_the_provider_audience() {
     .unwrap();
     assert_eq!(t.token.url, "https://sts.googleapis.com/v1/token");
     assert_eq!(t.token.cluster, "outbound|443||sts.googleapis.com");
-    assert_eq!(t.auth_method, ClientAuthMethod::None);
+    assert_eq!(t.client.method, ClientAuthMethod::None);
     assert_eq!(t.scopes, vec!["https://www.googleapis.com/auth/cloud-platform"]);
     assert_eq!(t.subject_token_type, "urn:ietf:params:oauth:token-type:id_token");
     assert_eq!(t.options.as_deref(), Some(r#"{"userProject":"p1"}"#));
@@ -846,7 +846,7 @@ fn entra_obo_builds_its_url_and_refuses_rfc8693_parameters() {
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
     );
     assert_eq!(
-        t.auth_method,
+        t.client.method,
         ClientAuthMethod::ClientSecretPost,
         "Entra takes the secret in the body"
     );
@@ -922,7 +922,7 @@ fn entra_obo_builds_its_url_and_refuses_rfc8693_parameters() {
         exchange(te)
     };
     assert_eq!(cert(false).unwrap_err().path, "tokenExchange.clientAssertionCertEnv");
-    assert!(cert(true).unwrap().assertion.unwrap().x5t.is_some());
+    assert!(cert(true).unwrap().client.assertion.unwrap().x5t.is_some());
 }
 
 #[test]
@@ -965,7 +965,9 @@ fn keycloak_requires_a_confidential_client_and_no_resource() {
 fn provider_names_and_provider_only_keys() {
     let e = exchange_err(serde_json::json!({"provider": "auth0", "tokenUrl": "https://i/t"}));
     assert_eq!(e.path, "tokenExchange.provider");
-    assert!(e.message.contains("rfc8693, okta, google-sts, entra-obo or keycloak"));
+    assert!(e
+        .message
+        .contains("rfc8693, okta, google-sts, entra-obo, keycloak or id-jag"));
     assert_eq!(
         exchange_err(serde_json::json!({"tokenUrl": "https://i/t", "tenantId": "t"})).path,
         "tokenExchange.tenantId"

@@ -71,3 +71,22 @@ def authorization_servers(cleanup, resource, clients):
         "tokenUrl": f"{backend_as.issuer}/token", "clientId": GW_CLIENT, "clientSecretEnv": SECRET_ENV,
         "audience": BACKEND_AUDIENCE, "scopes": [BACKEND_SCOPE], "requestedTokenType": "access_token"}}
     return mcp, backend_as, oidc, exchange, GW_SECRET
+
+
+def many_servers(exchange, resources, issuers):
+    """`exchange`'s config serving `resources` MCP servers, one per host
+    (mcp<i>.example.com), with `issuers` issuers among them, ending with a
+    catch-all rule: a request to any other host (the bench's own) is the
+    last rule's, and validates and exchanges as `exchange` does."""
+    base = exchange["oidc"]
+    rules = []
+    for i in range(resources):
+        host = f"mcp{i}.example.com"
+        rules.append({"match": {"hosts": [host], "pathPrefix": "/mcp"},
+                      "oidc": {"issuer": f"{base['issuer']}/tenant{i % issuers}",
+                               "jwksUrl": f"{base['issuer']}/jwks?tenant={i % issuers}",
+                               "audience": f"https://{host}/mcp", "resourceUrl": f"https://{host}/mcp"},
+                      "tokenExchange": {**exchange["tokenExchange"], "audience": f"backend-{i}"}})
+    rules.append({"match": {}, "oidc": base})
+    return {"oidc": {"requiredScopes": base["requiredScopes"], "insecureAllowHttp": True},
+            "tokenExchange": exchange["tokenExchange"], "rules": rules}

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
-from common import GRANT, SECRET_ENV, authorization_servers, envoy_version, pct, timed_request  # noqa: E402
+from common import (GRANT, SECRET_ENV, authorization_servers, envoy_version, many_servers, pct,  # noqa: E402
+                    timed_request)
 from constants import BACKEND_AUDIENCE, BACKEND_SCOPE, GW_CLIENT, MCP_AUDIENCE, MCP_SCOPE  # noqa: E402
 from harness import ENVOY, ROOT, WASM, WORK, Cleanup, Proc, call, free_port, wait_port  # noqa: E402
 
@@ -51,6 +52,7 @@ VARIANTS = [
     ("validate", "4. this filter, validation only (repeat token)"),
     ("exchange", "5. this filter + exchange, cache hit"),
     ("rules", "8. as 5, behind 3 route rules that do not match"),
+    ("rules100", "9. as 5, behind 100 resources' rules (10 issuers) that do not match"),
     ("floor", "7. wasm floor (read + set one header)"),
 ]
 SHORT = {
@@ -60,6 +62,7 @@ SHORT = {
     "validate": "this filter:\nvalidation",
     "exchange": "this filter:\nexchange hit",
     "rules": "exchange hit\n+ 3 rules",
+    "rules100": "exchange hit\n+ 100 rules",
     "floor": "wasm floor",
     "cold": "this filter:\nnew user",
 }
@@ -118,14 +121,14 @@ def jwt_authn(issuer, jwks, cache):
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "mcp"}}]}}
 
 
-def start_envoy(cleanup, name, listeners, clusters, core, concurrency=1, env=None, wait=True):
+def start_envoy(cleanup, name, listeners, clusters, core, concurrency=1, env=None, wait=True, log_args=None):
     admin = free_port()
     doc = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
            "static_resources": {"listeners": listeners, "clusters": clusters}}
     path = WORK / f"bench-{name}-{admin}.yaml"
     path.write_text(yaml.safe_dump(doc))
     cmd = pinned(core, [str(ENVOY), "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart",
-                        "-l", "warning"])
+                        "-l", "warning"] + (log_args or []))
     proc = cleanup.add(Proc(f"bench-{name}", cmd, env=env))
     if not wait:
         return proc
@@ -294,6 +297,8 @@ def run_throughput(args, cleanup, report):
             {"match": {"pathPrefix": "/github/"}, "tokenExchange": {**exchange["tokenExchange"], "audience": "github"}},
             {"match": {"pathPrefix": "/healthz"}, "skip": True},
         ]}, "tef", env_keys)],
+        # Issue 16's budget: 100 resources on other hosts cost at most 3%.
+        "rules100": [wasm_filter(WASM, many_servers(exchange, 100, 10), "tef", env_keys)],
         "floor": [wasm_filter(FLOOR, None, "floor")],
     }
     # --compare NAME=PATH: the exchange-hit variant again on another build.
@@ -369,6 +374,9 @@ def run_throughput(args, cleanup, report):
     report["cold"] = {"rps": rps, "p50": pct(lat16, 50), "p99": pct(lat16, 99), "cpu_us": cold_cpu,
                       "serial_p50": pct(lat1, 50), "baseline_p50": pct(base1, 50), "idp_p50": pct(idp_us, 50),
                       "tokens": len(loaded)}
+    # Rules against the same config without them, round by round.
+    report["rules100_vs_exchange"] = [a["rps"] / b["rps"] for a, b in zip(results.get("rules100", []),
+                                                                         results.get("exchange", []))]
     report["variants"] = {key: {
         "label": label,
         "ratio": med(ratios[key]) if key in ratios else 1.0,
@@ -464,6 +472,11 @@ def render(report, args):
               "(validation, callout, caching).",
               f"Envoy under test RSS at the end: {report['envoy_rss_kib'] / 1024:.1f} MiB. "
               f".wasm: {report['wasm_bytes']:,} bytes."]
+    per_round = report.get("rules100_vs_exchange")
+    if per_round:
+        lines += ["", f"100 resources' rules that do not match, against the same config without them (9 over 5, "
+                  f"round by round): median **{med(per_round):.3f}** (rounds: "
+                  + ", ".join(f"{x:.3f}" for x in per_round) + ")."]
     if "idp_calls" in report:
         i = report["idp_calls"]
         lines += ["", f"IdP exchange calls for {i['users']} users × {i['per_user']} requests through 2 Envoy "

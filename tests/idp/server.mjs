@@ -23,11 +23,36 @@
 // access tokens from the trusted AS as subject tokens and issues its own for
 // the `audience` or `resource` asked for, keeping the subject's `sub`.
 //   IDP_TRUST_ISSUER    issuer whose access tokens may be exchanged
-//   IDP_TRUST_AUDIENCE  audience those tokens must carry
+//   IDP_TRUST_AUDIENCE  audience those tokens must carry (comma-separated: any of them)
 //   IDP_TRUST_JWKS      its JWKS URL (default <issuer>/jwks)
 //   IDP_DENY_SUBJECTS   JSON list of subjects refused with invalid_grant
 //   IDP_EXCHANGE_DELAY_MS  delay every exchange by this much
-// GET /_stats answers {"token_exchange": <exchange requests so far>}.
+//   IDP_ACTORS     JSON list of client ids: every exchange must then carry an
+//                  actor_token (RFC 8693 §2.1), an access token this server
+//                  issued by client credentials to one of them, with the
+//                  `agent` scope; the issued token names it in `act.sub` (§4.1)
+// GET /_stats answers {"token_exchange": <exchange requests so far>,
+// "token_exchange_by_target": {<resource or audience asked for>: <count>},
+// "grants": {"<grant_type>": <successful grants>}}.
+//
+// Cross App Access (draft-ietf-oauth-identity-assertion-authz-grant), as two
+// stand-ins:
+//   IDP_ID_JAG     JSON {"subjectAudience": "<aud of access tokens it takes>",
+//                  "audiences": {"<resource AS issuer>": {"<client>": "<its
+//                  client_id there>"}}}: the enterprise IdP. A token exchange
+//                  with requested_token_type id-jag, by an authenticated
+//                  client, of a token this server signed (an access token for
+//                  subjectAudience, or an "ID token": any JWT it signed whose
+//                  aud is that client) gives an ID-JAG: typ oauth-id-jag+jwt,
+//                  iss, sub, aud (the resource AS), client_id (mapped), jti,
+//                  iat, exp, and the resource and scope asked for.
+//   IDP_ID_JAG_TRUST  JSON {"issuer", "jwks"}: the resource AS. A JWT bearer
+//                  grant (RFC 7523) of an ID-JAG from that issuer is checked
+//                  (signature against its JWKS, typ, aud = this issuer and
+//                  only it, client_id = the authenticated client, exp and
+//                  iat, jti never seen before) before an access token for its
+//                  resource is issued, to its sub, with the scopes both the
+//                  grant and the resource allow.
 //   IDP_ROTATE     if "1", add a fresh key in front of the file's keys at start:
 //                  new tokens get a new kid, old ones still verify
 //
@@ -43,7 +68,9 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import Provider, { errors } from 'oidc-provider';
-import { createRemoteJWKSet, jwtVerify } from 'jose';
+import {
+  createLocalJWKSet, createRemoteJWKSet, importJWK, jwtVerify, SignJWT,
+} from 'jose';
 import fileAdapter from './file-adapter.mjs';
 
 const env = (name, fallback) => {
@@ -93,9 +120,15 @@ function loadKeys() {
 const scopes = new Set(['openid']);
 for (const r of Object.values(resources)) for (const s of (r.scope || '').split(' ')) if (s) scopes.add(s);
 
+const signingKeys = loadKeys();
+// A token exchange's actor (IDP_ACTORS), by request, for extraTokenClaims.
+const acting = new WeakMap();
+
 const provider = new Provider(issuer, {
   ...(stateDir && { adapter: fileAdapter(path.join(stateDir, 'store.json')) }),
-  jwks: loadKeys(),
+  jwks: signingKeys,
+  extraTokenClaims: (ctx, token) => (token.gty === 'token_exchange' && acting.has(ctx)
+    ? { act: acting.get(ctx) } : undefined),
   scopes: [...scopes],
   clients: clients.map((c) => ({
     grant_types: ['client_credentials'],
@@ -147,10 +180,29 @@ const provider = new Provider(issuer, {
 });
 
 const EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+const ID_TOKEN = 'urn:ietf:params:oauth:token-type:id_token';
+const ID_JAG = 'urn:ietf:params:oauth:token-type:id-jag';
 const trustIssuer = process.env.IDP_TRUST_ISSUER;
 const exchangeDelay = Number(env('IDP_EXCHANGE_DELAY_MS', '0'));
-const stats = { token_exchange: 0 };
+const actors = process.env.IDP_ACTORS && new Set(JSON.parse(process.env.IDP_ACTORS));
+const idJag = process.env.IDP_ID_JAG && JSON.parse(process.env.IDP_ID_JAG);
+const idJagTrust = process.env.IDP_ID_JAG_TRUST && JSON.parse(process.env.IDP_ID_JAG_TRUST);
+const stats = { token_exchange: 0, token_exchange_by_target: {}, grants: {} };
+provider.on('grant.success', (ctx) => {
+  const g = ctx.oidc.params.grant_type;
+  stats.grants[g] = (stats.grants[g] || 0) + 1;
+});
+
+// Its own public keys: the enterprise IdP checks the subject tokens it signed.
+const ownKeys = createLocalJWKSet({
+  keys: signingKeys.keys.map(({
+    kty, n, e, kid, alg,
+  }) => ({
+    kty, n, e, kid, alg,
+  })),
+});
 
 function resourceServer(target) {
   const entry = Object.entries(resources).find(([uri, r]) => uri === target || r.audience === target);
@@ -165,51 +217,130 @@ function resourceServer(target) {
   });
 }
 
-if (trustIssuer) {
-  const trustedKeys = createRemoteJWKSet(new URL(env('IDP_TRUST_JWKS', `${trustIssuer}/jwks`)));
-  const trustAudience = env('IDP_TRUST_AUDIENCE');
-  const denied = new Set(JSON.parse(env('IDP_DENY_SUBJECTS', '[]')));
+// An access token for `rs`, to `sub`, with the requested scopes (all of the
+// resource's if none), which must be within `allowed` (default: the resource's).
+async function accessToken(ctx, sub, rs, requested, gty, allowed = rs.scopes) {
+  const want = (requested || '').split(' ').filter(Boolean);
+  if (want.some((s) => !rs.scopes.has(s) || !allowed.has(s))) {
+    throw new errors.InvalidScope('requested scope is not allowed');
+  }
+  const scope = (want.length ? want : [...rs.scopes].filter((s) => allowed.has(s))).join(' ');
+  const { client } = ctx.oidc;
+  const grant = new provider.Grant({ accountId: sub, clientId: client.clientId });
+  const token = new provider.AccessToken({
+    accountId: sub, client, grantId: await grant.save(), gty, scope,
+  });
+  token.resourceServer = rs;
+  return {
+    access_token: await token.save(), token_type: 'Bearer', expires_in: token.expiration, scope,
+  };
+}
 
+// IDP_ACTORS: the actor token must be one of this server's client credentials
+// tokens, of an allowed client, with the `agent` scope.
+async function actor(ctx) {
+  const p = ctx.oidc.params;
+  if (!p.actor_token || p.actor_token_type !== ACCESS_TOKEN) {
+    throw new errors.InvalidRequest('an actor_token (access_token) is required');
+  }
+  const token = await provider.ClientCredentials.find(p.actor_token);
+  if (!token || token.isExpired || !actors.has(token.clientId) || !token.scopes.has('agent')) {
+    throw new errors.InvalidGrant('actor_token is invalid');
+  }
+  acting.set(ctx, { sub: token.clientId });
+}
+
+async function exchange(ctx, trustedKeys) {
+  const p = ctx.oidc.params;
+  if (p.subject_token_type !== ACCESS_TOKEN) throw new errors.InvalidRequest('unsupported subject_token_type');
+  if (p.requested_token_type && p.requested_token_type !== ACCESS_TOKEN) {
+    throw new errors.InvalidRequest('unsupported requested_token_type');
+  }
+  let subject;
+  try {
+    ({ payload: subject } = await jwtVerify(p.subject_token, trustedKeys, {
+      issuer: trustIssuer, audience: env('IDP_TRUST_AUDIENCE').split(','),
+    }));
+  } catch {
+    throw new errors.InvalidGrant('subject token is invalid');
+  }
+  const denied = new Set(JSON.parse(env('IDP_DENY_SUBJECTS', '[]')));
+  if (!subject.sub || denied.has(subject.sub)) throw new errors.InvalidGrant('subject may not use this resource');
+  const rs = resourceServer(p.resource || p.audience);
+  if (!rs) throw new errors.InvalidTarget();
+  if (actors) await actor(ctx);
+  return { ...await accessToken(ctx, subject.sub, rs, p.scope, 'token_exchange'), issued_token_type: ACCESS_TOKEN };
+}
+
+// IDP_ID_JAG: an ID-JAG for the resource AS named by `audience`.
+async function issueIdJag(ctx) {
+  const p = ctx.oidc.params;
+  const { clientId } = ctx.oidc.client;
+  const audience = p.subject_token_type === ID_TOKEN ? clientId : idJag.subjectAudience;
+  if (![ACCESS_TOKEN, ID_TOKEN].includes(p.subject_token_type)) {
+    throw new errors.InvalidRequest('unsupported subject_token_type');
+  }
+  let subject;
+  try {
+    ({ payload: subject } = await jwtVerify(p.subject_token, ownKeys, { issuer, audience }));
+  } catch {
+    throw new errors.InvalidGrant('subject token is invalid');
+  }
+  const there = idJag.audiences[p.audience]?.[clientId];
+  if (!there) throw new errors.InvalidTarget('no trust relationship with that audience for this client');
+  const [key] = signingKeys.keys;
+  const now = Math.floor(Date.now() / 1000);
+  const claims = {
+    sub: subject.sub, client_id: there, jti: crypto.randomUUID(), iat: now, exp: now + 300,
+    ...(p.resource && { resource: p.resource }), ...(p.scope && { scope: p.scope }),
+  };
+  const grant = await new SignJWT(claims).setProtectedHeader({ alg: 'RS256', typ: 'oauth-id-jag+jwt', kid: key.kid })
+    .setIssuer(issuer).setAudience(p.audience).sign(await importJWK(key, 'RS256'));
+  return {
+    access_token: grant, issued_token_type: ID_JAG, token_type: 'N_A', expires_in: 300, scope: p.scope,
+  };
+}
+
+if (trustIssuer || idJag) {
+  const trustedKeys = trustIssuer && createRemoteJWKSet(new URL(env('IDP_TRUST_JWKS', `${trustIssuer}/jwks`)));
   // Client authentication, parameter parsing, signing and error responses are
   // the library's; this only decides whether and what to issue.
   provider.registerGrantType(EXCHANGE, async (ctx) => {
     stats.token_exchange += 1;
+    const target = ctx.oidc.params.resource || ctx.oidc.params.audience || '';
+    stats.token_exchange_by_target[target] = (stats.token_exchange_by_target[target] || 0) + 1;
     if (exchangeDelay) await new Promise((resolve) => { setTimeout(resolve, exchangeDelay); });
-    const p = ctx.oidc.params;
-    if (!p.subject_token) throw new errors.InvalidRequest('missing subject_token');
-    if (p.subject_token_type !== ACCESS_TOKEN) throw new errors.InvalidRequest('unsupported subject_token_type');
-    if (p.requested_token_type && p.requested_token_type !== ACCESS_TOKEN) {
-      throw new errors.InvalidRequest('unsupported requested_token_type');
-    }
-    let subject;
-    try {
-      ({ payload: subject } = await jwtVerify(p.subject_token, trustedKeys, {
-        issuer: trustIssuer, audience: trustAudience,
-      }));
-    } catch {
-      throw new errors.InvalidGrant('subject token is invalid');
-    }
-    if (!subject.sub || denied.has(subject.sub)) throw new errors.InvalidGrant('subject may not use this resource');
-    const rs = resourceServer(p.resource || p.audience);
-    if (!rs) throw new errors.InvalidTarget();
-    const requested = (p.scope || '').split(' ').filter(Boolean);
-    if (requested.some((s) => !rs.scopes.has(s))) throw new errors.InvalidScope('requested scope is not allowed');
-    const scope = (requested.length ? requested : [...rs.scopes]).join(' ');
-    const { client } = ctx.oidc;
-    const grant = new provider.Grant({ accountId: subject.sub, clientId: client.clientId });
-    const token = new provider.AccessToken({
-      accountId: subject.sub, client, grantId: await grant.save(), gty: 'token_exchange', scope,
-    });
-    token.resourceServer = rs;
-    ctx.body = {
-      access_token: await token.save(),
-      issued_token_type: ACCESS_TOKEN,
-      token_type: 'Bearer',
-      expires_in: token.expiration,
-      scope,
-    };
+    if (!ctx.oidc.params.subject_token) throw new errors.InvalidRequest('missing subject_token');
+    const idJagAsked = ctx.oidc.params.requested_token_type === ID_JAG;
+    if (idJagAsked ? !idJag : !trustIssuer) throw new errors.InvalidRequest('unsupported requested_token_type');
+    ctx.body = idJagAsked ? await issueIdJag(ctx) : await exchange(ctx, trustedKeys);
   }, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope', 'resource',
     'actor_token', 'actor_token_type']);
+}
+
+if (idJagTrust) {
+  const idpKeys = createRemoteJWKSet(new URL(idJagTrust.jwks));
+  const seen = new Set();
+  provider.registerGrantType(JWT_BEARER, async (ctx) => {
+    const p = ctx.oidc.params;
+    let grant;
+    try {
+      ({ payload: grant } = await jwtVerify(p.assertion || '', idpKeys, {
+        issuer: idJagTrust.issuer, audience: issuer, typ: 'oauth-id-jag+jwt',
+        requiredClaims: ['sub', 'client_id', 'jti', 'exp', 'iat'],
+      }));
+    } catch {
+      throw new errors.InvalidGrant('assertion is not a valid ID-JAG for this server');
+    }
+    if (Array.isArray(grant.aud) && grant.aud.length !== 1) throw new errors.InvalidGrant('aud must name only us');
+    if (grant.client_id !== ctx.oidc.client.clientId) throw new errors.InvalidGrant('ID-JAG is for another client');
+    if (seen.has(grant.jti)) throw new errors.InvalidGrant('ID-JAG was used before');
+    seen.add(grant.jti);
+    const rs = resourceServer(p.resource || [grant.resource].flat()[0]);
+    if (!rs) throw new errors.InvalidTarget();
+    const granted = new Set((grant.scope || '').split(' ').filter(Boolean));
+    ctx.body = await accessToken(ctx, grant.sub, rs, p.scope, 'jwt_bearer', granted);
+  }, ['assertion', 'scope', 'resource']);
 }
 
 provider.use(async (ctx, next) => {

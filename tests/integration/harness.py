@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -67,6 +68,16 @@ def wait_port(port, proc, log, timeout=20.0):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listening on {port} after {timeout}s; log:\n{tail(log)}")
+
+
+def wait_for(predicate, what, timeout=15.0):
+    """Waits until `predicate()` holds; fails naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def tail(path, n=40):
@@ -183,19 +194,31 @@ class IdP:
         assert status == 200
         return json.loads(body)
 
-    def exchanges(self):
-        """Token exchanges this IdP has handled."""
-        return json.loads(call(self.port, "/_stats")[2])["token_exchange"]
+    def stats(self):
+        """What this IdP counts (tests/idp/server.mjs, GET /_stats)."""
+        return json.loads(call(self.port, "/_stats")[2])
+
+    def exchanges(self, target=None):
+        """Token exchanges this IdP has handled; with `target`, those that
+        asked for that resource or audience."""
+        s = self.stats()
+        return s["token_exchange"] if target is None else s["token_exchange_by_target"].get(target, 0)
+
+    def grants(self, grant_type):
+        """Grants of `grant_type` this IdP has issued a token for."""
+        return json.loads(call(self.port, "/_stats")[2])["grants"].get(grant_type, 0)
 
 
 class Backend:
     """tests/backend.py; with `verify_with` (an IdP), it verifies the tokens it
     receives against that IdP's keys, issuer and `audience` (comma-separated:
-    any of them)."""
+    any of them), and with `act_sub` that they name that actor."""
 
-    def __init__(self, cleanup, verify_with=None, audience=None, marker=None):
+    def __init__(self, cleanup, verify_with=None, audience=None, marker=None, act_sub=None):
         self.port = free_port()
         env = {"BACKEND_MARKER_HEADER": marker} if marker else {}
+        if act_sub:
+            env["BACKEND_ACT_SUB"] = act_sub
         if verify_with is not None:
             env = {
                 "BACKEND_JWKS_URL": f"http://127.0.0.1:{verify_with.port}/jwks",
@@ -363,6 +386,33 @@ class McpServer:
     def seen(self):
         """Every Authorization value the MCP server received."""
         return json.loads(call(self.port, "/_seen")[2])
+
+
+def run_client(script, env, on_event=None, timeout=60):
+    """Runs tests/mcp/<script> (an SDK client); returns its JSON lines.
+    `on_event(event)` may answer a line for the client's stdin."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    err = WORK / f"{script}-{free_port()}.log"
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen(["node", script], cwd=MCP_DIR, env={**os.environ, **env},
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errf, text=True)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        events = []
+        try:
+            for line in proc.stdout:
+                event = json.loads(line)
+                events.append(event)
+                reply = on_event(event) if on_event else None
+                if reply is not None:
+                    proc.stdin.write(reply + "\n")
+                    proc.stdin.flush()
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
+            proc.kill()
+    assert code == 0, f"{script} exited with {code}:\n{err.read_text()}\nevents: {events}"
+    return events
 
 
 def call(port, path, method="GET", headers=None, body=None, header_list=None, timeout=30):

@@ -56,29 +56,36 @@ class LoadStack(Stack):
         return sum(int(v) for _, _, v in (l.partition(": ") for l in body.splitlines()) if v.strip().isdigit())
 
 
-def run(stack, seconds, concurrency=32):
-    """Hammers Envoy with random users' requests for `seconds`."""
-    deadline = time.monotonic() + seconds
-    counts = {"requests": 0, "5xx": 0, "other": 0}
+def run(port, tokens, seconds=None, concurrency=32, stop=None, path_of=lambda user: "/mcp", timeout=30):
+    """Hammers Envoy's `port` with random users' requests (`tokens`: user ->
+    token; `path_of(user)`: where the user goes) for `seconds`, or until
+    `stop` (a threading.Event) is set. A request unanswered after `timeout`
+    seconds counts as a timeout, a connection error as a 5xx."""
+    stop = stop or threading.Event()
+    timer = threading.Timer(seconds, stop.set) if seconds is not None else None
+    users = list(tokens)
+    counts = {"requests": 0, "5xx": 0, "other": 0, "timeouts": 0}
     lock = threading.Lock()
 
     def worker(seed):
         rng = random.Random(seed)
-        conn = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=30)
-        local = {"requests": 0, "5xx": 0, "other": 0}
-        while time.monotonic() < deadline:
-            user = rng.choice(stack.users)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        local = dict.fromkeys(counts, 0)
+        while not stop.is_set():
+            user = rng.choice(users)
             try:
-                conn.request("GET", "/mcp", headers={"authorization": f"Bearer {stack.tokens[user]}", MARKER: user})
+                conn.request("GET", path_of(user), headers={"authorization": f"Bearer {tokens[user]}", MARKER: user})
                 resp = conn.getresponse()
                 resp.read()
                 status = resp.status
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=30)
-                status = 599
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                status = "timeout" if isinstance(e, TimeoutError) else 599
             local["requests"] += 1
-            if status >= 500:
+            if status == "timeout":
+                local["timeouts"] += 1
+            elif status >= 500:
                 local["5xx"] += 1
             elif status != 200:
                 local["other"] += 1
@@ -88,6 +95,8 @@ def run(stack, seconds, concurrency=32):
                 counts[k] += v
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    if timer:
+        timer.start()
     for t in threads:
         t.start()
     for t in threads:
@@ -101,7 +110,7 @@ def measure(users, seconds, max_entries=10_000, concurrency=32):
         stack = LoadStack(cleanup, users, max_entries)
         rss_start = stack.rss_mib()
         started = time.monotonic()
-        counts = run(stack, seconds, concurrency)
+        counts = run(stack.envoy.port, stack.tokens, seconds, concurrency)
         elapsed = time.monotonic() - started
         time.sleep(1)  # metrics reach Envoy on the filter's tick
         return {
@@ -133,4 +142,4 @@ if __name__ == "__main__":
     print("| figure | value |\n|---|---:|")
     for k, v in r.items():
         print(f"| {k} | {v} |")
-    sys.exit(1 if r["mismatches"] or r["5xx"] else 0)
+    sys.exit(1 if r["mismatches"] or r["5xx"] or r["timeouts"] else 0)

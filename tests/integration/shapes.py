@@ -145,7 +145,10 @@ class Plugin:
         return [t for t in out if t]
 
     def secret_envs(self):
-        return sorted({t["clientSecretEnv"] for t in self.exchanges() if t.get("clientSecretEnv")})
+        """Every variable a client secret comes from: each exchange's, and
+        its assertionGrant's (id-jag)."""
+        sections = self.exchanges() + [t["assertionGrant"] for t in self.exchanges() if t.get("assertionGrant")]
+        return sorted({t["clientSecretEnv"] for t in sections if t.get("clientSecretEnv")})
 
     def oidcs(self):
         """Every oidc section a request can meet: the top level, and each
@@ -160,6 +163,8 @@ class Plugin:
         filter's default for the URL, Istio's outbound|<port>||<host>."""
         pairs = [(o.get("jwksUrl"), o.get("jwksCluster")) for o in self.oidcs()]
         pairs += [(t.get("tokenUrl"), t.get("tokenCluster")) for t in self.exchanges()]
+        pairs += [(g.get("tokenUrl"), g.get("tokenCluster")) for g in
+                  (t.get("assertionGrant") for t in self.exchanges()) if g]
         out = []
         for url, cluster in pairs:
             if url:

@@ -95,14 +95,17 @@ def plugin_config(idp, envoy_port, **overrides):
 
 
 def start_backend_as(cleanup, mcp_as, name="backend-as", *, issuer=None, audience=MCP_AUDIENCE, resources=None,
-                     clients=None, trust_jwks=False, deny=(), delay_ms=0):
+                     clients=None, trust_jwks=False, deny=(), delay_ms=0, actors=()):
     """The backend AS, started: it exchanges tokens `mcp_as` issued for
-    `audience`. By default it issues BACKEND_SCOPE tokens for
+    `audience` (comma-separated: any of them). By default it issues BACKEND_SCOPE tokens for
     BACKEND_AUDIENCE (resource BACKEND_API) to one client, gw. `trust_jwks`:
     fetch the MCP AS's keys from its port (when its issuer is not its
     address); `deny`: subjects refused with invalid_grant; `delay_ms`: every
-    exchange answers that much later."""
+    exchange answers that much later; `actors`: clients whose own token
+    every exchange must carry as its actor_token."""
     env = {"IDP_TRUST_ISSUER": mcp_as.issuer, "IDP_TRUST_AUDIENCE": audience}
+    if actors:
+        env["IDP_ACTORS"] = json.dumps(list(actors))
     if trust_jwks:
         env["IDP_TRUST_JWKS"] = f"http://127.0.0.1:{mcp_as.port}/jwks"
     if deny:

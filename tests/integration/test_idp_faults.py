@@ -251,11 +251,13 @@ def test_fault(fx, outcomes, sid, endpoint, mode, expected):
     assert o.recovered == 200, f"{sid}: not recovered {RECOVERY_S}s after the IdP was fixed (last {o.recovered})"
 
 
-def forged_unknown_kid(fx):
-    """A well-formed RS256-looking token whose kid no JWKS has."""
+def forged_unknown_kid(fx, issuer=None):
+    """A well-formed RS256-looking token whose kid no JWKS has, claiming
+    `issuer` (the MCP AS's by default): only a token that claims the
+    route's issuer can make it fetch keys."""
     now = int(time.time())
     header = {"alg": "RS256", "typ": "at+jwt", "kid": "storm-" + uuid.uuid4().hex}
-    claims = {"iss": fx.mcp_as.issuer, "sub": "storm", "aud": MCP_AUDIENCE, "iat": now, "exp": now + 300,
+    claims = {"iss": issuer or fx.mcp_as.issuer, "sub": "storm", "aud": MCP_AUDIENCE, "iat": now, "exp": now + 300,
               "scope": MCP_SCOPE}
     enc = lambda o: b64url(json.dumps(o, separators=(",", ":")).encode())  # noqa: E731
     return f"{enc(header)}.{enc(claims)}.{b64url(random.randbytes(256))}"
@@ -300,7 +302,7 @@ def test_rotation_without_prepublication(fx):
     assert fx.timed("rotate", old, "old")[0] == 200
     # Once the keys are 5 s old, an unknown kid makes the filter refetch.
     time.sleep(max(0.0, fx.started + 5.5 - time.monotonic()))
-    status, _, _, _ = fx.timed("rotate", forged_unknown_kid(fx), "force-fetch")
+    status, _, _, _ = fx.timed("rotate", forged_unknown_kid(fx, fx.rotate_as.issuer), "force-fetch")
     fetched = time.monotonic()
     assert status == 401
     fx.rotate_as.restart(rotate=True)
@@ -330,7 +332,7 @@ def test_rotation_new_kid_on_every_worker_right_after_a_fetch(fx):
     fx.rotate_as.restart(rotate=True)
     new = fx.rotated_token()
     time.sleep(max(0.0, fx.started + 5.5 - time.monotonic()))
-    status, _, body, _ = fx.timed("rotate-race", forged_unknown_kid(fx), "force-fetch")
+    status, _, body, _ = fx.timed("rotate-race", forged_unknown_kid(fx, fx.rotate_as.issuer), "force-fetch")
     assert status == 401, body
     assert proxy.by_mode.get("replay") == 1, proxy.by_mode
     proxy.set("pass")

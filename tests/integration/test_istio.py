@@ -24,7 +24,6 @@ official Python MCP SDK finds its way in from nothing but the MCP URL:
 
 import hashlib
 import json
-import time
 import urllib.parse
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -33,7 +32,7 @@ import pytest
 
 import constants
 import oci
-from harness import WASM, WORK, Backend, IdP, McpServer, call, decode_part, free_port, tamper_signature
+from harness import WASM, WORK, Backend, IdP, McpServer, call, decode_part, free_port, tamper_signature, wait_for
 from httpd import HttpServer, files
 from istio import (
     CA,
@@ -418,15 +417,6 @@ def test_every_shipped_wasmplugin_is_accepted(cleanup, module, idps):
     dump = json.loads(call(envoy.admin, "/config_dump?resource=ecds_filters")[2])
     assert {c["ecds_filter"]["name"] for c in dump["configs"]} == {filter_name(e.wp) for e in entries.values()}
     assert "invalid configuration" not in envoy.proc.text()
-
-
-def wait_for(predicate, what, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_live_reload_bad_config_and_failed_pull(cleanup, module, idps):

@@ -9,5 +9,5 @@ def test_two_hundred_users_never_mixed_up():
     print(r)
     assert r["requests"] > 1000
     assert r["mismatches"] == 0
-    assert r["5xx"] == 0 and r["other"] == 0
+    assert r["5xx"] == 0 and r["other"] == 0 and r["timeouts"] == 0
     assert r["idp_exchange_calls"] <= 2 * 200, "about one exchange per user (one per worker at most)"

@@ -12,16 +12,12 @@ they find everything else from the filter's 401 challenge and RFC 9728
 metadata.
 """
 
-import json
-import os
-import subprocess
-import threading
 import urllib.parse
 
 import pytest
 
 from constants import ADMIN_SCOPE, BACKEND_AUDIENCE, BACKEND_SCOPE, MCP_AUDIENCE, MCP_SCOPE
-from harness import MCP_DIR, WORK, decode_part, free_port
+from harness import decode_part, run_client
 from login import login
 from stacks import Stack, clients_for, sole_resource
 
@@ -33,33 +29,6 @@ AGENT_SECRET = f"{AGENT}-secret"
 def ms(module_cleanup):
     return Stack(module_cleanup, exchange=True, mcp_server=True, interactive=True,
                  resources=sole_resource(f"{MCP_SCOPE} {ADMIN_SCOPE}"), clients=clients_for(AGENT))
-
-
-def run_client(script, env, on_event=None, timeout=60):
-    """Runs tests/mcp/<script>; returns its JSON lines. `on_event(event)` may
-    answer a line for the client's stdin."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    err = WORK / f"{script}-{free_port()}.log"
-    with open(err, "wb") as errf:
-        proc = subprocess.Popen(["node", script], cwd=MCP_DIR, env={**os.environ, **env},
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errf, text=True)
-        watchdog = threading.Timer(timeout, proc.kill)
-        watchdog.start()
-        events = []
-        try:
-            for line in proc.stdout:
-                event = json.loads(line)
-                events.append(event)
-                reply = on_event(event) if on_event else None
-                if reply is not None:
-                    proc.stdin.write(reply + "\n")
-                    proc.stdin.flush()
-            code = proc.wait()
-        finally:
-            watchdog.cancel()
-            proc.kill()
-    assert code == 0, f"{script} exited with {code}:\n{err.read_text()}\nevents: {events}"
-    return events
 
 
 def check_whoami(ms, events, sub):

@@ -23,7 +23,7 @@ from shapes import INSTALLER_NAMESPACES, SHAPES, key, secret_keys
 IMAGE_REF = re.compile(r"registry\.example\.com/(?:[a-z0-9._-]+/)*token-exchange-filter(?::[A-Za-z0-9._-]+)?")
 EXPECTED_SHAPES = {
     "istio/ingress-gateway", "istio/helm-gateway", "istio/gateway-api", "istio/sidecar",
-    "istio/toolhive-okta", "istio/toolhive-bigquery", "envoy-gateway/mcp-route",
+    "istio/toolhive-okta", "istio/toolhive-okta-xaa", "istio/toolhive-bigquery", "envoy-gateway/mcp-route",
 }
 README = (ROOT / "README.md").read_text()
 by_shape = pytest.mark.parametrize("shape", SHAPES, ids=str)

@@ -5,18 +5,19 @@
 export const say = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
 
 // Calls `whoami` `calls` times on a connected Client; one event per call
-// with the tool's text, parsed as JSON if it is. Then closes the client.
-export async function callWhoami(client, calls) {
+// with the tool's text, parsed as JSON if it is, and `tag`'s fields (which
+// server, where a client talks to several). Then closes the client.
+export async function callWhoami(client, calls, tag = {}) {
   for (let call = 1; call <= calls; call += 1) {
     const result = await client.callTool({ name: 'whoami', arguments: {} });
     if (result.isError) throw new Error(`whoami failed: ${JSON.stringify(result.content)}`);
     const text = result.content.find((c) => c.type === 'text')?.text;
     let parsed = text;
     try { parsed = JSON.parse(text); } catch { /* keep the text */ }
-    say({ event: 'whoami', call, result: parsed });
+    say({ event: 'whoami', ...tag, call, result: parsed });
   }
   await client.close();
-  say({ event: 'done' });
+  say({ event: 'done', ...tag });
 }
 
 export function run(name, main) {

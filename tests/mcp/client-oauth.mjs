@@ -5,16 +5,20 @@
 // server redirected to.
 //
 //   MCP_URL=http://127.0.0.1:8080/mcp node client-oauth.mjs
+//   MCP_URL         one MCP URL, or several separated by spaces: each is
+//                   connected in turn with a provider of its own (its own
+//                   discovery, registration and tokens), as one app logged
+//                   in to several servers is
 //   MCP_REDIRECT_URL  the registered redirect URI (default
 //                     http://127.0.0.1:33418/callback; nothing listens there)
 //   MCP_CALLS         how many times to call `whoami` (default 2)
 //
-// It talks in JSON lines. Out (stdout):
-//   {"event": "authorize", "url": "<authorization URL>"}
-//   {"event": "authorized", "client_id", "access_token", "refresh_token": bool, "scope"}
-//   {"event": "whoami", "call": 1, "result": <the tool's text, parsed as JSON if it is>}
-//   {"event": "done"}
-// In (stdin), after "authorize": one line, the redirect URL with code and state.
+// It talks in JSON lines, each naming the MCP URL it is about ("server"). Out (stdout):
+//   {"event": "authorize", "server", "url": "<authorization URL>"}
+//   {"event": "authorized", "server", "client_id", "access_token", "refresh_token": bool, "scope"}
+//   {"event": "whoami", "server", "call": 1, "result": <the tool's text, parsed as JSON if it is>}
+//   {"event": "done", "server"}
+// In (stdin), after each "authorize": one line, the redirect URL with code and state.
 // Fails (exit 1, the error on stderr) on any error, a state mismatch included.
 import crypto from 'node:crypto';
 import readline from 'node:readline';
@@ -23,15 +27,17 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 import { callWhoami, run, say } from './client-events.mjs';
 
-const serverUrl = new URL(process.env.MCP_URL);
+const serverUrls = process.env.MCP_URL.split(/\s+/).filter(Boolean).map((u) => new URL(u));
 const redirectUrl = process.env.MCP_REDIRECT_URL || 'http://127.0.0.1:33418/callback';
 const calls = Number(process.env.MCP_CALLS || '2');
 
 const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
-// The SDK's OAuthClientProvider: everything kept in memory, for one run.
+// The SDK's OAuthClientProvider: everything kept in memory, for one run
+// against one server.
 class InMemoryProvider {
-  constructor() {
+  constructor(server) {
+    this.server = server;
     this.saved = {};
     this.expectedState = crypto.randomBytes(16).toString('base64url');
   }
@@ -67,7 +73,7 @@ class InMemoryProvider {
   saveDiscoveryState(state) { this.saved.discovery = state; }
 
   redirectToAuthorization(url) {
-    say({ event: 'authorize', url: url.href });
+    say({ event: 'authorize', server: this.server, url: url.href });
   }
 }
 
@@ -82,8 +88,8 @@ async function codeFromUser(provider) {
   return back.get('code');
 }
 
-async function main() {
-  const provider = new InMemoryProvider();
+async function session(serverUrl) {
+  const provider = new InMemoryProvider(serverUrl.href);
   const client = new Client({ name: 'token-exchange-filter-test-oauth', version: '1.0.0' });
   let transport = new StreamableHTTPClientTransport(serverUrl, { authProvider: provider });
   try {
@@ -98,12 +104,17 @@ async function main() {
   const { tokens, client: info } = provider.saved;
   say({
     event: 'authorized',
+    server: serverUrl.href,
     client_id: info?.client_id,
     access_token: tokens?.access_token,
     refresh_token: Boolean(tokens?.refresh_token),
     scope: tokens?.scope,
   });
-  await callWhoami(client, calls);
+  await callWhoami(client, calls, { server: serverUrl.href });
+}
+
+async function main() {
+  for (const serverUrl of serverUrls) await session(serverUrl);
 }
 
 run('client-oauth', main);

@@ -26,6 +26,19 @@ pub struct Exchanged {
     pub jwt_exp: Option<u64>,
 }
 
+impl Exchanged {
+    /// When the issued token expires (ms), if the answer says: its
+    /// `expires_in`, else an absolute expiry such as Google's
+    /// `expireTime`, else its JWT `exp`.
+    pub fn expires_at_ms(&self, now_ms: u64) -> Option<u64> {
+        match (self.expires_in, self.expires_at.or(self.jwt_exp)) {
+            (Some(s), _) => Some(now_ms.saturating_add(s.saturating_mul(1000))),
+            (None, Some(at)) => Some(at.saturating_mul(1000)),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Why an exchange failed, as the caller will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -58,13 +71,19 @@ impl Failure {
         }
     }
 
-    /// The same failure, its reason prefixed with the step it happened in.
+    /// The same failure, its reason prefixed with the step it happened in
+    /// (the first step's failures are the exchange's own).
     pub(super) fn at(self, step: Step) -> Failure {
-        match (step, self) {
-            (Step::Token, f) => f,
-            (Step::Impersonate, Failure::BadGateway(why)) => Failure::BadGateway(format!("impersonation: {why}")),
-            (Step::Impersonate, Failure::Unavailable(why)) => Failure::Unavailable(format!("impersonation: {why}")),
-            (Step::Impersonate, f) => f,
+        let label = match step {
+            Step::Token => return self,
+            Step::Actor => "actor token",
+            Step::Impersonate => "impersonation",
+            Step::Assertion => "assertion grant",
+        };
+        match self {
+            Failure::BadGateway(why) => Failure::BadGateway(format!("{label}: {why}")),
+            Failure::Unavailable(why) => Failure::Unavailable(format!("{label}: {why}")),
+            f => f,
         }
     }
 }
@@ -118,6 +137,37 @@ pub(super) fn oauth_error(
         "invalid_grant" => Failure::InvalidGrant,
         "invalid_scope" | "invalid_target" => Failure::InsufficientScope,
         _ => Failure::BadGateway(format!("HTTP {status} {code}")),
+    })
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// An OAuth 2.0 token answer (RFC 6749 §5.1, §5.2), as a JWT bearer or
+/// client credentials grant gets it: no `issued_token_type`. `map` maps
+/// the dialect's own error codes before the table does.
+pub(super) fn token_response(
+    status: u16,
+    body: &[u8],
+    subject_token: &str,
+    map: impl Fn(&str, Option<String>) -> Option<Failure>,
+) -> Result<Exchanged, Failure> {
+    if !(200..300).contains(&status) {
+        return Err(oauth_error(status, body, subject_token, map));
+    }
+    let ok: TokenResponse =
+        serde_json::from_slice(body).map_err(|_| Failure::BadGateway("response is not JSON".into()))?;
+    let access_token = access_token(ok.access_token)?;
+    bearer_type(ok.token_type.as_deref())?;
+    Ok(Exchanged {
+        jwt_exp: jwt_exp(&access_token),
+        expires_in: seconds(ok.expires_in)?,
+        expires_at: None,
+        access_token,
     })
 }
 

@@ -5,7 +5,7 @@
 //! answer; the federated token is used once and never cached.
 
 use super::answer::{access_token, Exchanged, Failure};
-use super::{Call, Step};
+use super::{post_headers, Call, Step};
 use plugin_config::Impersonation;
 use serde::Deserialize;
 use serde_json::json;
@@ -39,15 +39,11 @@ pub fn impersonate<'a>(i: &'a Impersonation, federated_token: &str) -> Call<'a> 
     Call {
         step: Step::Impersonate,
         endpoint: e,
-        headers: vec![
-            (":method", "POST".to_string()),
-            (":path", e.path.clone()),
-            (":authority", e.authority.clone()),
-            (":scheme", e.scheme.clone()),
-            ("content-type", "application/json".to_string()),
-            ("accept", "application/json".to_string()),
-            ("authorization", format!("Bearer {federated_token}")),
-        ],
+        headers: [
+            post_headers(e, "application/json"),
+            vec![("authorization", format!("Bearer {federated_token}"))],
+        ]
+        .concat(),
         body: impersonation_body(i).into_bytes(),
     }
 }

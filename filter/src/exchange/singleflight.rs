@@ -5,7 +5,8 @@
 //! A flight belongs to the context that made its callout (the proxy cancels
 //! the callout if that context ends). When the owner goes, the flight is
 //! orphaned but kept while others wait, and the next tick starts it again
-//! from the root context.
+//! from the root context. A flight may also be parked: waiting, with others,
+//! on the callout that fetches the filter's own actor token.
 
 use crate::exchange::Step;
 use crate::token::verify::Principal;
@@ -13,12 +14,23 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::rc::Rc;
 
+/// Where a flight's exchange stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    /// Its callout is out, by token.
+    Callout(u32),
+    /// Its callout was lost with the context that made it.
+    Orphaned,
+    /// Waiting on a callout it shares with other flights (the filter's own
+    /// actor token), which sends its exchange when it lands.
+    Parked,
+}
+
 /// One exchange in flight. `W` is what each waiting request brings along
 /// (the filter keeps its policy there).
 pub struct Flight<W> {
-    /// The callout's token; `None` while orphaned.
-    pub token: Option<u32>,
-    /// Which callout of the exchange is out (Google's takes two).
+    pub out: Out,
+    /// Which callout of the exchange is out, or waited on.
     pub step: Step,
     pub owner: u32,
     /// When the current callout started, for its timeout.
@@ -63,7 +75,7 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
     }
 
     pub fn start(&mut self, key: K, flight: Flight<W>) {
-        if let Some(t) = flight.token {
+        if let Out::Callout(t) = flight.out {
             self.by_token.insert(t, key);
         }
         self.by_key.insert(key, flight);
@@ -80,19 +92,16 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
         let mut dead = Vec::new();
         for (key, f) in self.by_key.iter_mut() {
             f.waiters.retain(|(w, _)| *w != ctx);
-            if f.owner == ctx {
-                if let Some(t) = f.token.take() {
-                    self.by_token.remove(&t);
-                }
+            if let (Out::Callout(t), true) = (f.out, f.owner == ctx) {
+                self.by_token.remove(&t);
+                f.out = Out::Orphaned;
             }
             if f.waiters.is_empty() {
                 dead.push(*key);
             }
         }
         for key in dead {
-            if let Some(Flight { token: Some(t), .. }) = self.by_key.remove(&key) {
-                self.by_token.remove(&t);
-            }
+            self.remove(&key);
         }
     }
 
@@ -100,24 +109,25 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
     pub fn orphans(&self) -> Vec<K> {
         self.by_key
             .iter()
-            .filter(|(_, f)| f.token.is_none())
+            .filter(|(_, f)| f.out == Out::Orphaned)
             .map(|(k, _)| *k)
             .collect()
     }
 
-    pub fn get(&self, key: &K) -> Option<&Flight<W>> {
-        self.by_key.get(key)
+    /// The flight for `key`, removed.
+    pub fn remove(&mut self, key: &K) -> Option<Flight<W>> {
+        let f = self.by_key.remove(key)?;
+        if let Out::Callout(t) = f.out {
+            self.by_token.remove(&t);
+        }
+        Some(f)
     }
 
-    /// Records a restarted callout for an orphaned flight: the exchange
-    /// starts over from its first step.
-    pub fn restarted(&mut self, key: &K, token: u32, owner: u32, now_ms: u64) {
-        if let Some(f) = self.by_key.get_mut(key) {
-            f.token = Some(token);
-            f.step = Step::Token;
-            f.owner = owner;
-            f.started_ms = now_ms;
-            self.by_token.insert(token, *key);
+    /// The flight for `key`, removed, if it is parked.
+    pub fn unpark(&mut self, key: &K) -> Option<Flight<W>> {
+        match self.by_key.get(key) {
+            Some(f) if f.out == Out::Parked => self.remove(key),
+            _ => None,
         }
     }
 
@@ -130,13 +140,7 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
             .map(|(k, _)| *k)
             .collect();
         keys.into_iter()
-            .filter_map(|k| {
-                let f = self.by_key.remove(&k)?;
-                if let Some(t) = f.token {
-                    self.by_token.remove(&t);
-                }
-                Some((k, f))
-            })
+            .filter_map(|k| self.remove(&k).map(|f| (k, f)))
             .collect()
     }
 

@@ -1,5 +1,7 @@
 use super::answer::safe_description;
 use super::*;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde_json::json;
 
 fn exchanger(te: serde_json::Value) -> Exchanger {
@@ -12,16 +14,23 @@ fn exchanger(te: serde_json::Value) -> Exchanger {
     Exchanger::new(c.token_exchange.as_ref().unwrap()).unwrap()
 }
 
+fn stamp(now_ms: u64, jti: &str) -> Stamp {
+    Stamp {
+        now_ms,
+        jti: jti.to_string(),
+    }
+}
+
 /// The first request's headers and body.
 fn wire(ex: &Exchanger, subject: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let call = ex.request(subject, 1_700_000_000_000, "jti-1").unwrap();
+    let call = ex.request(subject, None, &stamp(1_700_000_000_000, "jti-1")).unwrap();
     (call.headers, call.body)
 }
 
 impl Exchanger {
     /// The token endpoint's answer, for a one-step exchange.
     fn parse(&self, resp: &CalloutResponse, elapsed_ms: u64, subject: &str) -> Result<Exchanged, Failure> {
-        match self.answer(Step::Token, resp, elapsed_ms, subject)? {
+        match self.answer(Step::Token, resp, elapsed_ms, subject, &stamp(0, "jti-0"))? {
             Next::Done(e) => Ok(e),
             Next::Then(_) => panic!("a second step"),
         }
@@ -376,7 +385,10 @@ fn sts_answer() -> CalloutResponse {
 #[test]
 fn google_impersonation_is_a_second_call_with_the_federated_token() {
     let ex = google(true);
-    let call = match ex.answer(Step::Token, &sts_answer(), 10, "s").unwrap() {
+    let call = match ex
+        .answer(Step::Token, &sts_answer(), 10, "s", &stamp(0, "jti-0"))
+        .unwrap()
+    {
         Next::Then(c) => c,
         Next::Done(_) => panic!("one step only"),
     };
@@ -400,7 +412,7 @@ fn google_impersonation_is_a_second_call_with_the_federated_token() {
         200,
         json!({"accessToken": "ya29.sa", "expireTime": "2023-11-14T23:13:20.123456789Z"}),
     );
-    match ex.answer(Step::Impersonate, &ok, 10, "s").unwrap() {
+    match ex.answer(Step::Impersonate, &ok, 10, "s", &stamp(0, "jti-0")).unwrap() {
         Next::Done(e) => {
             assert_eq!(e.access_token, "ya29.sa");
             assert_eq!(e.expires_at, Some(1_700_003_600));
@@ -432,7 +444,7 @@ fn google_impersonation_is_a_second_call_with_the_federated_token() {
         ),
     ];
     for (r, want) in cases {
-        let got = match ex.answer(Step::Impersonate, &r, 10, "s") {
+        let got = match ex.answer(Step::Impersonate, &r, 10, "s", &stamp(0, "jti-0")) {
             Err(f) => f,
             Ok(_) => panic!("accepted {want}"),
         };
@@ -444,7 +456,7 @@ fn google_impersonation_is_a_second_call_with_the_federated_token() {
     }
     let none = CalloutResponse::default();
     assert!(
-        matches!(ex.answer(Step::Impersonate, &none, 10, "s"), Err(Failure::Unavailable(w)) if w.starts_with("impersonation: "))
+        matches!(ex.answer(Step::Impersonate, &none, 10, "s", &stamp(0, "jti-0")), Err(Failure::Unavailable(w)) if w.starts_with("impersonation: "))
     );
 }
 
@@ -562,7 +574,7 @@ fn private_key_jwt_assertions_verify_and_are_fresh() {
         )
         .unwrap();
         assert!(ex.signs());
-        let call = ex.request("subject", NOW_MS, "jti-a").unwrap();
+        let call = ex.request("subject", None, &stamp(NOW_MS, "jti-a")).unwrap();
         let f = form(&call.body);
         assert_eq!(
             get(&f, "client_assertion_type"),
@@ -602,7 +614,7 @@ fn private_key_jwt_assertions_verify_and_are_fresh() {
         assert_eq!(iat, NOW_MS / 1000);
         assert!(exp > iat && exp - iat <= 300, "at most 5 minutes");
         // Every request signs a new assertion with the jti it is given.
-        let again = assertion_of(&ex.request("subject", NOW_MS, "jti-b").unwrap().body);
+        let again = assertion_of(&ex.request("subject", None, &stamp(NOW_MS, "jti-b")).unwrap().body);
         assert_ne!(again, token);
     }
 }
@@ -642,7 +654,7 @@ fn private_keys_in_pkcs1_pkcs8_and_sec1_pem() {
     };
     let assertion = |pem: &str, alg: &str| {
         let ex = exchanger_with_keys(section(alg), pem).unwrap();
-        assertion_of(&ex.request("subject", NOW_MS, "j").unwrap().body)
+        assertion_of(&ex.request("subject", None, &stamp(NOW_MS, "j")).unwrap().body)
     };
     let rsa1 = RS256KeyPair::from_pem(RSA1).unwrap().public_key();
     assert!(rsa1
@@ -694,3 +706,5 @@ fn a_key_that_does_not_fit_its_algorithm_fails_the_config() {
     .unwrap();
     assert!(e.message.contains("P-256"), "{e}");
 }
+
+mod id_jag_actor;

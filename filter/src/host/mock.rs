@@ -67,6 +67,8 @@ pub struct Mock {
     pub refuse_dispatch: bool,
     /// Shared-data keys this mock created, not yet reported.
     created: u64,
+    /// Every shared-data write that took, by key, in order.
+    pub writes: Vec<String>,
 }
 
 impl Mock {
@@ -92,6 +94,7 @@ impl Mock {
             metrics: Vec::new(),
             refuse_dispatch: false,
             created: 0,
+            writes: Vec::new(),
         }
     }
 
@@ -243,6 +246,7 @@ impl Host for Mock {
         }
         let next = current.unwrap_or(0) + 1;
         map.insert(key.to_string(), (value.to_vec(), next));
+        self.writes.push(key.to_string());
         if current.is_none() {
             self.created += 1;
         }

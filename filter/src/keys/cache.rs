@@ -236,12 +236,13 @@ impl JwksCache {
             return Answer::NotOurs;
         }
         self.in_flight = None;
-        self.release_lease(host);
         let now = host.now_ms();
         let url = match &mut self.source {
             Source::Known(e) => e.url.clone(),
             Source::Discovering(d) => {
-                match d.on_response(resp) {
+                let outcome = d.on_response(resp);
+                self.release_lease(host);
+                match outcome {
                     Outcome::Found(e) => self.source = Source::Known(e),
                     Outcome::Fallback => {}
                     Outcome::Failed => {
@@ -257,6 +258,15 @@ impl JwksCache {
                 };
             }
         };
+        let answer = self.publish(host, resp, &url, now);
+        // Freed only now: a worker that takes the lease next finds the keys
+        // published (it syncs first) instead of fetching them again.
+        self.release_lease(host);
+        answer
+    }
+
+    /// Parses a JWKS answer, publishes it in shared data and loads it.
+    fn publish(&mut self, host: &mut dyn Host, resp: &CalloutResponse, url: &str, now: u64) -> Answer {
         match self.accept(resp, now) {
             Ok((keys, skipped, refresh_at, body)) => {
                 if skipped > 0 {

@@ -1,13 +1,20 @@
 //! The forwarding phase: a request that passed validation goes on as it
 //! came, or with its policy's exchanged token, from the cache or from an
 //! exchange that concurrent requests for the same user and target share.
-//! A flight that lands releases every request waiting on it, decided.
+//! An exchange may take several callouts in one pause: the filter's own
+//! actor token first, shared by every exchange of its target (`launch`),
+//! then the exchange, then a provider's second step (`land`). A flight that
+//! lands releases every request waiting on it, decided.
+
+mod land;
+mod launch;
 
 use crate::edge::challenge::{self, Denial};
 use crate::edge::metrics::{Metric, Metrics};
-use crate::exchange::singleflight::{Flight, Flights};
+use crate::exchange::actor_tokens::ActorTokens;
+use crate::exchange::singleflight::{Flight, Flights, Out};
 use crate::exchange::token_cache::{Put, TokenCache};
-use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step};
+use crate::exchange::{Exchanged, Exchanger, Failure, Step};
 use crate::host::{CalloutResponse, Host};
 use crate::request::outcome::{CacheUse, Forwarded, Outcome, Passed, Who};
 use crate::request::policy::{Policies, PolicyId, TargetId};
@@ -28,7 +35,9 @@ pub enum Answered {
     NotOurs,
     /// The flight made its next callout, in the same pause.
     InFlight,
-    Landed(Landed),
+    /// Flights that ended (an actor token's failure ends every flight
+    /// parked on it).
+    Landed(Vec<Landed>),
 }
 
 /// Requests an exchange released: where they are, and what each gets.
@@ -67,6 +76,8 @@ pub struct Forward {
     /// One per exchange target, by `TargetId`.
     caches: Vec<TokenCache>,
     flights: Flights<Key, PolicyId>,
+    /// The filter's own actor tokens, by target.
+    actors: ActorTokens<Key>,
     /// `cache.expirySkewSeconds`, in ms.
     skew_ms: u64,
 }
@@ -85,6 +96,7 @@ impl Forward {
             policies,
             caches,
             flights: Flights::default(),
+            actors: ActorTokens::new(n),
             skew_ms,
         }
     }
@@ -116,22 +128,19 @@ impl Forward {
         let Err(policy) = self.flights.join(&key, ctx, passed.policy) else {
             return Outcome::Wait;
         };
-        match start(host, x, token) {
-            Ok(id) => {
-                let flight = Flight {
-                    token: Some(id),
-                    step: Step::Token,
-                    owner: host.origin_id(),
-                    started_ms: now,
-                    begun_ms: now,
-                    subject: token.to_string(),
-                    principal: Rc::clone(&passed.verified.principal),
-                    waiters: vec![(ctx, policy)],
-                };
-                self.flights.start(key, flight);
-                Outcome::Wait
-            }
-            Err(f) => {
+        let flight = Flight {
+            out: Out::Orphaned,
+            step: Step::Token,
+            owner: host.origin_id(),
+            started_ms: now,
+            begun_ms: now,
+            subject: token.to_string(),
+            principal: Rc::clone(&passed.verified.principal),
+            waiters: vec![(ctx, policy)],
+        };
+        match self.launch(host, key, flight) {
+            Ok(()) => Outcome::Wait,
+            Err((f, _)) => {
                 log::warn!(
                     "{} outcome={} cache=miss",
                     exchange_line(x, passed.principal()),
@@ -151,140 +160,47 @@ impl Forward {
         resp: &CalloutResponse,
         metrics: &mut Metrics,
     ) -> Answered {
-        let Some((key, flight)) = self.flights.finish(token) else {
-            return Answered::NotOurs;
-        };
-        match self.land(host, key, flight, resp, metrics) {
-            Some(landed) => Answered::Landed(landed),
-            None => Answered::InFlight,
+        if let Some((key, flight)) = self.flights.finish(token) {
+            return match self.land(host, key, flight, resp, metrics) {
+                Some(landed) => Answered::Landed(vec![landed]),
+                None => Answered::InFlight,
+            };
+        }
+        match self.actors.finish(token) {
+            Some((target, fetch)) => Answered::Landed(self.actor_landed(host, target, fetch, resp, metrics)),
+            None => Answered::NotOurs,
         }
     }
 
-    /// Restarts flights whose owner went away, and fails those that will
-    /// never be answered.
+    /// Restarts flights (and actor token fetches) whose owner went away,
+    /// and fails those that will never be answered.
     pub fn on_tick(&mut self, host: &mut dyn Host, metrics: &mut Metrics) -> Vec<Landed> {
         if self.flights.is_empty() {
             return Vec::new();
         }
         let now = host.now_ms();
-        for key in self.flights.orphans() {
-            let restarted = match self.flights.get(&key) {
-                Some(f) => start(host, self.policies.target(key.0), &f.subject),
-                None => continue,
-            };
-            match restarted {
-                Ok(id) => {
-                    log::debug!("restarted an exchange whose owner went away");
-                    self.flights.restarted(&key, id, host.origin_id(), now);
-                }
-                Err(f) => log::warn!("could not restart an orphaned exchange: {}", f.outcome()),
-            }
-        }
-        let policies = &self.policies;
+        let mut landed = self.actor_tick(host, now, metrics);
+        self.restart_orphans(host);
+        let policies = Rc::clone(&self.policies);
         let stuck = self.flights.take(|key, f| {
             let limit = policies.target(key.0).config().timeout_ms + CALLOUT_GRACE_MS;
-            f.token.is_none() || now.saturating_sub(f.started_ms) > limit
+            f.out == Out::Orphaned || now.saturating_sub(f.started_ms) > limit
         });
-        stuck
-            .into_iter()
-            .filter_map(|(key, flight)| self.land(host, key, flight, &CalloutResponse::default(), metrics))
-            .collect()
+        for (key, flight) in stuck {
+            landed.extend(self.land(host, key, flight, &CalloutResponse::default(), metrics));
+        }
+        landed
     }
 
-    /// The stream `ctx` ended: it waits no more, and a flight it owned lost its callout.
+    /// The stream `ctx` ended: it waits no more, and a flight (or actor
+    /// token fetch) it owned lost its callout.
     pub fn leave(&mut self, ctx: u32) {
         self.flights.leave(ctx);
+        self.actors.leave(ctx);
     }
 
     fn cache(&mut self, target: TargetId) -> Option<&mut TokenCache> {
         self.caches.get_mut(target.index())
-    }
-
-    /// A callout of a flight answered (or never will: an empty answer):
-    /// make the next callout in the same pause (`None`), or cache the token
-    /// and release every waiter.
-    fn land(
-        &mut self,
-        host: &mut dyn Host,
-        key: Key,
-        flight: Flight<PolicyId>,
-        resp: &CalloutResponse,
-        metrics: &mut Metrics,
-    ) -> Option<Landed> {
-        let (target, hash) = key;
-        let (flight, result) = self.advance(host, key, flight, resp)?;
-        let policies = Rc::clone(&self.policies);
-        let now = host.now_ms();
-        let latency = now.saturating_sub(flight.begun_ms);
-        let outcome = result.as_ref().map_or_else(Failure::outcome, |_| "ok".to_string());
-        let line = exchange_line(policies.target(target), &flight.principal);
-        let waiters = flight.waiters.len();
-        log::info!("{line} outcome={outcome} cache=miss latency_ms={latency} waiters={waiters}");
-        metrics.inc(if result.is_ok() {
-            Metric::ExchangesOk
-        } else {
-            Metric::ExchangesFailed
-        });
-        metrics.record(host, Metric::ExchangeLatency, latency);
-        // The cache must not outlive the caller's token as the strictest
-        // of the waiting routes checks it.
-        let clock_skew_s = flight
-            .waiters
-            .iter()
-            .map(|(_, p)| policies.verifier(policies.policy(*p).verifier).skew())
-            .min()
-            .unwrap_or(0);
-        let result = result.map(|ex| {
-            let value: Rc<str> = format!("Bearer {}", ex.access_token).into();
-            let until = cache_until(&ex, &flight.principal, clock_skew_s, self.skew_ms, now);
-            self.store(host, target, &hash, &value, until, metrics);
-            Forwarded {
-                target,
-                value,
-                cache: CacheUse::Miss,
-                latency_ms: Some(latency),
-            }
-        });
-        Some(Landed {
-            waiters: flight.waiters,
-            verified: Verified {
-                principal: flight.principal,
-                hash,
-            },
-            target,
-            result,
-            policies,
-        })
-    }
-
-    /// Reads a flight's answer: the exchange's result, or `None` once its
-    /// next callout went out in the same pause.
-    fn advance(
-        &mut self,
-        host: &mut dyn Host,
-        key: Key,
-        mut flight: Flight<PolicyId>,
-        resp: &CalloutResponse,
-    ) -> Option<(Flight<PolicyId>, Result<Exchanged, Failure>)> {
-        let x = self.policies.target(key.0);
-        let now = host.now_ms();
-        let elapsed = now.saturating_sub(flight.started_ms);
-        let result = match x.answer(flight.step, resp, elapsed, &flight.subject) {
-            Ok(Next::Done(ex)) => Ok(ex),
-            Ok(Next::Then(call)) => match send(host, &call, x.config().timeout_ms) {
-                Ok(id) => {
-                    flight.token = Some(id);
-                    flight.step = call.step;
-                    flight.owner = host.origin_id();
-                    flight.started_ms = now;
-                    self.flights.start(key, flight);
-                    return None;
-                }
-                Err(f) => Err(f),
-            },
-            Err(f) => Err(f),
-        };
-        Some((flight, result))
     }
 
     /// Caches an exchanged token until `until_ms`.
@@ -318,27 +234,6 @@ fn denial(policies: &Policies, f: &Failure, policy: PolicyId) -> Denial {
     }
 }
 
-/// Starts an exchange's first callout.
-fn start(host: &mut dyn Host, exchanger: &Exchanger, subject: &str) -> Result<u32, Failure> {
-    let mut jti = [0u8; 16];
-    if exchanger.signs() && !host.random(&mut jti) {
-        return Err(Failure::Unavailable("no random source for the client assertion".into()));
-    }
-    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
-    let call = exchanger.request(subject, host.now_ms(), &jti)?;
-    send(host, &call, exchanger.config().timeout_ms)
-}
-
-fn send(host: &mut dyn Host, call: &Call, timeout_ms: u64) -> Result<u32, Failure> {
-    host.dispatch(call.endpoint, &call.header_pairs(), Some(&call.body), timeout_ms)
-        .ok_or_else(|| {
-            Failure::Unavailable(format!(
-                "callout refused: is cluster {:?} defined?",
-                call.endpoint.cluster
-            ))
-        })
-}
-
 /// Until when (ms) an exchanged token may be served from the cache: the
 /// sooner of the exchanged token's own expiry (`expires_in`, else an
 /// absolute expiry such as Google's `expireTime`, else its JWT `exp`) less
@@ -352,12 +247,8 @@ fn send(host: &mut dyn Host, call: &Call, timeout_ms: u64) -> Result<u32, Failur
 /// cache key is its hash, so a cached entry is never reached once it fails.
 pub fn cache_until(ex: &Exchanged, subject: &Principal, clock_skew_s: u64, skew_ms: u64, now_ms: u64) -> u64 {
     let subject_ms = subject.exp.saturating_add(clock_skew_s).saturating_mul(1000);
-    let issued_ms = match (ex.expires_in, ex.expires_at.or(ex.jwt_exp)) {
-        (Some(s), _) => Some(now_ms.saturating_add(s.saturating_mul(1000))),
-        (None, Some(at)) => Some(at.saturating_mul(1000)),
-        (None, None) => None,
-    };
-    issued_ms.map_or(subject_ms, |i| i.saturating_sub(skew_ms).min(subject_ms))
+    ex.expires_at_ms(now_ms)
+        .map_or(subject_ms, |i| i.saturating_sub(skew_ms).min(subject_ms))
 }
 
 /// The exchange log line's fixed part: who, through which client, for which target.

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod forward;
 pub mod gate;
 pub mod keyring;
+pub mod metadata;
 pub mod outcome;
 pub mod path;
 pub mod policy;
@@ -172,7 +173,11 @@ impl Plugin for Filter {
             return self.release_validated(host, released);
         }
         match self.forward.on_callout(host, token, resp, &mut self.effects.metrics) {
-            Answered::Landed(landed) => self.release_landed(host, landed),
+            Answered::Landed(all) => {
+                for landed in all {
+                    self.release_landed(host, landed);
+                }
+            }
             Answered::InFlight => {}
             Answered::NotOurs => log::debug!("ignoring answer to unknown callout {token}"),
         }
@@ -226,7 +231,7 @@ fn log_configured(config: &Config) {
     });
     for t in config.token_exchange.iter().chain(rule_targets) {
         log::info!("exchanging tokens at {} via cluster {}", t.token.url, t.token.cluster);
-        if t.secret_inline {
+        if t.client.secret_inline {
             log::warn!(
                 "tokenExchange.clientSecret is set inline: for local demos only; \
                  use clientSecretEnv with vm_config.environment_variables or vmConfig.env"

@@ -7,7 +7,7 @@
 use crate::edge::challenge::Challenges;
 use crate::exchange::Exchanger;
 use crate::request::path::{self, Refusal};
-use crate::request::routes::{Route, Routes};
+use crate::request::routes::{HostRules, Route, Routes};
 use crate::token::verify::Verifier;
 use plugin_config::{Config, ConfigError, KeySource, Oidc, RuleAction, RuleExchange, TokenExchange};
 
@@ -188,12 +188,12 @@ impl Policies {
         &self.routes
     }
 
-    /// The policy for a request to `authority` (empty when not read) at
-    /// `path`, judged on every reading of the path (`request::path`), and
-    /// whether its body is gated; `gate` is the MCP endpoint when the
-    /// request is a POST with a body and tools have scopes.
-    pub fn select(&self, authority: &str, path: &str, gate: Option<&str>) -> Result<(Selection, bool), Refusal> {
-        let target = path::target(&self.routes, authority, path, gate)?;
+    /// The policy for a request whose host's rules are `rules`, at `path`,
+    /// judged on every reading of the path (`request::path`), and whether
+    /// its body is gated; `gate` is the MCP endpoint when the request is a
+    /// POST with a body and tools have scopes.
+    pub fn select(&self, rules: &HostRules, path: &str, gate: Option<&str>) -> Result<(Selection, bool), Refusal> {
+        let target = path::target(rules, path, gate)?;
         let selection = match target.route {
             Some(Route::Skip) => Selection::Skip,
             Some(Route::Policy(n)) => Selection::Policy(PolicyId(n)),

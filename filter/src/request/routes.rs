@@ -196,6 +196,11 @@ pub fn host_matches(pattern: &str, authority: &str) -> bool {
     }
 }
 
+/// The host name of an authority or host pattern, without its port.
+pub fn host_name(authority: &str) -> &str {
+    split_port(authority).0
+}
+
 fn split_port(s: &str) -> (&str, Option<&str>) {
     match s.rsplit_once(':') {
         Some((n, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (n, Some(p)),

@@ -8,22 +8,12 @@
 //! every common reading of it (`request::path`): one servers may read as a
 //! path decided differently gets 400.
 
-use crate::edge::challenge::metadata_document;
 use crate::host::Host;
-use crate::request::outcome::{Outcome, Reply, Unjudged, Who};
+use crate::request::metadata::Documents;
+use crate::request::outcome::{Outcome, Unjudged, Who};
+use crate::request::path;
 use crate::request::policy::{Policies, PolicyId, Selection};
-use crate::request::routes::host_matches;
 use std::rc::Rc;
-
-/// Metadata is public: any page may read it.
-const ANY_ORIGIN: (&str, &str) = ("access-control-allow-origin", "*");
-
-/// An RFC 9728 document and where it is served.
-struct Document {
-    host: String,
-    path: String,
-    body: Rc<str>,
-}
 
 /// A request's policy, and whether its body is gated (a tool with scopes
 /// may be called in it).
@@ -34,49 +24,54 @@ pub struct Route {
 
 pub struct Select {
     policies: Rc<Policies>,
-    documents: Vec<Document>,
+    documents: Documents,
     /// The MCP endpoint, with tool scopes: the gate looks at the path too.
     gate: Option<String>,
 }
 
 impl Select {
     pub fn new(policies: Rc<Policies>, metadata: &[plugin_config::Metadata], gate: Option<&str>) -> Select {
-        let documents = metadata
-            .iter()
-            .map(|m| Document {
-                host: m.host.clone(),
-                path: m.path.clone(),
-                body: metadata_document(m).into(),
-            })
-            .collect();
         Select {
             policies,
-            documents,
+            documents: Documents::new(metadata),
             gate: gate.map(String::from),
         }
     }
 
     /// The current request's route, or what to do with it instead;
-    /// `body_follows` unless its headers end it.
+    /// `body_follows` unless its headers end it. `:authority` is read when
+    /// a rule looks at hosts, `:path` when a document, a rule or the gate
+    /// may need it for this host.
     pub fn route(&self, host: &dyn Host, body_follows: bool) -> Result<Route, Outcome> {
         let routes = self.policies.routes();
-        let path = if !self.documents.is_empty() || routes.by_path() || self.gate.is_some() {
-            host.request_header(":path")
-        } else {
-            None
-        };
-        if let Some(reply) = self.metadata(host, path.as_deref()) {
-            return Err(Outcome::Answer(reply));
-        }
         let authority = if routes.by_host() {
             host.request_header(":authority")
         } else {
             None
         };
+        let rules = routes.for_host(authority.as_deref().unwrap_or_default());
         // A POST with a body to the MCP endpoint may call a tool with scopes.
         let gate = self.gate.as_deref().filter(|_| body_follows && is_post(host));
-        let (authority, path) = (authority.unwrap_or_default(), path.unwrap_or_default());
-        match self.policies.select(&authority, &path, gate) {
+        let path = if self.documents.may_serve(authority.as_deref()) || path::needs_path(&rules, gate) {
+            host.request_header(":path").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if self.documents.has_path(&path) {
+            let read;
+            let authority = match &authority {
+                Some(a) => a.as_str(),
+                None => {
+                    read = host.request_header(":authority").unwrap_or_default();
+                    read.as_str()
+                }
+            };
+            let method = host.request_header(":method").unwrap_or_default();
+            if let Some(reply) = self.documents.reply(authority, &path, &method) {
+                return Err(Outcome::Answer(reply));
+            }
+        }
+        match self.policies.select(&rules, &path, gate) {
             Ok((Selection::Policy(policy), gated)) => Ok(Route { policy, gated }),
             Ok((Selection::Skip, _)) => Err(Outcome::Pass(Unjudged::SkipRoute)),
             Ok((Selection::Nothing, _)) => {
@@ -93,48 +88,6 @@ impl Select {
                 Err(Outcome::Deny(d, Who::default()))
             }
         }
-    }
-
-    /// The answer to an RFC 9728 metadata request, which needs no
-    /// authentication; `None` for any other request.
-    fn metadata(&self, host: &dyn Host, path: Option<&str>) -> Option<Reply> {
-        let path = path?.split('?').next()?;
-        if !self.documents.iter().any(|d| d.path == path) {
-            return None;
-        }
-        // Only the resource's own host: another host's well-known path is
-        // that host's business.
-        let authority = host.request_header(":authority").unwrap_or_default();
-        let doc = self
-            .documents
-            .iter()
-            .find(|d| d.path == path && host_matches(&d.host, &authority))?;
-        Some(match host.request_header(":method").as_deref().unwrap_or_default() {
-            "GET" | "HEAD" => Reply {
-                status: 200,
-                headers: &[
-                    ("content-type", "application/json"),
-                    ("cache-control", "max-age=300"),
-                    ANY_ORIGIN,
-                ],
-                body: Rc::clone(&doc.body),
-            },
-            "OPTIONS" => Reply {
-                status: 204,
-                headers: &[
-                    ANY_ORIGIN,
-                    ("access-control-allow-methods", "GET, HEAD, OPTIONS"),
-                    ("access-control-allow-headers", "authorization, mcp-protocol-version"),
-                    ("access-control-max-age", "86400"),
-                ],
-                body: Rc::from(""),
-            },
-            _ => Reply {
-                status: 405,
-                headers: &[("allow", "GET, HEAD, OPTIONS")],
-                body: Rc::from(""),
-            },
-        })
     }
 }
 

@@ -200,6 +200,12 @@ fn an_unseen_kid_waits_for_the_next_allowed_refetch() {
     assert!(m.stream(2).resumed && m.stream(3).resumed);
 }
 
+/// An unsigned payload claiming our issuer: what a token with an unknown
+/// kid must say to be worth a refetch.
+fn ours() -> String {
+    URL_SAFE_NO_PAD.encode(json!({ "iss": ISS }).to_string())
+}
+
 #[test]
 fn unknown_kids_cost_at_most_one_fetch_per_interval() {
     let (mut f, mut m) = (filter(), Mock::new());
@@ -209,7 +215,7 @@ fn unknown_kids_cost_at_most_one_fetch_per_interval() {
         id += 1;
         // The kid is looked up before the signature: no need to sign.
         let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"RS256","kid":"kid-{id}"}}"#));
-        request(f, m, id, Some(&format!("{head}.e30.c2ln")));
+        request(f, m, id, Some(&format!("{head}.{}.c2ln", ours())));
     };
     // 200 random kids in a burst, through ticks, over 12 s.
     for round in 0..24 {
@@ -251,7 +257,7 @@ fn a_failing_jwks_endpoint_is_not_hammered_by_unknown_kids() {
     // 20 more unknown kids right after: no further GET until the interval.
     for id in 3..23 {
         let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"RS256","kid":"x{id}"}}"#));
-        request(&mut f, &mut m, id, Some(&format!("{head}.e30.c2ln")));
+        request(&mut f, &mut m, id, Some(&format!("{head}.{}.c2ln", ours())));
     }
     assert_eq!(m.callouts.len(), 2);
 }
@@ -339,6 +345,50 @@ fn waiters_time_out_with_503_if_no_answer_ever_comes() {
     m.enter(ROOT);
     f.on_tick(&mut m);
     assert_eq!(m.sent(2).unwrap().status, 503);
+}
+
+#[test]
+fn a_fetch_publishes_its_keys_before_it_frees_the_lease() {
+    // Another worker that takes the lease the moment it is free syncs first:
+    // it must find the keys there, not fetch them again (on real Envoy,
+    // first requests on both workers made two JWKS GETs now and then).
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
+    request(&mut f1, &mut m1, 2, Some(&good()));
+    let c = m1.callouts[0].clone();
+    m1.writes.clear();
+    f1.on_callout(&mut m1, c.token, &ok(&keys_k1()));
+    // The keys are `tef:tef:jwks:<hex>`, their lease `….lease`.
+    let last = |f: &dyn Fn(&String) -> bool| m1.writes.iter().rposition(f).unwrap();
+    let published = last(&|k| k.contains(":jwks:") && !k.contains('.'));
+    let freed = last(&|k| k.ends_with(".lease"));
+    assert!(published < freed, "{:?}", m1.writes);
+    let (mut f2, mut m2) = (filter(), Mock::with_shared(shared));
+    assert_eq!(request(&mut f2, &mut m2, 2, Some(&good())), Action::Continue);
+    assert!(m2.callouts.is_empty());
+}
+
+#[test]
+fn keys_a_later_request_adopted_release_the_earlier_waiters_on_the_tick() {
+    let shared = Shared::default();
+    let (mut f1, mut m1) = (filter(), Mock::with_shared(shared.clone()));
+    let (mut f2, mut m2) = (filter(), Mock::with_shared(shared));
+    request(&mut f1, &mut m1, 2, Some(&good()));
+    // Worker 2's first request waits for worker 1's fetch.
+    assert_eq!(request(&mut f2, &mut m2, 2, Some(&good())), Action::Pause);
+    let c = m1.callouts[0].clone();
+    f1.on_callout(&mut m1, c.token, &ok(&keys_k1()));
+    // Its next request finds the keys published and passes at once.
+    assert_eq!(request(&mut f2, &mut m2, 3, Some(&good())), Action::Continue);
+    // The first is released on the next tick, not at the next refetch.
+    m2.now_ms += 500;
+    m2.enter(ROOT);
+    f2.on_tick(&mut m2);
+    assert!(m2.stream(2).resumed);
+    assert!(
+        m2.callouts.is_empty() && m1.callouts.len() == 1,
+        "one fetch for the proxy"
+    );
 }
 
 #[test]
@@ -1068,13 +1118,19 @@ fn google_second_step_failures_map_and_release_every_waiter() {
         f.on_callout(&mut m, iam.token, &answer);
         assert_eq!(m.sent(2).unwrap().status, status);
     }
-    // A second step that never answers times out like the first.
-    let (mut f, mut m) = (google_filter(), Mock::new());
+    second_step_times_out(google_filter(), &sts_ok());
+}
+
+/// A second step (after `first`, the first step's answer) that never
+/// answers times out like the first: 504.
+fn second_step_times_out(mut f: Filter, first: &CalloutResponse) {
+    let mut m = Mock::new();
     warm(&mut f, &mut m);
     request(&mut f, &mut m, 2, Some(&good()));
-    let sts = m.callouts.last().unwrap().clone();
+    let step1 = m.callouts.last().unwrap().clone();
     m.enter(2);
-    f.on_callout(&mut m, sts.token, &sts_ok());
+    f.on_callout(&mut m, step1.token, first);
+    assert_eq!(m.callouts.len(), 3, "keys, first step, second step");
     m.now_ms += 3_500;
     m.enter(ROOT);
     f.on_tick(&mut m);
@@ -1580,18 +1636,25 @@ fn each_resource_checks_tokens_with_its_own_issuer_keys_and_audience() {
     let checks = f.signature_checks();
     assert_eq!(at(&mut f, &mut m, 5, "/github/mcp", &gh), Action::Continue);
     assert_eq!(f.signature_checks(), checks, "remembered for GitHub's route");
-    // Jira's key is no key of GitHub's issuer: the request waits for
-    // GitHub's next refetch, which does not have it either.
-    assert_eq!(at(&mut f, &mut m, 6, "/github/mcp", &jira), Action::Pause);
-    assert!(m.stream(6).sent.is_none() && m.callouts.len() == 2);
+    // Jira's token names another issuer than GitHub's: refused at once with
+    // GitHub's challenge, without waiting for (or asking) GitHub's IdP for
+    // a key it cannot have, however long after the last fetch it comes.
     m.now_ms += KID_REFETCH_INTERVAL_MS;
-    m.enter(ROOT);
-    f.on_tick(&mut m);
+    assert_eq!(at(&mut f, &mut m, 6, "/github/mcp", &jira), Action::Pause);
+    let sent = m.stream(6).sent.clone().unwrap();
+    assert_eq!(sent.status, 401);
+    assert!(sent.header("www-authenticate").unwrap().contains("/github/mcp"));
+    assert_eq!(m.callouts.len(), 2);
+    // A token that claims GitHub's issuer with a key GitHub's set lacks
+    // still waits for GitHub's refetch (a rotation), and only GitHub's.
+    let rotated = rsa(RSA2, "k2").sign(claims(GH_ISS, "gh", "repo:read")).unwrap();
+    assert_eq!(at(&mut f, &mut m, 8, "/github/mcp", &rotated), Action::Pause);
+    assert!(m.stream(8).sent.is_none());
     assert_eq!(m.callouts.len(), 3);
     assert_eq!(m.callouts[2].header(":path"), Some("/gh/jwks"));
     let c = m.callouts[2].clone();
     f.on_callout(&mut m, c.token, &ok(&keys_k1()));
-    assert_eq!(m.stream(6).sent.as_ref().unwrap().status, 401);
+    assert_eq!(m.stream(8).sent.as_ref().unwrap().status, 401);
     // Another host is skipped: untouched, no keys asked for.
     m.open(
         7,
@@ -1642,3 +1705,5 @@ fn each_resource_serves_its_own_metadata_before_any_rule() {
     }
     assert!(m.callouts.is_empty());
 }
+
+mod exchange_steps;

@@ -205,6 +205,14 @@ impl Validation {
                 }
                 self.wake(host, issuer, last)
             }
+            // Keys adopted while serving a later request (its fetch found
+            // them published) decide the requests that waited before it and
+            // whose kid they have; the others wait on for a fetch.
+            None if waiting && self.keys.get(issuer).is_some_and(|c| c.keys().is_some()) => {
+                self.decide(host, issuer, LastFetch::Succeeded, &|v, _| {
+                    matches!(v, Verdict::UnknownKey)
+                })
+            }
             None => Vec::new(),
         }
     }
@@ -303,8 +311,25 @@ impl Validation {
 
     /// Decides every request waiting for `issuer`'s keys, now that a fetch ended.
     fn wake(&mut self, host: &dyn Host, issuer: IssuerId, last: LastFetch) -> Vec<Released> {
-        let now_ms = host.now_ms();
         let fetched_at = self.keys.get(issuer).map_or(0, JwksCache::fetched_at);
+        // Keys older than the request (another worker's earlier copy) cannot
+        // say its kid is unknown: it waits for a fetch that started after it came.
+        self.decide(host, issuer, last, &|v, since| {
+            matches!(v, Verdict::UnknownKey) && last == LastFetch::Succeeded && fetched_at < since
+        })
+    }
+
+    /// The requests waiting for `issuer`'s keys that the keys in hand decide,
+    /// each with `last` as the fetch it waited for; `keep(verdict, since)`
+    /// says which wait on.
+    fn decide(
+        &mut self,
+        host: &dyn Host,
+        issuer: IssuerId,
+        last: LastFetch,
+        keep: &dyn Fn(&Verdict, u64) -> bool,
+    ) -> Vec<Released> {
+        let now_ms = host.now_ms();
         let mine: Vec<u32> = self
             .waiting
             .iter()
@@ -317,10 +342,7 @@ impl Validation {
                 continue;
             };
             let verdict = self.judge(host, &w.token, now_ms, w.policy, UnknownKid::IsUnknown);
-            if matches!(verdict, Verdict::UnknownKey) && last == LastFetch::Succeeded && fetched_at < w.since_ms {
-                // Keys older than the request (another worker's earlier
-                // copy) cannot say its kid is unknown: wait for a fetch
-                // that started after it came.
+            if keep(&verdict, w.since_ms) {
                 self.waiting.insert(ctx, w);
                 continue;
             }

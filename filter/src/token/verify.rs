@@ -217,7 +217,7 @@ impl Verifier {
     /// What holds before any key is tried: three segments of canonical
     /// base64url; a header and a payload that are JSON objects without
     /// duplicate keys, whose `exp`, `nbf` and `iat` are whole seconds; no `crit` (we implement no extension, and RFC 7515
-    /// forbids an empty list); a `typ` that names an access token.
+    /// forbids an empty list); a `typ` that names an access token; our `iss`.
     fn shape(&self, token: &str) -> Result<(Value, Value), Reject> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
@@ -260,6 +260,13 @@ impl Verifier {
         };
         if !ok {
             return Err(Reject::TokenType);
+        }
+        // Another issuer's token never passes here, whatever its key: refused
+        // before the key lookup, it neither waits for nor starts a refetch of
+        // this issuer's keys (where one gateway has several issuers, a token
+        // brought to the wrong route is common). `check` checks the signed one.
+        if payload.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(Reject::Issuer);
         }
         Ok((header, payload))
     }

@@ -1,9 +1,11 @@
-//! How the filter authenticates at the token endpoint (RFC 6749 §2.3): a
+//! How the filter authenticates at a token endpoint (RFC 6749 §2.3): a
 //! client secret from the environment, sent by HTTP Basic or in the form,
 //! a `private_key_jwt` assertion (RFC 7523 §2.2), or nothing for a public
-//! client. Each combination that could never work is refused here.
+//! client. Each combination that could never work is refused here. The
+//! same keys, and this validation, serve `tokenExchange` and id-jag's
+//! `assertionGrant`.
 
-use super::model::{AssertionAlg, ClientAssertion, ClientAuthMethod, Secret};
+use super::model::{AssertionAlg, Client, ClientAssertion, ClientAuthMethod, Secret};
 use super::provider::kind::Provider;
 use crate::error::ConfigError;
 use crate::field::non_empty;
@@ -13,22 +15,13 @@ type Field<'a> = &'a dyn Fn(&str) -> String;
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// A section's validated client authentication.
-pub struct ClientAuth {
-    pub secret: Option<Secret>,
-    /// The secret was written into the config rather than taken from the environment.
-    pub secret_inline: bool,
-    pub method: ClientAuthMethod,
-    /// With `PrivateKeyJwt`.
-    pub assertion: Option<ClientAssertion>,
-}
-
 pub fn client_auth(
     raw: &RawTokenExchange,
     provider: Provider,
     field: Field,
     token_url: &str,
     env: Env,
-) -> Result<ClientAuth, ConfigError> {
+) -> Result<Client, ConfigError> {
     if let Some(id) = &raw.client_id {
         non_empty(&field("clientId"), id)?;
     }
@@ -38,7 +31,8 @@ pub fn client_auth(
         ClientAuthMethod::PrivateKeyJwt => Some(client_assertion(raw, field, token_url, env)?),
         _ => None,
     };
-    Ok(ClientAuth {
+    Ok(Client {
+        id: raw.client_id.clone(),
         secret,
         secret_inline,
         method,
@@ -146,7 +140,7 @@ fn fits(raw: &RawTokenExchange, method: ClientAuthMethod, has_secret: bool, fiel
 }
 
 /// A secret's value from the environment, or an error naming the variable.
-fn from_env(path: &str, var: &str, env: Env) -> Result<String, ConfigError> {
+pub(super) fn from_env(path: &str, var: &str, env: Env) -> Result<String, ConfigError> {
     non_empty(path, var)?;
     match env(var) {
         Some(v) if !v.is_empty() => Ok(v),

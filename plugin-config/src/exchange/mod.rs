@@ -3,6 +3,8 @@
 //! authenticates there (`client_auth`), and how long results are kept. What
 //! a validated section holds is `model`; this module validates.
 
+mod actor;
+mod assertion_grant;
 mod client_auth;
 pub mod model;
 pub mod provider;
@@ -31,8 +33,12 @@ pub fn token_exchange(
     provider.defaults(&mut raw, &field)?;
 
     let (url, token_url) = token_url(&raw, &field, allow_http)?;
-    let auth = client_auth::client_auth(&raw, provider, &field, &token_url, env)?;
-
+    let client = client_auth::client_auth(&raw, provider, &field, &token_url, env)?;
+    let ExtraCallouts {
+        actor,
+        grant: assertion_grant,
+        impersonation,
+    } = extra_callouts(&mut raw, &field, &client, allow_http, env)?;
     let audiences = audiences(raw.audience.take(), &field("audience"))?;
     scope_list(&field("scopes"), &raw.scopes)?;
     let (subject_token_type, requested_token_type) = token_types(&raw, provider, &field)?;
@@ -41,10 +47,54 @@ pub fn token_exchange(
         None | Some("") => None,
         Some(h) => Some(header_name(&field("externalTokenHeaderName"), h)?).filter(|h| h != "authorization"),
     };
-    let timeout_ms = timeout(raw.timeout_ms, &field("timeoutMs"))?;
-    let options = match raw.options.take() {
+    let te = TokenExchange {
+        provider,
+        at: at.to_string(),
+        token: endpoint::endpoint(&url, raw.token_cluster.take()),
+        client,
+        audiences,
+        scopes: raw.scopes,
+        subject_token_type,
+        requested_token_type,
+        resources,
+        options: raw.options.take().map(|v| options(&field("options"), v)).transpose()?,
+        impersonation,
+        actor,
+        assertion_grant,
+        external_token_header,
+        timeout_ms: timeout(raw.timeout_ms, &field("timeoutMs"))?,
+    };
+    provider.check(&te, &field)?;
+    Ok(te)
+}
+
+/// The sections that add callouts to an exchange: the filter's own actor
+/// token before it, id-jag's assertion grant or google-sts's impersonation after.
+struct ExtraCallouts {
+    actor: Option<Actor>,
+    grant: Option<AssertionGrant>,
+    impersonation: Option<Impersonation>,
+}
+
+fn extra_callouts(
+    raw: &mut RawTokenExchange,
+    field: &dyn Fn(&str) -> String,
+    client: &Client,
+    allow_http: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ExtraCallouts, ConfigError> {
+    let actor = match raw.actor.take() {
         None => None,
-        Some(v) => Some(options(&field("options"), v)?),
+        Some(a) => Some(actor::actor(a, &field("actor"), client, env)?),
+    };
+    let grant = match raw.assertion_grant.take() {
+        None => None,
+        Some(g) => Some(assertion_grant::assertion_grant(
+            *g,
+            &field("assertionGrant"),
+            allow_http,
+            env,
+        )?),
     };
     let impersonation = match raw.service_account_impersonation.take() {
         None => None,
@@ -54,33 +104,16 @@ pub fn token_exchange(
             allow_http,
         )?),
     };
-
-    let te = TokenExchange {
-        provider,
-        at: at.to_string(),
-        token: endpoint::endpoint(&url, raw.token_cluster.take()),
-        client_id: raw.client_id.take(),
-        client_secret: auth.secret,
-        secret_inline: auth.secret_inline,
-        auth_method: auth.method,
-        assertion: auth.assertion,
-        audiences,
-        scopes: raw.scopes,
-        subject_token_type,
-        requested_token_type,
-        resources,
-        options,
+    Ok(ExtraCallouts {
+        actor,
+        grant,
         impersonation,
-        external_token_header,
-        timeout_ms,
-    };
-    provider.check(&te, &field)?;
-    Ok(te)
+    })
 }
 
 /// `tokenUrl` (required, unless the provider's preset filled it) and
 /// `tokenCluster`, checked; the URL as parsed and as written.
-fn token_url(
+pub(super) fn token_url(
     raw: &RawTokenExchange,
     field: &dyn Fn(&str) -> String,
     allow_http: bool,
@@ -132,13 +165,23 @@ fn token_types(
     let requested = match raw.requested_token_type.as_deref() {
         None if provider == Provider::EntraObo => None,
         None => Some(format!("{TOKEN_TYPE_PREFIX}access_token")),
+        Some(t) if provider::short(t) == "id-jag" => {
+            if provider != Provider::IdJag {
+                return Err(ConfigError::new(
+                    field("requestedTokenType"),
+                    "is id-jag, a grant for a resource authorization server, not a token to forward: \
+                     use provider id-jag with its assertionGrant",
+                ));
+            }
+            Some(ID_JAG.to_string())
+        }
         Some(t) => Some(token_type(&field("requestedTokenType"), t)?),
     };
     Ok((subject, requested))
 }
 
 /// `resource`: absolute URIs without a fragment (RFC 8707 §2).
-fn resources(raw: Option<OneOrMany>, path: &str) -> Result<Vec<String>, ConfigError> {
+pub(super) fn resources(raw: Option<OneOrMany>, path: &str) -> Result<Vec<String>, ConfigError> {
     let resources = raw.map(OneOrMany::into_vec).unwrap_or_default();
     for (i, r) in resources.iter().enumerate() {
         let bad = || {
@@ -204,7 +247,7 @@ pub fn cache(raw: Option<RawCache>) -> Result<Cache, ConfigError> {
 }
 
 /// Short forms (`access_token`, `id_token`, `jwt`, …) or the full RFC 8693 URN.
-fn token_type(path: &str, t: &str) -> Result<String, ConfigError> {
+pub(super) fn token_type(path: &str, t: &str) -> Result<String, ConfigError> {
     let short = t.strip_prefix(TOKEN_TYPE_PREFIX).unwrap_or(t);
     if TOKEN_TYPES.contains(&short) {
         Ok(format!("{TOKEN_TYPE_PREFIX}{short}"))
@@ -229,3 +272,6 @@ fn header_name(path: &str, h: &str) -> Result<String, ConfigError> {
     }
     Ok(h.to_ascii_lowercase())
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,6 +8,9 @@ use crate::endpoint::Endpoint;
 use std::fmt;
 
 pub(crate) const TOKEN_TYPE_PREFIX: &str = "urn:ietf:params:oauth:token-type:";
+/// The token type of an Identity Assertion JWT Authorization Grant
+/// (draft-ietf-oauth-identity-assertion-authz-grant).
+pub const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
@@ -82,19 +85,66 @@ pub struct Impersonation {
     pub lifetime_seconds: u64,
 }
 
+/// How the filter authenticates at one token endpoint (RFC 6749 §2.3).
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: Option<String>,
+    pub secret: Option<Secret>,
+    /// The secret was written into the config rather than taken from the environment.
+    pub secret_inline: bool,
+    pub method: ClientAuthMethod,
+    /// With `PrivateKeyJwt`.
+    pub assertion: Option<ClientAssertion>,
+}
+
+/// Who acts for the user: sent as `actor_token` with `actor_token_type`
+/// (RFC 8693 §2.1), so the issued token can name the actor in `act` (§4.1).
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// The filter's own token: a client credentials grant (RFC 6749 §4.4)
+    /// at the section's token endpoint, with its client authentication.
+    ClientCredentials { scopes: Vec<String> },
+    /// A token from the environment, and its type (full URN).
+    Env {
+        token: Secret,
+        /// The variable it came from, for messages.
+        env: String,
+        token_type: String,
+    },
+}
+
+impl Actor {
+    /// What is sent as `actor_token_type` (full URN).
+    pub fn token_type(&self) -> String {
+        match self {
+            Actor::ClientCredentials { .. } => format!("{TOKEN_TYPE_PREFIX}access_token"),
+            Actor::Env { token_type, .. } => token_type.clone(),
+        }
+    }
+}
+
+/// id-jag's second step: the ID-JAG presented as an RFC 7523 JWT bearer
+/// grant at the resource authorization server, with that server's own
+/// client authentication.
+#[derive(Debug, Clone)]
+pub struct AssertionGrant {
+    /// Where it is in the config (`tokenExchange.assertionGrant`).
+    pub at: String,
+    pub token: Endpoint,
+    pub client: Client,
+    /// `scope`, space-joined (RFC 7523 §2.1).
+    pub scopes: Vec<String>,
+    /// Repeated `resource` parameters (RFC 8707).
+    pub resources: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TokenExchange {
     pub provider: Provider,
     /// Where this section is in the config (`tokenExchange`, `rules[1].tokenExchange`).
     pub at: String,
     pub token: Endpoint,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    /// The secret was written into the config rather than taken from the environment.
-    pub secret_inline: bool,
-    pub auth_method: ClientAuthMethod,
-    /// With `PrivateKeyJwt`.
-    pub assertion: Option<ClientAssertion>,
+    pub client: Client,
     /// Sent as repeated `audience` parameters (RFC 8693 §2.1).
     pub audiences: Vec<String>,
     pub scopes: Vec<String>,
@@ -107,6 +157,9 @@ pub struct TokenExchange {
     /// google-sts `options`, compact JSON.
     pub options: Option<String>,
     pub impersonation: Option<Impersonation>,
+    pub actor: Option<Actor>,
+    /// id-jag only.
+    pub assertion_grant: Option<AssertionGrant>,
     /// Lower-case header that gets `Bearer <exchanged>`; `None` replaces Authorization.
     pub external_token_header: Option<String>,
     pub timeout_ms: u64,

@@ -11,7 +11,7 @@
 
 pub mod reading;
 
-use crate::request::routes::{Route, Routes};
+use crate::request::routes::{HostRules, Route};
 use reading::{Reading, Unjudgeable};
 use std::borrow::Cow;
 
@@ -45,16 +45,22 @@ impl Refusal {
     }
 }
 
-/// The decision for a request to `authority` (empty when not read) at
-/// `path` (`:path`, query included). `gate` is the MCP endpoint when the
-/// request is a POST with a body and tools have scopes.
-pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) -> Result<Target, Refusal> {
-    let rules = routes.for_host(authority);
-    if !rules.path_decides() {
-        let route = rules.select(|_| false);
-        if gate.is_none() || route == Some(Route::Skip) {
-            return Ok(Target { route, gated: false });
-        }
+/// Whether the path can change the decision: a rule for the host looks at
+/// it, or the request's route is a policy and the gate may judge its body.
+pub fn needs_path(rules: &HostRules, gate: Option<&str>) -> bool {
+    rules.path_decides() || (gate.is_some() && rules.select(|_| false) != Some(Route::Skip))
+}
+
+/// The decision for a request whose host's rules are `rules`, at `path`
+/// (`:path`, query included; empty when not read, which it need not be
+/// where `needs_path` says no). `gate` is the MCP endpoint when the request
+/// is a POST with a body and tools have scopes.
+pub fn target(rules: &HostRules, path: &str, gate: Option<&str>) -> Result<Target, Refusal> {
+    if !needs_path(rules, gate) {
+        return Ok(Target {
+            route: rules.select(|_| false),
+            gated: false,
+        });
     }
     let path = path.as_bytes();
     let path = path.split(|&b| b == b'?' || b == b'#').next().unwrap_or(path);
@@ -85,6 +91,7 @@ pub fn target(routes: &Routes, authority: &str, path: &str, gate: Option<&str>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::routes::Routes;
     use plugin_config::Match;
 
     fn rule(hosts: &[&str], prefix: Option<&str>, route: Route) -> (Match, Route) {
@@ -117,7 +124,7 @@ mod tests {
     #[test]
     fn a_stricter_prefix_gets_every_reading_or_400() {
         let routes = Routes::new(vec![rule(&[], Some("/admin/"), Route::Policy(1))]);
-        let at = |p: &str| target(&routes, "h", p, None);
+        let at = |p: &str| target(&routes.for_host("h"), p, None);
         assert_eq!(at("/admin/users?x=/../"), to(Route::Policy(1)));
         assert_eq!(at("/admin"), to(Route::Policy(1)), "/admin/ covers /admin");
         assert_eq!(at("/admin/./users"), to(Route::Policy(1)), "every reading agrees");
@@ -154,7 +161,7 @@ mod tests {
             rule(&[], Some("/api/"), Route::Skip),
             rule(&[], Some("/API/v2/"), Route::Policy(3)),
         ]);
-        let at = |p: &str| target(&routes, "h", p, None);
+        let at = |p: &str| target(&routes.for_host("h"), p, None);
         assert_eq!(at("/Admin/x"), to(Route::Policy(1)), "both readings pick the first");
         assert_eq!(at("/admin/x"), AMBIGUOUS, "exact: the second; folded: the first");
         assert_eq!(at("/ADMIN/x"), AMBIGUOUS, "exact: no rule; folded: the first");
@@ -165,7 +172,7 @@ mod tests {
     #[test]
     fn the_gate_judges_the_endpoint_and_refuses_its_variants() {
         let routes = Routes::new(vec![]);
-        let post = |p: &str| target(&routes, "", p, Some("/mcp"));
+        let post = |p: &str| target(&routes.for_host(""), p, Some("/mcp"));
         assert_eq!(post("/mcp"), GATED);
         assert_eq!(post("/mcp/?session=1"), GATED, "with or without a trailing slash");
         assert_eq!(post("/mcpx"), DEFAULT);
@@ -185,13 +192,13 @@ mod tests {
             assert_eq!(post(variant), AMBIGUOUS, "{variant}");
         }
         // Without a gate (not a POST with a body) the path is never read.
-        assert_eq!(target(&routes, "", "/MCP%zz", None), DEFAULT);
+        assert_eq!(target(&routes.for_host(""), "/MCP%zz", None), DEFAULT);
     }
 
     #[test]
     fn a_skipped_reading_of_the_endpoint_is_ambiguous_too() {
         let routes = Routes::new(vec![rule(&[], Some("/mcp/public"), Route::Skip)]);
-        let post = |p: &str| target(&routes, "", p, Some("/mcp"));
+        let post = |p: &str| target(&routes.for_host(""), p, Some("/mcp"));
         assert_eq!(post("/mcp/public"), to(Route::Skip), "skipped: nothing to gate");
         assert_eq!(post("/mcp/Public"), AMBIGUOUS);
     }
@@ -204,16 +211,24 @@ mod tests {
             rule(&[], Some("/admin/"), Route::Policy(2)),
         ]);
         for p in ["/a%2Fb/../%zz;x", "relative", ""] {
-            assert_eq!(target(&routes, "other.example", p, None), to(Route::Skip), "{p:?}");
             assert_eq!(
-                target(&routes, "other.example", p, Some("/mcp")),
+                target(&routes.for_host("other.example"), p, None),
                 to(Route::Skip),
                 "{p:?}"
             );
-            assert_eq!(target(&routes, "api.example", p, None), to(Route::Policy(1)), "{p:?}");
+            assert_eq!(
+                target(&routes.for_host("other.example"), p, Some("/mcp")),
+                to(Route::Skip),
+                "{p:?}"
+            );
+            assert_eq!(
+                target(&routes.for_host("api.example"), p, None),
+                to(Route::Policy(1)),
+                "{p:?}"
+            );
         }
         // A policy route with the gate configured still has its POSTs read.
-        assert_eq!(target(&routes, "api.example", "/MCP", Some("/mcp")), AMBIGUOUS);
-        assert_eq!(target(&routes, "elsewhere", "/Admin/", None), AMBIGUOUS);
+        assert_eq!(target(&routes.for_host("api.example"), "/MCP", Some("/mcp")), AMBIGUOUS);
+        assert_eq!(target(&routes.for_host("elsewhere"), "/Admin/", None), AMBIGUOUS);
     }
 }

@@ -221,6 +221,16 @@ fn kid_selection() {
     // Unknown kid: a refetch might find it.
     let t = rsa(RSA1, "k9").sign(claims(ISS, "mcpserver", "")).unwrap();
     assert_eq!(check(&v, &set, &t), Err(Reject::UnknownKey));
+    // Not if the token is another issuer's: no key of ours could pass it.
+    let mut n = 0;
+    let t = rsa(RSA1, "k9")
+        .sign(claims("https://other.example.com", "mcpserver", ""))
+        .unwrap();
+    assert_eq!(
+        verifier_only.verify(&set, &t, now_secs(), &mut n).unwrap_err().reject,
+        Reject::Issuer
+    );
+    assert_eq!(n, 0, "refused before any key is tried");
     // The named key is the only one tried.
     let t = rsa(RSA2, "k1").sign(claims(ISS, "mcpserver", "")).unwrap();
     let mut n = 0;

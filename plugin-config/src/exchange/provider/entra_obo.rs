@@ -65,10 +65,10 @@ pub fn defaults(raw: &mut RawTokenExchange, field: Field) -> Result<(), ConfigEr
 
 pub fn check(te: &TokenExchange, field: Field) -> Result<(), ConfigError> {
     let p = Provider::EntraObo;
-    match te.auth_method {
+    match te.client.method {
         ClientAuthMethod::ClientSecretPost => {}
         ClientAuthMethod::PrivateKeyJwt => {
-            if te.assertion.as_ref().is_some_and(|a| a.x5t.is_none()) {
+            if te.client.assertion.as_ref().is_some_and(|a| a.x5t.is_none()) {
                 return Err(p.error(
                     field,
                     "clientAssertionCertEnv",

@@ -31,10 +31,10 @@ pub fn defaults(raw: &mut RawTokenExchange, _field: Field) -> Result<(), ConfigE
 
 pub fn check(te: &TokenExchange, field: Field) -> Result<(), ConfigError> {
     let p = Provider::GoogleSts;
-    if te.auth_method != ClientAuthMethod::None || te.client_id.is_some() {
+    if te.client.method != ClientAuthMethod::None || te.client.id.is_some() {
         return Err(p.error(
             field,
-            if te.client_id.is_some() {
+            if te.client.id.is_some() {
                 "clientId"
             } else {
                 "clientAuthMethod"

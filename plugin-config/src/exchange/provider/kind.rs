@@ -11,6 +11,9 @@ pub enum Provider {
     GoogleSts,
     EntraObo,
     Keycloak,
+    /// Cross App Access: an ID-JAG from the enterprise IdP (RFC 8693), then
+    /// an access token for it at the resource authorization server (RFC 7523).
+    IdJag,
 }
 
 impl Provider {
@@ -21,10 +24,13 @@ impl Provider {
             Some("google-sts") => Provider::GoogleSts,
             Some("entra-obo") => Provider::EntraObo,
             Some("keycloak") => Provider::Keycloak,
+            Some("id-jag") => Provider::IdJag,
             Some(other) => {
                 return Err(ConfigError::new(
                     path,
-                    format!("{other:?} is not a provider; use rfc8693, okta, google-sts, entra-obo or keycloak"),
+                    format!(
+                        "{other:?} is not a provider; use rfc8693, okta, google-sts, entra-obo, keycloak or id-jag"
+                    ),
                 ))
             }
         })
@@ -37,6 +43,7 @@ impl Provider {
             Provider::GoogleSts => "google-sts",
             Provider::EntraObo => "entra-obo",
             Provider::Keycloak => "keycloak",
+            Provider::IdJag => "id-jag",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod entra_obo;
 pub mod google_sts;
+pub mod id_jag;
 pub mod keycloak;
 pub mod kind;
 pub mod okta;
@@ -24,6 +25,12 @@ impl Provider {
         if self != Provider::EntraObo && raw.tenant_id.is_some() {
             return Err(self.unused(field, "tenantId", "it is for entra-obo"));
         }
+        if self != Provider::IdJag && raw.assertion_grant.is_some() {
+            return Err(self.unused(field, "assertionGrant", "it is for id-jag"));
+        }
+        if matches!(self, Provider::GoogleSts | Provider::EntraObo) && raw.actor.is_some() {
+            return Err(self.error(field, "actor", "has no actor token parameter; remove actor"));
+        }
         if self != Provider::GoogleSts {
             if raw.options.is_some() {
                 return Err(self.unused(field, "options", "it is for google-sts"));
@@ -35,6 +42,7 @@ impl Provider {
         match self {
             Provider::GoogleSts => google_sts::defaults(raw, field),
             Provider::EntraObo => entra_obo::defaults(raw, field),
+            Provider::IdJag => id_jag::defaults(raw, field),
             Provider::Rfc8693 | Provider::Okta | Provider::Keycloak => Ok(()),
         }
     }
@@ -55,6 +63,7 @@ impl Provider {
             Provider::GoogleSts => google_sts::check(te, field),
             Provider::EntraObo => entra_obo::check(te, field),
             Provider::Keycloak => keycloak::check(te, field),
+            Provider::IdJag => id_jag::check(te, field),
         }
     }
 

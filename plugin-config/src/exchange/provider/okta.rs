@@ -9,7 +9,7 @@ use crate::exchange::model::{ClientAuthMethod, TokenExchange};
 
 pub fn check(te: &TokenExchange, field: Field) -> Result<(), ConfigError> {
     let p = Provider::Okta;
-    if te.auth_method == ClientAuthMethod::None {
+    if te.client.method == ClientAuthMethod::None {
         return Err(p.error(
             field,
             "clientId",
