@@ -6,8 +6,7 @@
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::signature::{SignatureEncoding, Signer, Verifier};
 use std::hint::black_box;
-use token_exchange_filter::keys::alg::Alg;
-use token_exchange_filter::keys::rsa::verify;
+use token_exchange_filter::fuzzing::{rsa_verify as verify, Alg};
 
 const PEM: &str = include_str!("../src/testdata/rsa1.pem");
 

@@ -8,8 +8,8 @@ use jwt_simple::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use token_exchange_filter::exchange::{Stamp, Step};
-use token_exchange_filter::host::CalloutResponse;
+use token_exchange_filter::fuzzing::CalloutResponse;
+use token_exchange_filter::fuzzing::{Stamp, Step};
 use token_exchange_fuzz::*;
 
 fn write(target: &str, inputs: &[Vec<u8>]) {
@@ -248,7 +248,16 @@ fn main() {
         body: ok(json!({})).into_bytes(),
         truncated: false,
     };
-    if let Err(f) = exchangers()[0].answer(Step::Token, &answer, 10, SUBJECT, &Stamp { now_ms: 0, jti: "jti-1".into() }) {
+    if let Err(f) = exchangers()[0].answer(
+        Step::Token,
+        &answer,
+        10,
+        SUBJECT,
+        &Stamp {
+            now_ms: 0,
+            jti: "jti-1".into(),
+        },
+    ) {
         panic!("the token endpoint seed is refused: {f:?}");
     }
     write(
@@ -314,8 +323,16 @@ fn main() {
             // Bit 7: the resource AS's answer to id-jag's assertion grant
             // (0xC0), and the actor token's client credentials grant (0xC4).
             high(0xC0, "200", &ok(json!({"scope": "todos.read"}))),
-            high(0xC0, "400", r#"{"error":"invalid_grant","error_description":"ID-JAG was used before"}"#),
-            high(0xC4, "200", r#"{"access_token":"own-actor","token_type":"Bearer","expires_in":300}"#),
+            high(
+                0xC0,
+                "400",
+                r#"{"error":"invalid_grant","error_description":"ID-JAG was used before"}"#,
+            ),
+            high(
+                0xC4,
+                "200",
+                r#"{"access_token":"own-actor","token_type":"Bearer","expires_in":300}"#,
+            ),
             high(0xC4, "400", r#"{"error":"invalid_scope"}"#),
         ],
     );
@@ -354,6 +371,31 @@ fn main() {
     paths.push(paths::input(2 | 1 << 4, &[other_skip, admin], "/a%2F../%2"));
     paths.push(paths::input(2 | 8 | 2 << 4, &[other_skip, admin], "/MCP"));
     write("path_readings", &paths);
+
+    let active = |extra: serde_json::Value| {
+        let mut v = json!({"active": true, "sub": "alice", "client_id": "vscode", "iss": ISSUER,
+            "aud": AUDIENCE, "exp": EXP, "iat": NOW, "scope": "mcp:tools:call"});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v.to_string()
+    };
+    write(
+        "introspection_answer",
+        &[
+            high(0, "200", &active(json!({}))),
+            high(1, "200", &active(json!({"aud": [AUDIENCE, "other"]}))),
+            high(1, "200", &active(json!({"aud": null}))),
+            high(0, "200", r#"{"active":true,"client_id":"svc","exp":4102444800}"#),
+            high(0, "200", &active(json!({"exp": NOW - 61}))),
+            high(0, "200", &active(json!({"iss": "https://evil.example"}))),
+            high(0, "200", r#"{"active":false}"#),
+            high(0, "200", r#"{"active":true,"active":true}"#),
+            high(0, "401", r#"{"error":"invalid_client"}"#),
+            high(2, "", ""),
+            high(4, "200", &active(json!({}))),
+        ],
+    );
 }
 
 fn base64_url(b: &[u8]) -> String {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use token_exchange_filter::token::bearer::{extract, Bearer};
+use token_exchange_filter::fuzzing::{extract, Bearer};
 
 fuzz_target!(|data: &[u8]| {
     // Header values reach the filter as strings.

@@ -5,9 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use plugin_config::{RuleAction, RuleExchange};
-use token_exchange_filter::exchange::{Exchanger, Stamp};
-use token_exchange_filter::request::Filter;
-use token_exchange_filter::token::verify::Verifier;
+use token_exchange_filter::fuzzing::Filter;
+use token_exchange_filter::fuzzing::Verifier;
+use token_exchange_filter::fuzzing::{Exchanger, Stamp};
 use token_exchange_fuzz::{env, NOW, SUBJECT};
 
 fuzz_target!(|data: &[u8]| {
@@ -28,7 +28,14 @@ fuzz_target!(|data: &[u8]| {
     }
     for te in exchanges {
         if let Ok(ex) = Exchanger::new(te) {
-            let _ = ex.request(SUBJECT, None, &Stamp { now_ms: NOW * 1000, jti: "jti-1".into() });
+            let _ = ex.request(
+                SUBJECT,
+                None,
+                &Stamp {
+                    now_ms: NOW * 1000,
+                    jti: "jti-1".into(),
+                },
+            );
         }
     }
     let _ = Filter::new(&config, "fuzz");

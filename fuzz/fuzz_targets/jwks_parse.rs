@@ -8,8 +8,7 @@
 use jwt_simple::prelude::*;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use token_exchange_filter::keys::alg::Alg;
-use token_exchange_filter::keys::jwks::{max_age, KeySet};
+use token_exchange_filter::fuzzing::{max_age, Alg, KeySet};
 use token_exchange_fuzz::{
     check_jwk_import, es256, forge_ed25519, forge_rs256, good_claims, good_header, verifier, NOW,
 };

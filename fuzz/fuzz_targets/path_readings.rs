@@ -21,9 +21,9 @@
 use libfuzzer_sys::fuzz_target;
 use plugin_config::Match;
 use std::collections::{BTreeSet, VecDeque};
-use token_exchange_filter::request::path::reading::Unjudgeable;
-use token_exchange_filter::request::path::{target, Refusal, Target};
-use token_exchange_filter::request::routes::{Route, Routes};
+use token_exchange_filter::fuzzing::Unjudgeable;
+use token_exchange_filter::fuzzing::{target, Refusal, Target};
+use token_exchange_filter::fuzzing::{Route, Routes};
 use token_exchange_fuzz::paths::{ALPHABET, AUTHORITIES, ENDPOINTS, PREFIXES};
 
 /// More readings than this and the input is skipped (long, busy paths).

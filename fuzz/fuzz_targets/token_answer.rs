@@ -10,8 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use token_exchange_filter::exchange::{Next, Stamp, Step};
-use token_exchange_filter::host::CalloutResponse;
+use token_exchange_filter::fuzzing::CalloutResponse;
+use token_exchange_filter::fuzzing::{Next, Stamp, Step};
 use token_exchange_fuzz::{exchangers, SUBJECT};
 
 fuzz_target!(|data: &[u8]| {
@@ -43,7 +43,10 @@ fuzz_target!(|data: &[u8]| {
         body: body.to_vec(),
         truncated: flags & 16 != 0,
     };
-    let stamp = Stamp { now_ms: 0, jti: "jti-1".into() };
+    let stamp = Stamp {
+        now_ms: 0,
+        jti: "jti-1".into(),
+    };
     let answered = match step {
         Step::Actor => ex.actor_answer(&resp, elapsed_ms).map(Next::Done),
         _ => ex.answer(step, &resp, elapsed_ms, SUBJECT, &stamp),

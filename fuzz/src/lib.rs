@@ -20,10 +20,7 @@ use rsa::pkcs8::DecodePrivateKey;
 use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
-use token_exchange_filter::exchange::Exchanger;
-use token_exchange_filter::keys::alg::Alg;
-use token_exchange_filter::keys::jwks::KeySet;
-use token_exchange_filter::token::verify::{Failure, Principal, Reject, Verifier};
+use token_exchange_filter::fuzzing::{Alg, Exchanger, Failure, KeySet, Principal, Reject, Verifier};
 
 /// The filter's own RSA test key (2048 bits).
 pub const RSA_PEM: &str = include_str!("../../filter/src/testdata/rsa1.pem");

@@ -57,6 +57,26 @@ pub fn parse_url(path: &str, value: &str, allow_http: bool) -> Result<Url, Confi
     Ok(url)
 }
 
+/// A required URL key (`url_key`, naming `what` in its error) and the
+/// optional cluster key beside it, checked.
+pub fn required(
+    url_key: &str,
+    url: Option<&str>,
+    what: &str,
+    cluster_key: &str,
+    cluster: Option<&str>,
+    allow_http: bool,
+) -> Result<Url, ConfigError> {
+    let Some(url) = url else {
+        return Err(ConfigError::new(url_key, format!("is required: {what}")));
+    };
+    let parsed = parse_url(url_key, url, allow_http)?;
+    if cluster.is_some_and(|c| c.trim().is_empty()) {
+        return Err(ConfigError::new(cluster_key, "must not be empty"));
+    }
+    Ok(parsed)
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),

@@ -4,7 +4,7 @@
 //! Every error names the JSON path of the field at fault and says how to fix it,
 //! because the only place a user sees it is one line of an Envoy log. Each
 //! section has its module (`oidc`, `exchange` with its provider presets,
-//! `rules`, `edge`, `keys`, `endpoint`); `raw` is the JSON as written, and
+//! `rules`, `edge`, `keys`, `endpoint`, `introspection`); `raw` is the JSON as written, and
 //! this module assembles the sections.
 
 mod edge;
@@ -12,6 +12,7 @@ pub mod endpoint;
 mod error;
 mod exchange;
 mod field;
+mod introspection;
 mod keys;
 mod metadata;
 mod oidc;
@@ -26,6 +27,7 @@ pub use exchange::{
     Secret, TokenExchange, ID_JAG,
 };
 pub use field::token_type_name;
+pub use introspection::{Introspection, DEFAULT_INTROSPECTION_CACHE_SECONDS, MAX_INTROSPECTION_CACHE_SECONDS};
 pub use keys::{Discovery, KeySource};
 pub use metadata::Metadata;
 pub use oidc::{
@@ -114,7 +116,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     // A partial top-level section is only a base for the rules' own, and
     // only where no request can fall through to it.
     let oidc = if top.is_complete() || !catch_all {
-        Some(oidc::oidc(top.clone(), "oidc")?)
+        Some(oidc::oidc(top.clone(), "oidc", env)?)
     } else {
         None
     };

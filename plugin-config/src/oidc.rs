@@ -5,6 +5,7 @@
 use crate::endpoint;
 use crate::error::ConfigError;
 use crate::field::{non_empty, scope_list, token_type_name};
+use crate::introspection::{self, Introspection};
 use crate::keys::{Discovery, KeySource};
 use crate::raw::{OneOrMany, RawOidc};
 
@@ -25,6 +26,8 @@ pub struct Oidc {
     pub allowed_token_types: Option<Vec<String>>,
     /// `insecureAllowHttp`: plain-HTTP URLs allowed everywhere (local demos).
     pub allow_http: bool,
+    /// Opaque bearers are introspected here; without it they are refused.
+    pub introspection: Option<Introspection>,
 }
 
 /// The protected resource, for RFC 9728 metadata and `resource_metadata` challenges.
@@ -49,8 +52,9 @@ pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 /// Validates an `oidc` section found at `at` (`oidc`, or a rule's merged
-/// one, `rules[2].oidc`), so every error names its real path.
-pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
+/// one, `rules[2].oidc`), so every error names its real path. `env`
+/// gives the introspection client's secrets.
+pub fn oidc(mut o: RawOidc, at: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Oidc, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
     let allow_http = o.insecure_allow_http.unwrap_or(false);
     let Some(issuer) = o.issuer.clone() else {
@@ -62,13 +66,7 @@ pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
     non_empty(&field("issuer"), &issuer)?;
     let issuer_url = endpoint::parse_url(&field("issuer"), &issuer, allow_http)?;
     let keys = key_source(&o, &issuer_url, &field)?;
-    let audiences = o.audience.map(OneOrMany::into_vec).unwrap_or_default();
-    if audiences.is_empty() {
-        return Err(ConfigError::new(field("audience"), "must name at least one audience"));
-    }
-    for (i, a) in audiences.iter().enumerate() {
-        non_empty(&format!("{}[{i}]", field("audience")), a)?;
-    }
+    let audiences = audiences(o.audience.take(), &field("audience"))?;
     let required_scopes = o.required_scopes.unwrap_or_default();
     scope_list(&field("requiredScopes"), &required_scopes)?;
     let clock_skew_seconds = o.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
@@ -96,7 +94,13 @@ pub fn oidc(o: RawOidc, at: &str) -> Result<Oidc, ConfigError> {
         &field,
         allow_http,
     )?;
+    let introspection = o
+        .introspection
+        .take()
+        .map(|i| introspection::introspection(i, &field("introspection"), allow_http, env))
+        .transpose()?;
     Ok(Oidc {
+        introspection,
         issuer,
         audiences,
         keys,
@@ -122,6 +126,17 @@ fn key_source(o: &RawOidc, issuer: &url::Url, field: &dyn Fn(&str) -> String) ->
         }
         None => KeySource::Discovery(Discovery::new(issuer, o.jwks_cluster.clone(), allow_http)?),
     })
+}
+
+fn audiences(audience: Option<OneOrMany>, path: &str) -> Result<Vec<String>, ConfigError> {
+    let audiences = audience.map(OneOrMany::into_vec).unwrap_or_default();
+    if audiences.is_empty() {
+        return Err(ConfigError::new(path, "must name at least one audience"));
+    }
+    for (i, a) in audiences.iter().enumerate() {
+        non_empty(&format!("{path}[{i}]"), a)?;
+    }
+    Ok(audiences)
 }
 
 fn within(path: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {

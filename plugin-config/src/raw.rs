@@ -89,6 +89,64 @@ pub struct RawTokenExchange {
     pub assertion_grant: Option<Box<RawTokenExchange>>,
 }
 
+/// The client keys of a section that authenticates at an endpoint
+/// (`tokenExchange`, `assertionGrant`, `oidc.introspection`), as written.
+#[derive(Debug, Clone, Default)]
+pub struct RawClient {
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_auth_method: Option<String>,
+    pub client_assertion_key_env: Option<String>,
+    pub client_assertion_kid: Option<String>,
+    pub client_assertion_alg: Option<String>,
+    pub client_assertion_audience: Option<String>,
+    pub client_assertion_cert_env: Option<String>,
+}
+
+/// `oidc.introspection`: RFC 7662 for bearers that are not JWTs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIntrospection {
+    pub url: Option<String>,
+    pub cluster: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_auth_method: Option<String>,
+    pub client_assertion_key_env: Option<String>,
+    pub client_assertion_kid: Option<String>,
+    pub client_assertion_alg: Option<String>,
+    pub client_assertion_audience: Option<String>,
+    pub client_assertion_cert_env: Option<String>,
+    #[serde(default, deserialize_with = "number::opt_u64")]
+    pub cache_seconds: Option<u64>,
+    pub require_audience: Option<bool>,
+}
+
+/// `client()`: the client keys of a section that has them all, in one place.
+macro_rules! client_keys {
+    ($($section:ty),*) => {$(
+        impl $section {
+            /// The keys that say how the filter authenticates as a client.
+            pub fn client(&self) -> RawClient {
+                RawClient {
+                    client_id: self.client_id.clone(),
+                    client_secret_env: self.client_secret_env.clone(),
+                    client_secret: self.client_secret.clone(),
+                    client_auth_method: self.client_auth_method.clone(),
+                    client_assertion_key_env: self.client_assertion_key_env.clone(),
+                    client_assertion_kid: self.client_assertion_kid.clone(),
+                    client_assertion_alg: self.client_assertion_alg.clone(),
+                    client_assertion_audience: self.client_assertion_audience.clone(),
+                    client_assertion_cert_env: self.client_assertion_cert_env.clone(),
+                }
+            }
+        }
+    )*};
+}
+client_keys!(RawTokenExchange, RawIntrospection);
+
 /// `tokenExchange.actor`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -141,6 +199,9 @@ pub struct RawOidc {
     pub jwks_refresh_seconds: Option<u64>,
     pub insecure_allow_http: Option<bool>,
     pub allowed_token_types: Option<Vec<String>>,
+    /// Replaced whole by a rule's own, never merged key by key: each
+    /// resource may have its own endpoint and client.
+    pub introspection: Option<RawIntrospection>,
 }
 
 impl RawOidc {
@@ -160,6 +221,7 @@ impl RawOidc {
             jwks_refresh_seconds: s.jwks_refresh_seconds.or(b.jwks_refresh_seconds),
             insecure_allow_http: s.insecure_allow_http.or(b.insecure_allow_http),
             allowed_token_types: s.allowed_token_types.or(b.allowed_token_types),
+            introspection: s.introspection.or(b.introspection),
         }
     }
 

@@ -93,7 +93,7 @@ fn rule(raw: RawRule, at: &str, top: &RawOidc, env: &dyn Fn(&str) -> Option<Stri
                 "changes nothing; give it skip: true, oidc, requiredScopes, or tokenExchange (null to validate only)",
             ));
         }
-        let oidc = merged_oidc(&raw, at, top)?;
+        let oidc = merged_oidc(&raw, at, top, env)?;
         let exchange = match raw.token_exchange {
             None => Exchange::Default,
             Some(None) => Exchange::None,
@@ -113,7 +113,12 @@ fn rule(raw: RawRule, at: &str, top: &RawOidc, env: &dyn Fn(&str) -> Option<Stri
 }
 
 /// The rule's `oidc` (with `requiredScopes`, its alias) over the top-level one.
-fn merged_oidc(raw: &RawRule, at: &str, top: &RawOidc) -> Result<Oidc, ConfigError> {
+fn merged_oidc(
+    raw: &RawRule,
+    at: &str,
+    top: &RawOidc,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Oidc, ConfigError> {
     let mut own = raw.oidc.clone().unwrap_or_default();
     if let Some(s) = &raw.required_scopes {
         if own.required_scopes.is_some() {
@@ -125,7 +130,7 @@ fn merged_oidc(raw: &RawRule, at: &str, top: &RawOidc) -> Result<Oidc, ConfigErr
         scope_list(&format!("{at}.requiredScopes"), s)?;
         own.required_scopes = Some(s.clone());
     }
-    oidc::oidc(own.over(top), &format!("{at}.oidc"))
+    oidc::oidc(own.over(top), &format!("{at}.oidc"), env)
 }
 
 /// `host`, `*.suffix` (one or more labels) or `*`, optionally with `:port`;

@@ -31,9 +31,20 @@
 //                  actor_token (RFC 8693 §2.1), an access token this server
 //                  issued by client credentials to one of them, with the
 //                  `agent` scope; the issued token names it in `act.sub` (§4.1)
+//   IDP_TRUST_INTROSPECTION  JSON {"url", "client_id", "client_secret"}: a
+//                  subject token that is not a JWT is checked at the trusted
+//                  AS's RFC 7662 endpoint instead (active, iss, aud)
 // GET /_stats answers {"token_exchange": <exchange requests so far>,
 // "token_exchange_by_target": {<resource or audience asked for>: <count>},
-// "grants": {"<grant_type>": <successful grants>}}.
+// "grants": {"<grant_type>": <successful grants>},
+// "introspection": <introspection requests so far>,
+// "introspection_by_client": {"<client that authenticated>": <count>}}.
+//
+// With IDP_OPAQUE=1 it issues access tokens in oidc-provider's default,
+// opaque format (a resource may still ask for "format": "jwt") and enables
+// the library's introspection (RFC 7662, POST /token/introspection, for any
+// authenticated client) and revocation (RFC 7009) endpoints.
+//   IDP_INTROSPECTION_DELAY_MS  delay every introspection by this much
 //
 // Cross App Access (draft-ietf-oauth-identity-assertion-authz-grant), as two
 // stand-ins:
@@ -88,6 +99,7 @@ const keysFile = env('IDP_KEYS');
 const resources = JSON.parse(env('IDP_RESOURCES', '{}'));
 const clients = JSON.parse(env('IDP_CLIENTS', '[]'));
 const interactive = process.env.IDP_INTERACTIVE === '1';
+const opaque = process.env.IDP_OPAQUE === '1';
 const stateDir = process.env.IDP_STATE_DIR;
 
 function newKey() {
@@ -155,7 +167,12 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: interactive },
     registration: { enabled: interactive },
-    revocation: { enabled: interactive },
+    revocation: { enabled: interactive || opaque },
+    introspection: {
+      enabled: opaque,
+      // Any client that authenticated may ask about any token.
+      allowedPolicy: (ctx, client) => client.clientAuthMethod !== 'none',
+    },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
@@ -167,12 +184,13 @@ const provider = new Provider(issuer, {
       async getResourceServerInfo(ctx, resourceIndicator) {
         const r = resources[resourceIndicator];
         if (!r) throw new Provider.errors.InvalidTarget();
+        const format = r.format || (opaque ? 'opaque' : 'jwt');
         return {
           audience: r.audience || resourceIndicator,
           scope: r.scope || '',
           accessTokenTTL: r.ttl || 300,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'RS256' } },
+          accessTokenFormat: format,
+          ...(format === 'jwt' && { jwt: { sign: { alg: 'RS256' } } }),
         };
       },
     },
@@ -189,7 +207,10 @@ const exchangeDelay = Number(env('IDP_EXCHANGE_DELAY_MS', '0'));
 const actors = process.env.IDP_ACTORS && new Set(JSON.parse(process.env.IDP_ACTORS));
 const idJag = process.env.IDP_ID_JAG && JSON.parse(process.env.IDP_ID_JAG);
 const idJagTrust = process.env.IDP_ID_JAG_TRUST && JSON.parse(process.env.IDP_ID_JAG_TRUST);
-const stats = { token_exchange: 0, token_exchange_by_target: {}, grants: {} };
+const trustIntrospection = process.env.IDP_TRUST_INTROSPECTION && JSON.parse(process.env.IDP_TRUST_INTROSPECTION);
+const stats = {
+  token_exchange: 0, token_exchange_by_target: {}, grants: {}, introspection: 0, introspection_by_client: {},
+};
 provider.on('grant.success', (ctx) => {
   const g = ctx.oidc.params.grant_type;
   stats.grants[g] = (stats.grants[g] || 0) + 1;
@@ -250,6 +271,24 @@ async function actor(ctx) {
   acting.set(ctx, { sub: token.clientId });
 }
 
+// IDP_TRUST_INTROSPECTION: an opaque subject token, as the trusted AS
+// describes it; throws unless it is active, from that AS, for our audience.
+async function introspected(token) {
+  const t = trustIntrospection;
+  const basic = Buffer.from(`${t.client_id}:${t.client_secret}`).toString('base64');
+  const resp = await fetch(t.url, {
+    method: 'POST',
+    headers: { authorization: `Basic ${basic}`, 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ token, token_type_hint: 'access_token' }),
+  });
+  const a = await resp.json();
+  const audiences = env('IDP_TRUST_AUDIENCE').split(',');
+  if (a.active !== true || a.iss !== trustIssuer || ![a.aud].flat().some((x) => audiences.includes(x))) {
+    throw new Error('inactive, or not for us');
+  }
+  return { ...a, sub: a.sub || a.client_id };
+}
+
 async function exchange(ctx, trustedKeys) {
   const p = ctx.oidc.params;
   if (p.subject_token_type !== ACCESS_TOKEN) throw new errors.InvalidRequest('unsupported subject_token_type');
@@ -258,9 +297,11 @@ async function exchange(ctx, trustedKeys) {
   }
   let subject;
   try {
-    ({ payload: subject } = await jwtVerify(p.subject_token, trustedKeys, {
-      issuer: trustIssuer, audience: env('IDP_TRUST_AUDIENCE').split(','),
-    }));
+    ({ payload: subject } = trustIntrospection && p.subject_token.split('.').length !== 3
+      ? { payload: await introspected(p.subject_token) }
+      : await jwtVerify(p.subject_token, trustedKeys, {
+        issuer: trustIssuer, audience: env('IDP_TRUST_AUDIENCE').split(','),
+      }));
   } catch {
     throw new errors.InvalidGrant('subject token is invalid');
   }
@@ -343,12 +384,21 @@ if (idJagTrust) {
   }, ['assertion', 'scope', 'resource']);
 }
 
+const introspectionDelay = Number(env('IDP_INTROSPECTION_DELAY_MS', '0'));
 provider.use(async (ctx, next) => {
   if (ctx.path === '/_stats') {
     ctx.body = stats;
     return;
   }
+  if (ctx.path !== '/token/introspection') {
+    await next();
+    return;
+  }
+  stats.introspection += 1;
+  if (introspectionDelay) await new Promise((resolve) => { setTimeout(resolve, introspectionDelay); });
   await next();
+  const client = ctx.oidc?.client?.clientId;
+  if (client) stats.introspection_by_client[client] = (stats.introspection_by_client[client] || 0) + 1;
 });
 
 // The library answers CORS on its other endpoints, but not on registration.

@@ -19,8 +19,9 @@
   the endpoint differs: the test's TLS front on 127.0.0.1 instead of DNS.
 - `virtual_hosts` builds Envoy's routes from a shape's VirtualServices and
   HTTPRoutes (shapes.Route) as Istio and Envoy Gateway translate them:
-  a VirtualService `prefix` stays a `prefix`, a Gateway API `PathPrefix`
-  becomes a `path_separated_prefix`; `shape_listeners` puts them on a
+  a VirtualService `prefix` stays a `prefix` (and `rewrite.uri` a
+  `prefix_rewrite`), a Gateway API `PathPrefix` becomes a
+  `path_separated_prefix`; `shape_listeners` puts them on a
   gateway listener with the filter, or, for a sidecar, on an ingress
   listener that forwards to the sidecar's inbound listener with the filter.
 - `IdpFront` is an Envoy terminating TLS (a test CA, a certificate for the
@@ -250,6 +251,7 @@ class IdpFront:
 
     def __init__(self, cleanup, ca, hosts):
         self.port, admin = free_port(), free_port()
+        self.hosts, self.ca = list(hosts), ca.ca
         clusters, vhosts = [], []
         for host, routes in hosts.items():
             vroutes = []
@@ -304,6 +306,9 @@ def virtual_hosts(routes, cluster_of, per_route=None, default_timeout="0s"):
         else:
             match = {"path": r.value} if r.kind == "exact" else {"prefix": r.value}
         action = {"cluster": cluster_of(r)}
+        if r.rewrite:
+            # Istio's rewrite.uri: the matched prefix, or the exact path, replaced.
+            action["prefix_rewrite"] = r.rewrite
         if r.timeout or default_timeout:
             action["timeout"] = r.timeout or default_timeout
         entry = {"match": match, "route": action}

@@ -27,10 +27,12 @@ EG_ENVOY_NAMESPACE = "envoy-gateway-system"
 # default profile, and Istio's gateway Helm chart installed as
 # `helm install istio-ingress istio/gateway -n istio-ingress` (Deployment
 # named after the release; labels app: <release>, istio: <release without
-# "istio-">, manifests/charts/gateway/templates/_helpers.tpl).
+# "istio-">, manifests/charts/gateway/templates/_helpers.tpl), and the same
+# chart as the shared gateway's own release, istio-shared.
 INSTALLED_GATEWAYS = {
     ("istio-system", "istio-ingressgateway"): {"app": "istio-ingressgateway", "istio": "ingressgateway"},
     ("istio-ingress", "istio-ingress"): {"app": "istio-ingress", "istio": "ingress"},
+    ("istio-shared", "istio-shared"): {"app": "istio-shared", "istio": "shared"},
 }
 # Namespaces the installers create; every other one a shape uses, the
 # README's path for it creates.
@@ -80,7 +82,7 @@ class Shape:
 
     def routes(self):
         """Every (host, path match) a VirtualService or HTTPRoute of the shape
-        routes, with its destination."""
+        routes, with its destination and the path it is rewritten to, if any."""
         out = []
         for vs in self.of("VirtualService"):
             ns = vs["metadata"]["namespace"]
@@ -89,7 +91,8 @@ class Shape:
                 backend = (dest["host"], dest["port"]["number"])
                 for m in http.get("match") or [{"uri": {"prefix": "/"}}]:
                     kind, value = next(iter(m["uri"].items()))
-                    out.append(Route(vs, vs["spec"]["hosts"], kind, value, backend, ns))
+                    out.append(Route(vs, vs["spec"]["hosts"], kind, value, backend, ns,
+                                     rewrite=http.get("rewrite", {}).get("uri")))
         for hr in self.of("HTTPRoute"):
             ns = hr["metadata"]["namespace"]
             for rule in hr["spec"].get("rules", []):
@@ -112,6 +115,7 @@ class Route:
     backend: tuple  # (service FQDN, port)
     namespace: str
     timeout: str = None
+    rewrite: str = None  # the matched path (or prefix) is replaced by this upstream
 
     def matches_host(self, host):
         return any(fnmatch.fnmatch(host, h) for h in self.hosts)

@@ -95,14 +95,16 @@ def plugin_config(idp, envoy_port, **overrides):
 
 
 def start_backend_as(cleanup, mcp_as, name="backend-as", *, issuer=None, audience=MCP_AUDIENCE, resources=None,
-                     clients=None, trust_jwks=False, deny=(), delay_ms=0, actors=()):
+                     clients=None, trust_jwks=False, deny=(), delay_ms=0, actors=(), introspect=None):
     """The backend AS, started: it exchanges tokens `mcp_as` issued for
     `audience` (comma-separated: any of them). By default it issues BACKEND_SCOPE tokens for
     BACKEND_AUDIENCE (resource BACKEND_API) to one client, gw. `trust_jwks`:
     fetch the MCP AS's keys from its port (when its issuer is not its
     address); `deny`: subjects refused with invalid_grant; `delay_ms`: every
     exchange answers that much later; `actors`: clients whose own token
-    every exchange must carry as its actor_token."""
+    every exchange must carry as its actor_token; `introspect`: {"client_id",
+    "client_secret"} it checks opaque subject tokens with, at `mcp_as`'s
+    introspection endpoint."""
     env = {"IDP_TRUST_ISSUER": mcp_as.issuer, "IDP_TRUST_AUDIENCE": audience}
     if actors:
         env["IDP_ACTORS"] = json.dumps(list(actors))
@@ -112,6 +114,8 @@ def start_backend_as(cleanup, mcp_as, name="backend-as", *, issuer=None, audienc
         env["IDP_DENY_SUBJECTS"] = json.dumps(list(deny))
     if delay_ms:
         env["IDP_EXCHANGE_DELAY_MS"] = str(delay_ms)
+    if introspect:
+        env["IDP_TRUST_INTROSPECTION"] = json.dumps({"url": f"{mcp_as.issuer}/token/introspection", **introspect})
     return IdP(cleanup, name, issuer=issuer,
                resources=resources or {BACKEND_API: {"audience": BACKEND_AUDIENCE, "scope": BACKEND_SCOPE}},
                clients=clients or [exchange_client()], extra_env=env).start()
@@ -125,8 +129,9 @@ class Stack:
     mcp_as      an IdP to use (it may be stopped) instead of starting one;
                 otherwise `prefix`, `issuer`, `keys`, `clients`,
                 `resources` (a dict, or a function of the MCP URL),
-                `jwks_delay_ms` and `interactive` (code flow, registration,
-                login pages) shape the one started.
+                `jwks_delay_ms`, `interactive` (code flow, registration,
+                login pages) and `idp_env` (more of its environment, e.g.
+                IDP_OPAQUE) shape the one started.
     exchange    also the backend AS (`backend_as`: start_backend_as options)
                 and tokenExchange in every listener's config.
     verify      whether the backend verifies tokens against the backend AS
@@ -142,7 +147,7 @@ class Stack:
     """
 
     def __init__(self, cleanup, *, listeners=("main",), mcp_as=None, prefix="", issuer=None, keys=None,
-                 clients=None, resources=None, jwks_delay_ms=0, interactive=False,
+                 clients=None, resources=None, jwks_delay_ms=0, interactive=False, idp_env=None,
                  exchange=False, backend_as=None, verify=None, marker=None, mcp_server=False, upstream=None,
                  oidc=None, token_exchange=None, sections=None, clusters=(), env=None, log_level="info",
                  envoy=True):
@@ -156,7 +161,7 @@ class Stack:
             mcp_as = IdP(cleanup, f"{prefix}mcp-as", issuer=issuer, keys=keys,
                          resources=resources(self.resource) if callable(resources) else resources,
                          clients=clients or clients_for(CLIENT), jwks_delay_ms=jwks_delay_ms,
-                         extra_env={"IDP_INTERACTIVE": "1"} if interactive else None).start()
+                         extra_env={**({"IDP_INTERACTIVE": "1"} if interactive else {}), **(idp_env or {})}).start()
         self.mcp_as = mcp_as
         self.backend_as = start_backend_as(cleanup, mcp_as, f"{prefix}backend-as", **(backend_as or {})) \
             if exchange else None

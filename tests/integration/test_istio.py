@@ -20,6 +20,12 @@ every token it gets against the backend AS. Through every shape, the
 official Python MCP SDK finds its way in from nothing but the MCP URL:
 401 -> RFC 9728 metadata -> the authorization server's metadata -> a token
 -> a tool call that reaches the backend with an exchanged token.
+
+The shared gateway (istio/shared-gateway/) fronts two MCP servers on one
+host, each with its own issuer: it gets an Envoy of its own, and each
+server its own authorization server, backend AS, backend and MCP server,
+at the IdP URLs and behind the Services its files name. Told either URL,
+the client finds that server's own authorization server.
 """
 
 import hashlib
@@ -51,10 +57,13 @@ from istio import (
     virtual_hosts,
 )
 from mcp_client import Resolver, call_tool
-from shapes import SHAPES, Route, shape
+from shapes import METADATA_PREFIX, SHAPES, Route, shape
 from stacks import clients_for, exchange_client, start_backend_as
 
-ISTIO_SHAPES = [s for s in SHAPES if s.platform == "istio" and "toolhive" not in s.name]
+SHARED_SHAPE = shape("istio/shared-gateway")
+# The shapes of one MCP server, whose authorization servers are idp.example.com's
+# (the `idps` fixture). The shared gateway's servers each have their own (`shared`).
+ISTIO_SHAPES = [s for s in SHAPES if s.platform == "istio" and "toolhive" not in s.name and s is not SHARED_SHAPE]
 EG_SHAPE = shape("envoy-gateway/mcp-route")
 GATEWAY_SHAPE, SIDECAR_SHAPE = shape("istio/ingress-gateway"), shape("istio/sidecar")
 (GATEWAY,) = GATEWAY_SHAPE.of("WasmPlugin")
@@ -136,11 +145,30 @@ def idps(module_cleanup):
                       audience=",".join(r["audience"] for r in BACKEND_RESOURCES.values()))
     other_app = Backend(module_cleanup)
     clusters = {c["name"]: c for s in ISTIO_SHAPES for c in istio_clusters(s.docs, front.port, ca.ca)}
+    mcp_server = McpServer(module_cleanup, backend.port)
     return SimpleNamespace(mcp_as=mcp_as, backend_as=backend_as, backend=backend, other_app=other_app, ca=ca,
-                           clusters=list(clusters.values()), front=front, host=host,
-                           mcp_server=McpServer(module_cleanup, backend.port),
+                           clusters=list(clusters.values()), front=front, host=host, mcp_server=mcp_server,
+                           server=lambda resource: Server(resource, oidc["issuer"], scope, oidc["audience"],
+                                                          backend_as, "backend", mcp_server),
                            token=lambda resource=oidc["resourceUrl"], scope=scope:
                            mcp_as.token(*TESTER, resource, scope))
+
+
+@dataclass
+class Server:
+    """One MCP server as its clients meet it: its resource URL, the issuer
+    and scope of the token it wants and that token's audience; and behind
+    the gateway, the backend AS its tokens are exchanged at, the audience
+    of the tokens that AS issues, and the MCP server itself; `mcp_as`, the
+    authorization server, when the test started one for this server alone."""
+    resource: str
+    issuer: str
+    scope: str
+    audience: str
+    backend_as: object
+    backend_audience: str
+    mcp_server: object
+    mcp_as: object = None
 
 
 @dataclass
@@ -151,21 +179,31 @@ class Entry:
     extra_routes: tuple = ()
 
 
-def istio_envoy(cleanup, idps, entries, ecds, env=None, upstream_port=None):
+def istio_envoy(cleanup, idps, entries, ecds, env=None, upstream_port=None, services=None):
     """Envoy with the listeners of each entry (shape_listeners), each filter
     fed by ECDS from `ecds` and placed first (phase AUTHN), as istiod builds
-    the chain. The shapes' MCP server Service is `upstream_port` (default:
-    the echo backend); the other app's host goes to the other app."""
+    the chain. `services` maps a route's destination Service (FQDN) to the
+    port standing for it; every other Service of the shapes is
+    `upstream_port` (default: the echo backend); the other app's host goes
+    to the other app. `idps` gives the echo backend, the other app and the
+    IdPs' clusters."""
+    services = services or {}
+
+    def upstream(r):
+        if r is OTHER_APP:
+            return "other-app"
+        return f"service|{r.backend[0]}" if r and r.backend[0] in services else "upstream"
+
     listeners, clusters, ports = [], [], {}
     for key, e in entries.items():
         routes = list(e.extra_routes) + e.shape.routes() + [OTHER_APP]
-        upstream = lambda r: "other-app" if r is OTHER_APP else "upstream"  # noqa: E731
         ls, cs, ports[key] = shape_listeners(key, routes, ecds.http_filter(filter_name(e.wp)),
                                              is_sidecar(e.shape, e.wp), upstream)
         listeners += ls
         clusters += cs
     clusters += [static_cluster("upstream", upstream_port or idps.backend.port),
                  static_cluster("other-app", idps.other_app.port)] + idps.clusters
+    clusters += [static_cluster(f"service|{fqdn}", port) for fqdn, port in services.items()]
     admin = free_port()
     envoy = EnvoyProc(cleanup, "envoy-istio", envoy_bootstrap(admin, listeners, clusters), admin,
                       env=env or {"TOKEN_EXCHANGE_CLIENT_SECRET": SECRET})
@@ -308,45 +346,47 @@ def test_core_and_exchange_through_the_shipped_routes(mesh, idps, shape_):
     assert idps.backend.requests() == served
 
 
-def check_client_path(idps, port, resource, exchanges_before):
+def check_client_path(front, port, server, exchanges_before):
     """The Python SDK, told only the MCP URL, finds the authorization server
-    and calls whoami through the Envoy listener on `port`."""
-    host = urllib.parse.urlsplit(resource).hostname
-    resolver = Resolver({host: (port, False), idps.host: (idps.front.port, True)}, idps.ca.ca)
-    issuer = GATEWAY["spec"]["pluginConfig"]["oidc"]["issuer"]
-    tools, result, token = call_tool(resource, resolver, *TESTER, issuer, "mcp:tools:call")
+    of `server` (a Server) and calls whoami through the Envoy listener on
+    `port`; the IdPs are behind `front`. Returns what the client asked for."""
+    u = urllib.parse.urlsplit(server.resource)
+    resolver = Resolver({u.hostname: (port, False), **{h: (front.port, True) for h in front.hosts}}, front.ca)
+    tools, result, token = call_tool(server.resource, resolver, *TESTER, server.issuer, server.scope)
     assert "whoami" in tools and not result.is_error, result
     claims = json.loads(result.content[0].text)["verified_claims"]
-    assert (claims["iss"], claims["aud"], claims["sub"]) == (BACKEND_ISSUER, "backend", TESTER[0])
+    assert (claims["iss"], claims["aud"], claims["sub"]) == \
+        (server.backend_as.issuer, server.backend_audience, TESTER[0])
     # The way it came: a 401, the metadata the challenge named (through the
     # same listener), the issuer's metadata, a token, then the MCP calls.
     log = resolver.log
-    assert log[0][0] == "POST" and log[0][1] == resource and log[0][2] == 401, log
-    asked = [u for _, u, s in log if s == 200]
-    assert any(u.startswith(f"https://{host}/.well-known/oauth-protected-resource") for u in asked), log
-    assert f"{issuer}/.well-known/openid-configuration" in asked, log
-    assert f"https://{idps.host}/token" in asked, log
-    assert any(m == "POST" and u == resource and s == 200 for m, u, s in log), log
-    assert decode_part(token, 1)["aud"] == "mcpserver"
-    assert token not in json.dumps(idps.mcp_server.seen()), "the client's token never reached the MCP server"
-    assert idps.backend_as.exchanges() == exchanges_before + 1, "one exchange for the whole session"
+    assert log[0][0] == "POST" and log[0][1] == server.resource and log[0][2] == 401, log
+    asked = [url for _, url, s in log if s == 200]
+    assert f"https://{u.hostname}{METADATA_PREFIX}{u.path.rstrip('/')}" in asked, log
+    assert f"{server.issuer}/.well-known/openid-configuration" in asked, log
+    assert f"https://{urllib.parse.urlsplit(server.issuer).hostname}/token" in asked, log
+    assert any(m == "POST" and url == server.resource and s == 200 for m, url, s in log), log
+    assert decode_part(token, 1)["aud"] == server.audience
+    assert token not in json.dumps(server.mcp_server.seen()), "the client's token never reached the MCP server"
+    assert server.backend_as.exchanges() == exchanges_before + 1, "one exchange for the whole session"
+    return asked
 
 
 @pytest.mark.parametrize("shape_", ISTIO_SHAPES, ids=str)
 def test_an_mcp_client_finds_its_way_in(mcp_mesh, idps, shape_):
     resource, _ = resource_of(shape_)
-    check_client_path(idps, mcp_mesh.ports[shape_.name], resource, idps.backend_as.exchanges())
+    check_client_path(idps.front, mcp_mesh.ports[shape_.name], idps.server(resource), idps.backend_as.exchanges())
 
 
-def check_other_host_left_alone(envoy, listener, other_app):
+def check_other_host_left_alone(envoy, listener, other_app, host=OTHER_HOST, paths=("/", "/mcp", "/api/orders")):
     """The other app's requests pass untouched: no 401 without a token, its
     own Authorization kept, even on the MCP server's paths."""
-    for path in ("/", "/mcp", "/api/orders"):
+    for path in paths:
         served = other_app.requests()
-        status, headers, body = get(envoy, listener, path, host=OTHER_HOST)
+        status, headers, body = get(envoy, listener, path, host=host)
         assert status == 200 and "www-authenticate" not in headers, (path, status, body)
         assert other_app.requests() == served + 1
-    status, _, body = get(envoy, listener, "/mcp", host=OTHER_HOST, headers={"authorization": "Bearer app-own-token"})
+    status, _, body = get(envoy, listener, "/mcp", host=host, headers={"authorization": "Bearer app-own-token"})
     assert status == 200 and ["authorization", "Bearer app-own-token"] in seen(body)["headers"]
 
 
@@ -455,6 +495,120 @@ def test_live_reload_bad_config_and_failed_pull(cleanup, module, idps):
              "the deny-all filter")
     assert get(envoy, "gateway", "/", host=OTHER_HOST)[0] == 403, "nothing passes, not even other hosts"
     assert envoy.proc.proc.pid == pid and envoy.proc.proc.poll() is None, "no restart"
+
+
+# ---------------------------------------------------------------------------
+# The shared gateway (istio/shared-gateway/): two MCP servers on one host,
+# each with its own authorization server, audience and exchange target, and
+# an app on another host. Everything it needs is read from its files.
+
+
+def start_shared_server(cleanup, oidc, te, front_routes, env):
+    """The parts behind one of the shared gateway's resources: an MCP AS at
+    the rule's issuer issuing tokens for its resource, a backend AS at its
+    token URL that exchanges them, a backend verifying what that AS issues,
+    and an MCP server. Adds their URL paths to `front_routes` (host -> path
+    -> (port, path)) and the exchange client's secret to `env`."""
+    scope = " ".join(oidc["requiredScopes"])
+    name = te["clientId"]
+    mcp_as = IdP(cleanup, f"{name}-mcp-as", issuer=oidc["issuer"], clients=clients_for(TESTER[0]),
+                 resources={oidc["resourceUrl"]: {"audience": oidc["audience"], "scope": scope}},
+                 extra_env={"IDP_BEHIND_PROXY": "1"}).start()
+    env[te["clientSecretEnv"]] = secret = f"{name}-secret"
+    backend_as = start_backend_as(
+        cleanup, mcp_as, f"{name}-backend-as", issuer=te["tokenUrl"].rsplit("/token", 1)[0],
+        audience=oidc["audience"], trust_jwks=True, clients=[exchange_client(name, secret)],
+        resources={f"https://{te['audience']}.example.com/": {"audience": te["audience"],
+                                                               "scope": " ".join(te["scopes"])}})
+    backend = Backend(cleanup, verify_with=backend_as, audience=te["audience"])
+    issuer = urllib.parse.urlsplit(oidc["issuer"])
+    for url, port, path in ((oidc["jwksUrl"], mcp_as.port, "/jwks"),
+                            (f"{oidc['issuer']}/.well-known/openid-configuration", mcp_as.port,
+                             "/.well-known/openid-configuration"),
+                            # The token endpoint its metadata names, at its host's root.
+                            (f"https://{issuer.hostname}/token", mcp_as.port, "/token"),
+                            (te["tokenUrl"], backend_as.port, "/token")):
+        u = urllib.parse.urlsplit(url)
+        claimed = front_routes.setdefault(u.hostname, {}).setdefault(u.path, (port, path))
+        assert claimed == (port, path), f"{url} is also another server's: each server has its own IdP URLs"
+    return Server(oidc["resourceUrl"], oidc["issuer"], scope, oidc["audience"], backend_as, te["audience"],
+                  McpServer(cleanup, backend.port), mcp_as)
+
+
+@pytest.fixture(scope="module")
+def shared(module_cleanup, module, idps):
+    """The shared gateway's Envoy, built from its files: its routes, its
+    plugin, and the clusters of its ServiceEntries, leading to a TLS front
+    for its IdP hosts; behind it, each server's own parts (start_shared_server)
+    on the Service the shape routes that server's resource to. The app's
+    Service, and any other host, is the other app."""
+    (plugin,) = SHARED_SHAPE.plugins()
+    top = plugin.config["oidc"]
+    front_routes, env, servers = {}, {}, {}
+    for rule in (r for r in plugin.config["rules"] if r.get("oidc")):
+        server = start_shared_server(module_cleanup, {**top, **rule["oidc"]}, rule["tokenExchange"],
+                                     front_routes, env)
+        servers[server.resource] = server
+    ca = CA(*front_routes)
+    front = IdpFront(module_cleanup, ca, {h: [(p, *to) for p, to in r.items()] for h, r in front_routes.items()})
+    services = {r.backend[0]: idps.other_app.port for r in SHARED_SHAPE.routes()}
+    for s in servers.values():
+        u = urllib.parse.urlsplit(s.resource)
+        services.update({r.backend[0]: s.mcp_server.port for r in SHARED_SHAPE.routes()
+                         if r.matches(u.hostname, u.path)})
+    ecds = Ecds("shared")
+    (wp,) = SHARED_SHAPE.of("WasmPlugin")
+    ecds.put(ecds_resource(wp, module.path))
+    parts = SimpleNamespace(backend=idps.backend, other_app=idps.other_app,
+                            clusters=istio_clusters(SHARED_SHAPE.docs, front.port, ca.ca))
+    envoy = istio_envoy(module_cleanup, parts, {"shared": Entry(SHARED_SHAPE, wp)}, ecds, env=env, services=services)
+    return SimpleNamespace(envoy=envoy, front=front, servers=servers)
+
+
+SHARED_RESOURCES = [o["resourceUrl"] for o in SHARED_SHAPE.plugins()[0].oidcs() if o.get("resourceUrl")]
+
+
+@pytest.mark.parametrize("resource", SHARED_RESOURCES)
+def test_shared_gateway_each_server_names_its_own_authorization_server(shared, resource):
+    """Each resource's challenge names its own document, which names its
+    own issuer; the other server's token is refused there (401, with this
+    server's challenge) and reaches neither the exchange nor the server."""
+    s = shared.servers[resource]
+    (other,) = [o for o in shared.servers.values() if o is not s]
+    u = urllib.parse.urlsplit(resource)
+    metadata = f"https://{u.hostname}{METADATA_PREFIX}{u.path}"
+    status, headers, _ = get(shared.envoy, "shared", u.path, host=u.hostname)
+    assert status == 401 and headers["www-authenticate"] == \
+        f'Bearer scope="{s.scope}", resource_metadata="{metadata}"'
+    status, _, body = get(shared.envoy, "shared", METADATA_PREFIX + u.path, host=u.hostname)
+    doc = json.loads(body)
+    assert status == 200 and (doc["resource"], doc["authorization_servers"]) == (resource, [s.issuer])
+
+    other_token = other.mcp_as.token(*TESTER, other.resource, other.scope)
+    before = [(x.backend_as.exchanges(), len(x.mcp_server.seen())) for x in shared.servers.values()]
+    status, headers, _ = get(shared.envoy, "shared", u.path, token=other_token, host=u.hostname)
+    assert status == 401 and f'resource_metadata="{metadata}"' in headers["www-authenticate"]
+    assert [(x.backend_as.exchanges(), len(x.mcp_server.seen())) for x in shared.servers.values()] == before
+
+
+@pytest.mark.parametrize("resource", SHARED_RESOURCES)
+def test_shared_gateway_an_mcp_client_finds_each_servers_way_in(shared, resource):
+    s = shared.servers[resource]
+    (other,) = [o for o in shared.servers.values() if o is not s]
+    others_exchanges = other.backend_as.exchanges()
+    asked = check_client_path(shared.front, shared.envoy.ports["shared"], s, s.backend_as.exchanges())
+    assert not [url for url in asked if url.startswith(other.issuer)], "never the other server's AS"
+    assert other.backend_as.exchanges() == others_exchanges, "exchanged at its own backend AS only"
+
+
+def test_shared_gateway_leaves_the_app_and_other_hosts_alone(shared, idps):
+    """The shape's own app host and any other host: the catch-all skip, on
+    any path, the MCP servers' and their metadata's included."""
+    paths = ("/", "/github/mcp", f"{METADATA_PREFIX}/jira/mcp", "/mcp")
+    (app,) = [h for vs in SHARED_SHAPE.of("VirtualService") for h in vs["spec"]["hosts"]
+              if h not in {urllib.parse.urlsplit(r).hostname for r in SHARED_RESOURCES}]
+    for host in (app, OTHER_HOST):
+        check_other_host_left_alone(shared.envoy, "shared", idps.other_app, host, paths)
 
 
 # ---------------------------------------------------------------------------
@@ -567,7 +721,7 @@ def test_envoy_gateway_shape(eg, idps):
 
 def test_envoy_gateway_an_mcp_client_finds_its_way_in(eg, idps):
     resource, _ = resource_of(EG_SHAPE)
-    check_client_path(idps, eg.ports["eg"], resource, idps.backend_as.exchanges())
+    check_client_path(idps.front, eg.ports["eg"], idps.server(resource), idps.backend_as.exchanges())
 
 
 def test_envoy_gateway_other_hosts_are_left_alone(eg, idps):

@@ -24,6 +24,7 @@ IMAGE_REF = re.compile(r"registry\.example\.com/(?:[a-z0-9._-]+/)*token-exchange
 EXPECTED_SHAPES = {
     "istio/ingress-gateway", "istio/helm-gateway", "istio/gateway-api", "istio/sidecar",
     "istio/toolhive-okta", "istio/toolhive-okta-xaa", "istio/toolhive-bigquery", "envoy-gateway/mcp-route",
+    "istio/shared-gateway",
 }
 README = (ROOT / "README.md").read_text()
 by_shape = pytest.mark.parametrize("shape", SHAPES, ids=str)

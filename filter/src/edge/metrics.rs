@@ -42,9 +42,14 @@ pub enum Metric {
     ExchangeLatency,
     /// Shared-data keys created: what shared data grows by (it is bounded).
     SharedKeysCreated,
+    /// Introspections answered (whatever they said), and those that failed.
+    IntrospectionsOk,
+    IntrospectionsFailed,
+    /// Opaque tokens decided from the introspection cache.
+    IntrospectionCacheHit,
 }
 
-const ALL: [Metric; 22] = [
+const ALL: [Metric; 25] = [
     Metric::Allowed,
     Metric::Skipped,
     Metric::MissingToken,
@@ -67,6 +72,9 @@ const ALL: [Metric; 22] = [
     Metric::JwksKeys,
     Metric::ExchangeLatency,
     Metric::SharedKeysCreated,
+    Metric::IntrospectionsOk,
+    Metric::IntrospectionsFailed,
+    Metric::IntrospectionCacheHit,
 ];
 
 impl Metric {
@@ -95,6 +103,9 @@ impl Metric {
             Metric::JwksKeys => "jwks.keys",
             Metric::ExchangeLatency => "exchange.latency_ms",
             Metric::SharedKeysCreated => "shared_data.keys_created",
+            Metric::IntrospectionsOk => "introspections.ok",
+            Metric::IntrospectionsFailed => "introspections.failed",
+            Metric::IntrospectionCacheHit => "introspection_cache.hit",
         }
     }
 

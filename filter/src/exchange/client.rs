@@ -2,7 +2,8 @@
 //! once per client: the `Basic` header for client_secret_basic, the form
 //! fields that never change, and the signer for private_key_jwt. Every
 //! callout to a token endpoint goes through here: the exchange, the
-//! actor's client credentials grant, and id-jag's assertion grant.
+//! actor's client credentials grant, id-jag's assertion grant, and
+//! introspection (RFC 7662 §2.1 asks the same client authentication).
 
 use super::answer::Failure;
 use super::assertion::{Signer, ASSERTION_TYPE};
@@ -11,6 +12,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use plugin_config::{Client, ClientAuthMethod, ConfigError, Endpoint};
 use url::form_urlencoded::{byte_serialize, Serializer};
+
+/// A callout's headers.
+pub type Headers = Vec<(&'static str, String)>;
 
 /// What makes each signed client assertion unique: the time it is made at
 /// and a random `jti`.
@@ -81,6 +85,19 @@ impl ClientAuth {
         parts: &[&str],
         stamp: &Stamp,
     ) -> Result<Call<'a>, Failure> {
+        let (headers, body) = self.form_post(endpoint, parts, stamp)?;
+        Ok(Call {
+            step,
+            endpoint,
+            headers,
+            body,
+        })
+    }
+
+    /// The headers and body of a form POST of `parts` to `endpoint`,
+    /// authenticated as this client: what every OAuth endpoint the filter
+    /// calls takes (token, introspection).
+    pub fn form_post(&self, endpoint: &Endpoint, parts: &[&str], stamp: &Stamp) -> Result<(Headers, Vec<u8>), Failure> {
         let mut headers = post_headers(endpoint, "application/x-www-form-urlencoded");
         if let Some(a) = &self.authorization {
             headers.push(("authorization", a.clone()));
@@ -98,11 +115,6 @@ impl ClientAuth {
         };
         let all = [parts, &[self.fields.as_str(), assertion.as_str()]].concat();
         let body = all.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("&");
-        Ok(Call {
-            step,
-            endpoint,
-            headers,
-            body: body.into_bytes(),
-        })
+        Ok((headers, body.into_bytes()))
     }
 }

@@ -27,13 +27,12 @@ mod rfc8693;
 pub mod singleflight;
 pub mod token_cache;
 
-pub use answer::{Exchanged, Failure, MAX_RESPONSE_BYTES};
-pub use client::Stamp;
+pub use answer::{Exchanged, Failure};
+pub use client::{ClientAuth, Stamp};
 
 use crate::host::CalloutResponse;
 use actor::Source;
 use answer::received;
-use client::ClientAuth;
 use id_jag::Grant;
 use plugin_config::{ConfigError, Endpoint, Provider, TokenExchange};
 use sha2::{Digest, Sha256};

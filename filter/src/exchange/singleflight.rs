@@ -1,6 +1,7 @@
-//! Exchanges in flight on this worker, one per exchange target and subject
-//! token (by SHA-256): concurrent misses for the same user and target wait on
-//! the first one's callout instead of making their own.
+//! Callouts in flight on this worker, one per key: concurrent misses for
+//! the same key wait on the first one's callout instead of making their
+//! own. The exchange keys flights by target and subject token (SHA-256),
+//! introspection by endpoint and token; each keeps its own job beside.
 //!
 //! A flight belongs to the context that made its callout (the proxy cancels
 //! the callout if that context ends). When the owner goes, the flight is
@@ -8,11 +9,8 @@
 //! from the root context. A flight may also be parked: waiting, with others,
 //! on the callout that fetches the filter's own actor token.
 
-use crate::exchange::Step;
-use crate::token::verify::Principal;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::rc::Rc;
 
 /// Where a flight's exchange stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,33 +24,27 @@ pub enum Out {
     Parked,
 }
 
-/// One exchange in flight. `W` is what each waiting request brings along
-/// (the filter keeps its policy there).
-pub struct Flight<W> {
+/// One callout in flight. `W` is what each waiting request brings along
+/// (the filter keeps its policy there); `J` what the flight's owner keeps
+/// to go on or start again (the caller's token, which step is out).
+pub struct Flight<W, J> {
     pub out: Out,
-    /// Which callout of the exchange is out, or waited on.
-    pub step: Step,
     pub owner: u32,
     /// When the current callout started, for its timeout.
     pub started_ms: u64,
-    /// When the exchange started, for the log.
-    pub begun_ms: u64,
-    /// The caller's token, to send again if the flight is restarted. Kept in
-    /// memory only, never logged.
-    pub subject: String,
-    pub principal: Rc<Principal>,
     /// Paused requests, by context id, each with what it brought.
     pub waiters: Vec<(u32, W)>,
+    pub job: J,
 }
 
 /// Flights by key (the filter's: exchange target and subject token's SHA-256)
 /// and by the token of their callout.
-pub struct Flights<K, W> {
-    by_key: HashMap<K, Flight<W>>,
+pub struct Flights<K, W, J> {
+    by_key: HashMap<K, Flight<W, J>>,
     by_token: HashMap<u32, K>,
 }
 
-impl<K, W> Default for Flights<K, W> {
+impl<K, W, J> Default for Flights<K, W, J> {
     fn default() -> Self {
         Flights {
             by_key: HashMap::new(),
@@ -61,7 +53,7 @@ impl<K, W> Default for Flights<K, W> {
     }
 }
 
-impl<K: Copy + Eq + Hash, W> Flights<K, W> {
+impl<K: Copy + Eq + Hash, W, J> Flights<K, W, J> {
     /// Adds `ctx` to the flight for `key`, if there is one; else hands
     /// `with` back.
     pub fn join(&mut self, key: &K, ctx: u32, with: W) -> Result<(), W> {
@@ -74,7 +66,7 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
         }
     }
 
-    pub fn start(&mut self, key: K, flight: Flight<W>) {
+    pub fn start(&mut self, key: K, flight: Flight<W, J>) {
         if let Out::Callout(t) = flight.out {
             self.by_token.insert(t, key);
         }
@@ -82,7 +74,7 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
     }
 
     /// The flight a callout answer belongs to, removed.
-    pub fn finish(&mut self, token: u32) -> Option<(K, Flight<W>)> {
+    pub fn finish(&mut self, token: u32) -> Option<(K, Flight<W, J>)> {
         let key = self.by_token.remove(&token)?;
         self.by_key.remove(&key).map(|f| (key, f))
     }
@@ -115,7 +107,7 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
     }
 
     /// The flight for `key`, removed.
-    pub fn remove(&mut self, key: &K) -> Option<Flight<W>> {
+    pub fn remove(&mut self, key: &K) -> Option<Flight<W, J>> {
         let f = self.by_key.remove(key)?;
         if let Out::Callout(t) = f.out {
             self.by_token.remove(&t);
@@ -124,7 +116,7 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
     }
 
     /// The flight for `key`, removed, if it is parked.
-    pub fn unpark(&mut self, key: &K) -> Option<Flight<W>> {
+    pub fn unpark(&mut self, key: &K) -> Option<Flight<W, J>> {
         match self.by_key.get(key) {
             Some(f) if f.out == Out::Parked => self.remove(key),
             _ => None,
@@ -132,7 +124,7 @@ impl<K: Copy + Eq + Hash, W> Flights<K, W> {
     }
 
     /// Removes and returns the flights `pred` picks, with their keys.
-    pub fn take(&mut self, pred: impl Fn(&K, &Flight<W>) -> bool) -> Vec<(K, Flight<W>)> {
+    pub fn take(&mut self, pred: impl Fn(&K, &Flight<W, J>) -> bool) -> Vec<(K, Flight<W, J>)> {
         let keys: Vec<K> = self
             .by_key
             .iter()

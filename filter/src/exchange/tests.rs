@@ -1,4 +1,4 @@
-use super::answer::safe_description;
+use super::answer::{safe_description, MAX_RESPONSE_BYTES};
 use super::*;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

@@ -2,19 +2,10 @@
 //! user's next request without an IdP round trip.
 //!
 //! # Slots
-//! The ABI cannot delete a shared-data key, so the cache never creates more
-//! keys than `maxEntries`: it is a 2-way set-associative table of
-//! `maxEntries` slots, keyed `<prefix>x<slot>`. An entry's two candidate
-//! slots come from its 32-byte key (SHA-256 over the exchange parameters and
-//! the subject token's SHA-256). A slot holds `key (32) | expires_at_ms (8, LE) |
-//! value`. A lookup reads the first slot and, on a mismatch, the second; a
-//! store takes the candidate that already holds this key, else an empty or
-//! expired one, else the one that expires first. Slots are overwritten in
-//! place, so memory stays flat however many users churn through: at most
-//! `maxEntries` keys of at most `MAX_TOKEN_BYTES + 40` bytes each.
-//!
-//! Writes use CAS: if another worker wrote the slot since we read it, our
-//! write is dropped (the token is still used for the request at hand).
+//! The table is `support::slots`: `maxEntries` keys named `<prefix>x<slot>`,
+//! whatever the churn. An entry's key is a SHA-256 over the exchange
+//! parameters and the subject token's SHA-256, so another config's entry
+//! is never found.
 //!
 //! Values are stored ready to forward (`Bearer <token>`). In front of the
 //! shared table, each worker keeps the entries it used recently in memory
@@ -25,6 +16,8 @@
 
 use crate::host::Host;
 use crate::support::bounded::Bounded;
+pub use crate::support::slots::Put;
+use crate::support::slots::{SlotKey, SlotTable};
 use crate::token::verified::TokenHash;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
@@ -36,31 +29,11 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub const LOCAL_CAPACITY: usize = 10_000;
 pub const LOCAL_BYTES: usize = 16 << 20;
 
-/// A shared-data entry's key: SHA-256(parameters digest ‖ subject hash).
-type Key = [u8; 32];
-
-/// What `put` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
-    Stored,
-    /// Stored over another user's live entry: the table is too small for the load.
-    Evicted,
-    NotStored,
-}
-
 pub struct TokenCache {
-    prefix: String,
+    table: SlotTable,
     /// SHA-256 of everything but the subject token that shapes an exchange.
     params: [u8; 32],
-    slots: u64,
     local: Bounded<TokenHash, (Rc<str>, u64)>,
-}
-
-struct Slot {
-    name: String,
-    key: Option<Key>,
-    expires_at_ms: u64,
-    cas: Option<u32>,
 }
 
 impl TokenCache {
@@ -70,9 +43,8 @@ impl TokenCache {
     pub fn new(prefix: &str, max_entries: u32, params: [u8; 32], targets: usize) -> TokenCache {
         let targets = targets.max(1);
         TokenCache {
-            prefix: format!("{prefix}x"),
+            table: SlotTable::new(format!("{prefix}x"), max_entries, MAX_TOKEN_BYTES),
             params,
-            slots: u64::from(max_entries.max(1)),
             local: Bounded::new(
                 (LOCAL_CAPACITY.min(max_entries.max(1) as usize) / targets).max(1),
                 LOCAL_BYTES / targets,
@@ -80,16 +52,7 @@ impl TokenCache {
         }
     }
 
-    fn slot_names(&self, key: &Key) -> [String; 2] {
-        let a = u64::from_le_bytes(word(key, 0)) % self.slots;
-        let mut b = u64::from_le_bytes(word(key, 8)) % self.slots;
-        if b == a && self.slots > 1 {
-            b = (a + 1) % self.slots;
-        }
-        [format!("{}{a}", self.prefix), format!("{}{b}", self.prefix)]
-    }
-
-    fn shared_key(&self, subject: &TokenHash) -> Key {
+    fn shared_key(&self, subject: &TokenHash) -> SlotKey {
         let mut h = Sha256::new();
         h.update(self.params);
         h.update(subject);
@@ -105,23 +68,10 @@ impl TokenCache {
             }
             self.local.remove(subject);
         }
-        let key = self.shared_key(subject);
-        for name in self.slot_names(&key) {
-            let (Some(raw), _) = host.shared_get(&name) else {
-                continue;
-            };
-            if let Some((k, exp, value)) = decode(&raw) {
-                if k == key {
-                    if now_ms >= exp {
-                        return None;
-                    }
-                    let value: Rc<str> = String::from_utf8_lossy(value).into();
-                    self.remember(subject, Rc::clone(&value), exp, now_ms);
-                    return Some(value);
-                }
-            }
-        }
-        None
+        let (value, exp) = self.table.get(host, &self.shared_key(subject), now_ms)?;
+        let value: Rc<str> = String::from_utf8_lossy(&value).into();
+        self.remember(subject, Rc::clone(&value), exp, now_ms);
+        Some(value)
     }
 
     /// Keeps an entry in this worker's memory, within its bound.
@@ -146,50 +96,8 @@ impl TokenCache {
         }
         self.remember(subject, Rc::clone(value), expires_at_ms, now_ms);
         let key = self.shared_key(subject);
-        let slots = self.slot_names(&key).map(|name| {
-            let (value, cas) = host.shared_get(&name);
-            let decoded = value.as_deref().and_then(decode).map(|(k, exp, _)| (k, exp));
-            Slot {
-                name,
-                key: decoded.map(|(k, _)| k),
-                expires_at_ms: decoded.map_or(0, |(_, exp)| exp),
-                cas,
-            }
-        });
-        let rank = |s: &Slot| -> (u8, u64) {
-            if s.key == Some(key) {
-                (0, 0)
-            } else if s.key.is_none() || s.expires_at_ms <= now_ms {
-                (1, 0)
-            } else {
-                (2, s.expires_at_ms)
-            }
-        };
-        let [a, b] = slots;
-        let target = if rank(&b) < rank(&a) { b } else { a };
-        let evicts = rank(&target).0 == 2;
-        let mut raw = Vec::with_capacity(40 + value.len());
-        raw.extend_from_slice(&key);
-        raw.extend_from_slice(&expires_at_ms.to_le_bytes());
-        raw.extend_from_slice(value.as_bytes());
-        match (host.shared_set(&target.name, &raw, target.cas), evicts) {
-            (false, _) => Put::NotStored,
-            (true, false) => Put::Stored,
-            (true, true) => Put::Evicted,
-        }
+        self.table.put(host, &key, value.as_bytes(), expires_at_ms, now_ms)
     }
-}
-
-fn word(key: &Key, at: usize) -> [u8; 8] {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&key[at..at + 8]);
-    w
-}
-
-fn decode(value: &[u8]) -> Option<(Key, u64, &[u8])> {
-    let key: Key = value.get(..32)?.try_into().ok()?;
-    let exp = u64::from_le_bytes(value.get(32..40)?.try_into().ok()?);
-    Some((key, exp, value.get(40..)?))
 }
 
 #[cfg(test)]

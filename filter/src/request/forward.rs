@@ -29,6 +29,20 @@ const CALLOUT_GRACE_MS: u64 = 2_000;
 
 type Key = (TargetId, TokenHash);
 
+/// What an exchange's flight keeps beside its waiters.
+pub(super) struct Job {
+    /// Which callout of the exchange is out, or waited on.
+    step: Step,
+    /// When the exchange started, for the log.
+    begun_ms: u64,
+    /// The caller's token, to send again if the flight is restarted. Kept in
+    /// memory only, never logged.
+    subject: Box<str>,
+    principal: Rc<Principal>,
+}
+
+type ExchangeFlight = Flight<PolicyId, Job>;
+
 /// What a callout answer meant to the flights.
 pub enum Answered {
     /// No flight made that callout.
@@ -75,7 +89,7 @@ pub struct Forward {
     policies: Rc<Policies>,
     /// One per exchange target, by `TargetId`.
     caches: Vec<TokenCache>,
-    flights: Flights<Key, PolicyId>,
+    flights: Flights<Key, PolicyId, Job>,
     /// The filter's own actor tokens, by target.
     actors: ActorTokens<Key>,
     /// `cache.expirySkewSeconds`, in ms.
@@ -130,13 +144,15 @@ impl Forward {
         };
         let flight = Flight {
             out: Out::Orphaned,
-            step: Step::Token,
             owner: host.origin_id(),
             started_ms: now,
-            begun_ms: now,
-            subject: token.to_string(),
-            principal: Rc::clone(&passed.verified.principal),
             waiters: vec![(ctx, policy)],
+            job: Job {
+                step: Step::Token,
+                begun_ms: now,
+                subject: token.into(),
+                principal: Rc::clone(&passed.verified.principal),
+            },
         };
         match self.launch(host, key, flight) {
             Ok(()) => Outcome::Wait,

@@ -1,6 +1,8 @@
 //! One request's way through the filter, as phases that return outcomes:
 //! `select` picks the route's policy (or answers metadata), `validation`
-//! checks the caller's token (holding the request while keys arrive),
+//! checks the caller's token (holding the request while keys arrive), or
+//! `introspection` does when the token is opaque and the route asks its
+//! issuer (holding it while the issuer answers),
 //! `forward` exchanges it when the policy says so (one flight per user and
 //! target), and `gate` judges an MCP tool call's body. No phase acts on the
 //! request: `apply` is the one place that sets headers, answers, resumes
@@ -16,6 +18,7 @@
 pub mod apply;
 pub mod forward;
 pub mod gate;
+pub mod introspection;
 pub mod keyring;
 pub mod metadata;
 pub mod outcome;
@@ -26,24 +29,24 @@ pub mod select;
 pub mod validation;
 
 pub use crate::host::Action;
-pub use forward::cache_until;
-pub use validation::MAX_WAIT_MS;
 
 use crate::edge::metrics::Metric;
 use crate::host::{CalloutResponse, Host, Plugin};
 use apply::{Effects, When};
 use forward::{Answered, Forward, Landed};
 use gate::{Body, Gate};
-use outcome::Outcome;
+use introspection::Introspection;
+use outcome::{Outcome, Released};
 use plugin_config::{Config, ConfigError};
 use policy::Policies;
 use select::Select;
 use std::rc::Rc;
-use validation::{Released, Validation};
+use validation::Validation;
 
 pub struct Filter {
     select: Select,
     validation: Validation,
+    introspection: Introspection,
     forward: Forward,
     gate: Gate,
     effects: Effects,
@@ -59,6 +62,12 @@ impl Filter {
         let policies = Rc::new(Policies::new(config)?);
         let gate = Gate::new(Rc::clone(&policies), config.mcp.as_ref());
         let validation = Validation::new(Rc::clone(&policies), config.claim_to_headers.clone(), plugin_name);
+        let introspection = Introspection::new(
+            Rc::clone(&policies),
+            config.claim_to_headers.clone(),
+            plugin_name,
+            config.cache.max_entries,
+        );
         let forward = Forward::new(
             Rc::clone(&policies),
             plugin_name,
@@ -69,6 +78,7 @@ impl Filter {
             select: Select::new(Rc::clone(&policies), &config.metadata, gate.endpoint()),
             effects: Effects::new(policies, config),
             validation,
+            introspection,
             forward,
             gate,
         })
@@ -110,7 +120,8 @@ impl Filter {
         host.switch_to(origin);
     }
 
-    /// Requests that waited for keys, decided: the allowed go on to be forwarded.
+    /// Requests that waited for keys or an introspection, decided: the
+    /// allowed go on to be forwarded.
     fn release_validated(&mut self, host: &mut dyn Host, released: Vec<Released>) {
         let items = released.into_iter().map(|r| (r.ctx, (r.token, r.outcome))).collect();
         self.release(host, items, |f, host, (token, outcome)| {
@@ -149,7 +160,12 @@ impl Plugin for Filter {
         if route.gated {
             self.gate.open(host.context_id());
         }
-        let validated = self.validation.validate(host, &token, route.policy);
+        let validated = match self.introspection.takes(&token, route.policy) {
+            true => self
+                .introspection
+                .check(host, &token, route.policy, &mut self.effects.metrics),
+            false => self.validation.validate(host, &token, route.policy),
+        };
         let outcome = self.forward(host, &token, validated);
         self.effects.apply(host, outcome, &mut self.gate, When::Inline)
     }
@@ -172,6 +188,12 @@ impl Plugin for Filter {
         if let Some(released) = self.validation.on_callout(host, token, resp, &mut self.effects.metrics) {
             return self.release_validated(host, released);
         }
+        if let Some(released) = self
+            .introspection
+            .on_callout(host, token, resp, &mut self.effects.metrics)
+        {
+            return self.release_validated(host, released);
+        }
         match self.forward.on_callout(host, token, resp, &mut self.effects.metrics) {
             Answered::Landed(all) => {
                 for landed in all {
@@ -189,6 +211,8 @@ impl Plugin for Filter {
         self.effects.metrics.flush(host);
         let released = self.validation.on_tick(host);
         self.release_validated(host, released);
+        let released = self.introspection.on_tick(host, &mut self.effects.metrics);
+        self.release_validated(host, released);
         for landed in self.forward.on_tick(host, &mut self.effects.metrics) {
             self.release_landed(host, landed);
         }
@@ -198,6 +222,7 @@ impl Plugin for Filter {
     /// never came is recorded as allowed now: its headers went on.
     fn on_done(&mut self, host: &mut dyn Host, id: u32) {
         self.validation.leave(host, id);
+        self.introspection.leave(id);
         self.forward.leave(id);
         if let Some(passed) = self.gate.leave(id) {
             self.effects.record_allow(host, &passed);
@@ -216,7 +241,16 @@ fn log_configured(config: &Config) {
         }));
     let mut issuers: Vec<String> = Vec::new();
     for o in sections {
-        let line = format!("issuer {}, {}", o.issuer, o.keys);
+        let mut line = format!("issuer {}, {}", o.issuer, o.keys);
+        if let Some(i) = &o.introspection {
+            line.push_str(&format!(", opaque tokens introspected at {}", i.endpoint.url));
+            if i.client.secret_inline {
+                log::warn!(
+                    "{}.clientSecret is set inline: for local demos only; use clientSecretEnv",
+                    i.at
+                );
+            }
+        }
         if !issuers.contains(&line) {
             issuers.push(line);
         }

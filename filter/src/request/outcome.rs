@@ -21,6 +21,15 @@ pub enum Outcome {
     Answer(Reply),
 }
 
+/// A request that waited for a callout (its issuer's keys, its token's
+/// introspection), decided.
+pub struct Released {
+    pub ctx: u32,
+    /// The caller's token, for the phases after this one.
+    pub token: String,
+    pub outcome: Outcome,
+}
+
 /// A local answer that is not a refusal.
 #[derive(Clone)]
 pub struct Reply {

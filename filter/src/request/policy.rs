@@ -1,11 +1,13 @@
 //! What each route asks of a request, built once from the config and shared
 //! (immutable) by every phase: the policies (their `oidc`: issuer,
 //! audiences, scopes, resource; and their exchange target), the verifiers
-//! and issuers the policies share, the exchange targets, and the rules that
+//! and issuers the policies share, the exchange targets, the introspection
+//! endpoints, and the rules that
 //! pick a policy. Ids are made only here, so an id always names an entry.
 
 use crate::edge::challenge::Challenges;
 use crate::exchange::Exchanger;
+use crate::request::introspection::call::Introspector;
 use crate::request::path::{self, Refusal};
 use crate::request::routes::{HostRules, Route, Routes};
 use crate::token::verify::Verifier;
@@ -29,6 +31,10 @@ pub struct VerifierId(usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IssuerId(usize);
 
+/// A route's introspection endpoint, with what it expects of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IntrospectorId(usize);
+
 macro_rules! index {
     ($($id:ident),*) => {$(
         impl $id {
@@ -39,7 +45,7 @@ macro_rules! index {
         }
     )*};
 }
-index!(TargetId, VerifierId, IssuerId);
+index!(TargetId, IssuerId);
 
 /// What a route asks of a request.
 pub struct Policy {
@@ -48,6 +54,8 @@ pub struct Policy {
     pub target: Option<TargetId>,
     pub verifier: VerifierId,
     pub issuer: IssuerId,
+    /// Where opaque bearers are checked; `None` refuses them.
+    pub introspector: Option<IntrospectorId>,
     /// Challenges naming this route's resource metadata and scopes.
     pub challenges: Challenges,
     /// The protected resource, for the audit line.
@@ -74,6 +82,7 @@ pub struct Policies {
     verifiers: Vec<(Verifier, IssuerId)>,
     /// Each issuer's `oidc` section (the first that named it).
     issuers: Vec<Oidc>,
+    introspectors: Vec<Introspector>,
     routes: Routes,
 }
 
@@ -87,6 +96,7 @@ impl Policies {
             targets: Vec::new(),
             verifiers: Vec::new(),
             issuers: Vec::new(),
+            introspectors: Vec::new(),
             routes: Routes::new(Vec::new()),
         };
         let default_target = config
@@ -95,7 +105,7 @@ impl Policies {
             .map(|t| table.add_target(t))
             .transpose()?;
         if let Some(oidc) = &config.oidc {
-            table.default = Some(table.add_policy(oidc, default_target));
+            table.default = Some(table.add_policy(oidc, default_target)?);
         }
         let mut rules = Vec::new();
         for rule in &config.rules {
@@ -107,7 +117,7 @@ impl Policies {
                         RuleExchange::None => None,
                         RuleExchange::Replace(t) => Some(table.add_target(t)?),
                     };
-                    Route::Policy(table.add_policy(oidc, target).0)
+                    Route::Policy(table.add_policy(oidc, target)?.0)
                 }
             };
             rules.push((rule.matcher.clone(), route));
@@ -121,7 +131,8 @@ impl Policies {
         Ok(TargetId(self.targets.len() - 1))
     }
 
-    fn add_policy(&mut self, oidc: &Oidc, target: Option<TargetId>) -> PolicyId {
+    /// Fails only on an introspection client key that does not fit.
+    fn add_policy(&mut self, oidc: &Oidc, target: Option<TargetId>) -> Result<PolicyId, ConfigError> {
         let issuer = match self.issuers.iter().position(|o| same_keys(o, oidc)) {
             Some(i) => IssuerId(i),
             None => {
@@ -137,15 +148,23 @@ impl Policies {
                 VerifierId(self.verifiers.len() - 1)
             }
         };
+        let introspector = match &oidc.introspection {
+            None => None,
+            Some(i) => {
+                self.introspectors.push(Introspector::new(oidc, i)?);
+                Some(IntrospectorId(self.introspectors.len() - 1))
+            }
+        };
         self.policies.push(Policy {
             required_scopes: oidc.required_scopes.clone(),
             target,
             verifier,
             issuer,
+            introspector,
             challenges: Challenges::new(oidc),
             resource: oidc.resource.as_ref().map(|r| r.url.clone()),
         });
-        PolicyId(self.policies.len() - 1)
+        Ok(PolicyId(self.policies.len() - 1))
     }
 
     /// Challenges for a refusal made before any policy applies: the
@@ -172,6 +191,11 @@ impl Policies {
     /// Never out of range: ids come from this table, which never shrinks.
     pub fn verifier(&self, id: VerifierId) -> &Verifier {
         &self.verifiers[id.0].0
+    }
+
+    /// Never out of range: ids come from this table, which never shrinks.
+    pub fn introspector(&self, id: IntrospectorId) -> &Introspector {
+        &self.introspectors[id.0]
     }
 
     /// The issuer whose keys a verifier's tokens are checked with.

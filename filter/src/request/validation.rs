@@ -10,7 +10,7 @@ use crate::edge::metrics::{Metric, Metrics};
 use crate::host::{CalloutResponse, Host};
 use crate::keys::cache::{Answer, Fetch, JwksCache, FETCH_TIMEOUT_MS};
 use crate::request::keyring::{Keyring, LastFetch};
-use crate::request::outcome::{Outcome, Passed, Unjudged, Who};
+use crate::request::outcome::{Outcome, Passed, Released, Unjudged, Who};
 use crate::request::policy::{IssuerId, Policies, PolicyId, VerifierId};
 use crate::support::logsafe::excerpt;
 use crate::token::bearer::{self, Bearer};
@@ -38,14 +38,6 @@ struct Waiter {
     token: String,
     since_ms: u64,
     policy: PolicyId,
-}
-
-/// A waiting request, decided.
-pub struct Released {
-    pub ctx: u32,
-    /// The caller's token, for the phases after this one.
-    pub token: String,
-    pub outcome: Outcome,
 }
 
 enum Verdict {

@@ -81,15 +81,18 @@ impl<K: Eq + Hash, V> Bounded<K, V> {
         self.bytes -= freed;
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Bytes the values hold, as their sizes were given.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

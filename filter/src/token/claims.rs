@@ -24,10 +24,16 @@ pub fn extract(config: &[ClaimHeader], token: &str) -> Vec<(String, String)> {
     else {
         return Vec::new();
     };
+    from_claims(config, &payload)
+}
+
+/// `(header, value)` for each configured claim in `claims` (a JWT's
+/// payload, or an introspection answer).
+pub fn from_claims(config: &[ClaimHeader], claims: &Value) -> Vec<(String, String)> {
     config
         .iter()
         .filter_map(|c| {
-            let v = c.claim.iter().try_fold(&payload, |v, k| v.get(k))?;
+            let v = c.claim.iter().try_fold(claims, |v, k| v.get(k))?;
             let text = match v {
                 Value::String(s) => s.clone(),
                 Value::Array(items) if items.iter().all(Value::is_string) => {

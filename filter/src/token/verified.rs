@@ -64,10 +64,12 @@ impl<T: Copy + PartialEq> VerifiedCache<T> {
         self.entries.retain(|(t, v)| keep(*t, v.principal.key_id));
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

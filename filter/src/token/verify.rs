@@ -40,6 +40,8 @@ pub enum Reject {
     TokenType,
     /// `scope` that is not a space-separated string.
     ScopeClaim,
+    /// Introspection said `active: false` (revoked, expired or unknown).
+    Inactive,
 }
 
 impl Reject {
@@ -57,6 +59,7 @@ impl Reject {
             Reject::NoSubject => "token has no subject",
             Reject::TokenType => "token type not accepted",
             Reject::ScopeClaim => "scope claim is not a string",
+            Reject::Inactive => "token not active",
         }
     }
 }
@@ -132,7 +135,7 @@ impl<'a> Claims<'a> {
 }
 
 /// Later than any date a token should name (year 2286).
-const MAX_NUMERIC_DATE: u64 = 9_999_999_999;
+pub const MAX_NUMERIC_DATE: u64 = 9_999_999_999;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verifier {

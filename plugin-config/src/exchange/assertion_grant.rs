@@ -22,7 +22,13 @@ pub fn assertion_grant(
     let field = |name: &str| format!("{at}.{name}");
     refuse_step_one_keys(&raw, &field)?;
     let (url, written) = token_url(&raw, &field, allow_http)?;
-    let client = client_auth(&raw, Provider::IdJag, &field, &written, env)?;
+    let client = client_auth(
+        &raw.client(),
+        Provider::IdJag.default_secret_method(),
+        &field,
+        &written,
+        env,
+    )?;
     scope_list(&field("scopes"), &raw.scopes)?;
     let resources = resources(raw.resource.take(), &field("resource"))?;
     Ok(AssertionGrant {

@@ -2,22 +2,22 @@
 //! client secret from the environment, sent by HTTP Basic or in the form,
 //! a `private_key_jwt` assertion (RFC 7523 §2.2), or nothing for a public
 //! client. Each combination that could never work is refused here. The
-//! same keys, and this validation, serve `tokenExchange` and id-jag's
-//! `assertionGrant`.
+//! same keys, and this validation, serve `tokenExchange`, id-jag's
+//! `assertionGrant` and `oidc.introspection`.
 
 use super::model::{AssertionAlg, Client, ClientAssertion, ClientAuthMethod, Secret};
-use super::provider::kind::Provider;
 use crate::error::ConfigError;
 use crate::field::non_empty;
-use crate::raw::RawTokenExchange;
+use crate::raw::RawClient;
 
 type Field<'a> = &'a dyn Fn(&str) -> String;
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// A section's validated client authentication.
+/// A section's validated client authentication; a secret is sent with
+/// `secret_method` unless `clientAuthMethod` says otherwise.
 pub fn client_auth(
-    raw: &RawTokenExchange,
-    provider: Provider,
+    raw: &RawClient,
+    secret_method: ClientAuthMethod,
     field: Field,
     token_url: &str,
     env: Env,
@@ -26,7 +26,7 @@ pub fn client_auth(
         non_empty(&field("clientId"), id)?;
     }
     let (secret, secret_inline) = secret(raw, field, env)?;
-    let method = method(raw, provider, secret.is_some(), field)?;
+    let method = method(raw, secret_method, secret.is_some(), field)?;
     let assertion = match method {
         ClientAuthMethod::PrivateKeyJwt => Some(client_assertion(raw, field, token_url, env)?),
         _ => None,
@@ -41,7 +41,7 @@ pub fn client_auth(
 }
 
 /// The client secret, and whether it was written inline.
-fn secret(raw: &RawTokenExchange, field: Field, env: Env) -> Result<(Option<Secret>, bool), ConfigError> {
+fn secret(raw: &RawClient, field: Field, env: Env) -> Result<(Option<Secret>, bool), ConfigError> {
     Ok(match (&raw.client_secret_env, &raw.client_secret) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new(
@@ -60,14 +60,14 @@ fn secret(raw: &RawTokenExchange, field: Field, env: Env) -> Result<(Option<Secr
 
 /// The method: as configured, else implied by what is configured.
 fn method(
-    raw: &RawTokenExchange,
-    provider: Provider,
+    raw: &RawClient,
+    secret_method: ClientAuthMethod,
     has_secret: bool,
     field: Field,
 ) -> Result<ClientAuthMethod, ConfigError> {
     let method = match raw.client_auth_method.as_deref() {
         None if raw.client_assertion_key_env.is_some() => ClientAuthMethod::PrivateKeyJwt,
-        None if has_secret => provider.default_secret_method(),
+        None if has_secret => secret_method,
         None | Some("none") => ClientAuthMethod::None,
         Some("client_secret_basic") => ClientAuthMethod::ClientSecretBasic,
         Some("client_secret_post") => ClientAuthMethod::ClientSecretPost,
@@ -92,7 +92,7 @@ fn method(
 }
 
 /// Refuses what the method would never send, or needs and lacks.
-fn fits(raw: &RawTokenExchange, method: ClientAuthMethod, has_secret: bool, field: Field) -> Result<(), ConfigError> {
+fn fits(raw: &RawClient, method: ClientAuthMethod, has_secret: bool, field: Field) -> Result<(), ConfigError> {
     let assertion_keys = [
         ("clientAssertionKid", raw.client_assertion_kid.is_some()),
         ("clientAssertionAlg", raw.client_assertion_alg.is_some()),
@@ -154,12 +154,7 @@ pub(super) fn from_env(path: &str, var: &str, env: Env) -> Result<String, Config
     }
 }
 
-fn client_assertion(
-    raw: &RawTokenExchange,
-    field: Field,
-    token_url: &str,
-    env: Env,
-) -> Result<ClientAssertion, ConfigError> {
+fn client_assertion(raw: &RawClient, field: Field, token_url: &str, env: Env) -> Result<ClientAssertion, ConfigError> {
     let key_env = raw.client_assertion_key_env.clone().unwrap_or_default();
     let key_pem = from_env(&field("clientAssertionKeyEnv"), &key_env, env)?;
     if !key_pem.contains("-----BEGIN") || !key_pem.contains("PRIVATE KEY-----") {

@@ -5,7 +5,7 @@
 
 mod actor;
 mod assertion_grant;
-mod client_auth;
+pub(crate) mod client_auth;
 pub mod model;
 pub mod provider;
 
@@ -33,7 +33,7 @@ pub fn token_exchange(
     provider.defaults(&mut raw, &field)?;
 
     let (url, token_url) = token_url(&raw, &field, allow_http)?;
-    let client = client_auth::client_auth(&raw, provider, &field, &token_url, env)?;
+    let client = client_auth::client_auth(&raw.client(), provider.default_secret_method(), &field, &token_url, env)?;
     let ExtraCallouts {
         actor,
         grant: assertion_grant,
@@ -118,17 +118,15 @@ pub(super) fn token_url(
     field: &dyn Fn(&str) -> String,
     allow_http: bool,
 ) -> Result<(url::Url, String), ConfigError> {
-    let Some(token_url) = raw.token_url.as_deref() else {
-        return Err(ConfigError::new(
-            field("tokenUrl"),
-            "is required: the token endpoint's URL",
-        ));
-    };
-    let url = endpoint::parse_url(&field("tokenUrl"), token_url, allow_http)?;
-    if let Some(c) = &raw.token_cluster {
-        non_empty(&field("tokenCluster"), c)?;
-    }
-    Ok((url, token_url.to_string()))
+    let url = endpoint::required(
+        &field("tokenUrl"),
+        raw.token_url.as_deref(),
+        "the token endpoint's URL",
+        &field("tokenCluster"),
+        raw.token_cluster.as_deref(),
+        allow_http,
+    )?;
+    Ok((url, raw.token_url.clone().unwrap_or_default()))
 }
 
 fn timeout(raw: Option<u64>, path: &str) -> Result<u64, ConfigError> {

@@ -3,13 +3,12 @@
 //! released with it, or the failure they all get.
 
 use super::launch::{send, stamp};
-use super::{cache_until, exchange_line, Forward, Key, Landed};
+use super::{cache_until, exchange_line, ExchangeFlight, Forward, Key, Landed};
 use crate::edge::metrics::{Metric, Metrics};
-use crate::exchange::singleflight::{Flight, Out};
+use crate::exchange::singleflight::Out;
 use crate::exchange::{Call, Exchanged, Exchanger, Failure, Next, Step};
 use crate::host::{CalloutResponse, Host};
 use crate::request::outcome::{CacheUse, Forwarded};
-use crate::request::policy::PolicyId;
 use crate::token::verified::Verified;
 use std::rc::Rc;
 
@@ -19,14 +18,14 @@ impl Forward {
         &mut self,
         host: &mut dyn Host,
         key: Key,
-        flight: Flight<PolicyId>,
+        flight: ExchangeFlight,
         resp: &CalloutResponse,
         metrics: &mut Metrics,
     ) -> Option<Landed> {
         let policies = Rc::clone(&self.policies);
         let x = policies.target(key.0);
         let elapsed = host.now_ms().saturating_sub(flight.started_ms);
-        let next = stamp(host, x).and_then(|s| x.answer(flight.step, resp, elapsed, &flight.subject, &s));
+        let next = stamp(host, x).and_then(|s| x.answer(flight.job.step, resp, elapsed, &flight.job.subject, &s));
         match next {
             Ok(Next::Then(call)) => self.then(host, key, flight, &call, x.config().timeout_ms, metrics),
             Ok(Next::Done(ex)) => Some(self.finish(host, key, flight, Ok(ex), metrics)),
@@ -38,12 +37,12 @@ impl Forward {
         &mut self,
         host: &mut dyn Host,
         key: Key,
-        mut flight: Flight<PolicyId>,
+        mut flight: ExchangeFlight,
         call: &Call,
         timeout_ms: u64,
         metrics: &mut Metrics,
     ) -> Option<Landed> {
-        flight.step = call.step;
+        flight.job.step = call.step;
         match send(host, call, timeout_ms) {
             Ok(id) => {
                 flight.out = Out::Callout(id);
@@ -62,7 +61,7 @@ impl Forward {
         &mut self,
         host: &mut dyn Host,
         key: Key,
-        flight: Flight<PolicyId>,
+        flight: ExchangeFlight,
         result: Result<Exchanged, Failure>,
         metrics: &mut Metrics,
     ) -> Landed {
@@ -70,7 +69,7 @@ impl Forward {
         let policies = Rc::clone(&self.policies);
         let x = policies.target(target);
         let now = host.now_ms();
-        let latency = now.saturating_sub(flight.begun_ms);
+        let latency = now.saturating_sub(flight.job.begun_ms);
         log_end(x, &flight, &result, latency);
         metrics.inc(if result.is_ok() {
             Metric::ExchangesOk
@@ -79,7 +78,7 @@ impl Forward {
         });
         metrics.record(host, Metric::ExchangeLatency, latency);
         let refused = matches!(result, Err(Failure::InvalidGrant | Failure::BadGateway(_)));
-        if refused && flight.step == Step::Token && x.needs_actor() {
+        if refused && flight.job.step == Step::Token && x.needs_actor() {
             self.actors.forget(target.index());
         }
         // The cache must not outlive the caller's token as the strictest
@@ -92,7 +91,7 @@ impl Forward {
             .unwrap_or(0);
         let result = result.map(|ex| {
             let value: Rc<str> = format!("Bearer {}", ex.access_token).into();
-            let until = cache_until(&ex, &flight.principal, clock_skew_s, self.skew_ms, now);
+            let until = cache_until(&ex, &flight.job.principal, clock_skew_s, self.skew_ms, now);
             self.store(host, target, &hash, &value, until, metrics);
             Forwarded {
                 target,
@@ -104,7 +103,7 @@ impl Forward {
         Landed {
             waiters: flight.waiters,
             verified: Verified {
-                principal: flight.principal,
+                principal: flight.job.principal,
                 hash,
             },
             target,
@@ -115,14 +114,14 @@ impl Forward {
 }
 
 /// The exchange's one log line; a failure names the step it failed in.
-fn log_end(x: &Exchanger, flight: &Flight<PolicyId>, result: &Result<Exchanged, Failure>, latency: u64) {
-    let (line, waiters) = (exchange_line(x, &flight.principal), flight.waiters.len());
+fn log_end(x: &Exchanger, flight: &ExchangeFlight, result: &Result<Exchanged, Failure>, latency: u64) {
+    let (line, waiters) = (exchange_line(x, &flight.job.principal), flight.waiters.len());
     match result {
         Ok(_) => log::info!("{line} outcome=ok cache=miss latency_ms={latency} waiters={waiters}"),
         Err(f) => log::info!(
             "{line} outcome={} step={} cache=miss latency_ms={latency} waiters={waiters}",
             f.outcome(),
-            flight.step.name()
+            flight.job.step.name()
         ),
     }
 }

@@ -4,13 +4,13 @@
 //! every parked exchange when it lands (or fails them all). Flights and
 //! fetches whose owner went away start again from the tick.
 
-use super::{Forward, Key, Landed, CALLOUT_GRACE_MS};
+use super::{ExchangeFlight, Forward, Key, Landed, CALLOUT_GRACE_MS};
 use crate::edge::metrics::Metrics;
 use crate::exchange::actor_tokens::{Fetch, Have};
-use crate::exchange::singleflight::{Flight, Out};
+use crate::exchange::singleflight::Out;
 use crate::exchange::{Call, Exchanger, Failure, Stamp, Step};
 use crate::host::{CalloutResponse, Host};
-use crate::request::policy::{PolicyId, TargetId};
+use crate::request::policy::TargetId;
 use std::rc::Rc;
 
 impl Forward {
@@ -20,21 +20,21 @@ impl Forward {
         &mut self,
         host: &mut dyn Host,
         key: Key,
-        mut flight: Flight<PolicyId>,
-    ) -> Result<(), (Failure, Flight<PolicyId>)> {
+        mut flight: ExchangeFlight,
+    ) -> Result<(), (Failure, ExchangeFlight)> {
         let policies = Rc::clone(&self.policies);
         let x = policies.target(key.0);
         let now = host.now_ms();
         let out = match x.needs_actor() {
-            true => self.with_actor(host, key.0, x, &flight.subject, now),
-            false => exchange(host, x, &flight.subject, None).map(Out::Callout),
+            true => self.with_actor(host, key.0, x, &flight.job.subject, now),
+            false => exchange(host, x, &flight.job.subject, None).map(Out::Callout),
         };
         match out {
             Ok(Out::Parked) => {
                 self.actors.park(key.0.index(), key);
-                (flight.out, flight.step) = (Out::Parked, Step::Actor);
+                (flight.out, flight.job.step) = (Out::Parked, Step::Actor);
             }
-            Ok(out) => (flight.out, flight.step) = (out, Step::Token),
+            Ok(out) => (flight.out, flight.job.step) = (out, Step::Token),
             Err(f) => return Err((f, flight)),
         }
         flight.owner = host.origin_id();
@@ -92,8 +92,8 @@ impl Forward {
             };
             let sent = match &token {
                 Ok(t) => {
-                    flight.step = Step::Token;
-                    exchange(host, x, &flight.subject, Some(t))
+                    flight.job.step = Step::Token;
+                    exchange(host, x, &flight.job.subject, Some(t))
                 }
                 Err(f) => Err(f.clone()),
             };

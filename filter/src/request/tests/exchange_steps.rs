@@ -2,7 +2,7 @@
 //! filter's own actor token fetched once, kept, and shared by every
 //! exchange that needs it.
 
-use super::{authorization, config_json, good, ok, ok_status, request, request_at, warm, ISS};
+use super::{authorization, config_json, good, ok, ok_status, request, request_at, second_step_times_out, warm, ISS};
 use crate::host::mock::{Mock, ROOT};
 use crate::host::{CalloutResponse, Plugin};
 use crate::request::Filter;
@@ -148,7 +148,7 @@ fn id_jag_failures_in_either_step_map_and_release_every_waiter() {
             assert!(!m.stream(id).resumed);
         }
     }
-    super::second_step_times_out(id_jag_filter(), &id_jag_answer());
+    second_step_times_out(id_jag_filter(), &id_jag_answer());
 }
 
 #[test]
