@@ -25,13 +25,15 @@ mod token;
 #[cfg(test)]
 mod testkeys;
 
-/// What the fuzz targets (`fuzz/`) drive, and nothing else: the crate's
-/// API is the proxy-wasm ABI, not Rust.
+/// What the fuzz targets (`fuzz/`) and the cost example
+/// (`examples/rsa_cost.rs`) drive, and nothing else: the crate's API is the
+/// proxy-wasm ABI, not Rust.
 pub mod fuzzing {
     pub use crate::exchange::{Exchanger, Next, Stamp, Step};
     pub use crate::host::CalloutResponse;
     pub use crate::keys::alg::Alg;
     pub use crate::keys::jwks::{max_age, KeySet};
+    pub use crate::keys::rsa::verify as rsa_verify;
     pub use crate::request::path::reading::Unjudgeable;
     pub use crate::request::path::{target, Gates, Refusal, Target};
     pub use crate::request::routes::{Route, Routes};

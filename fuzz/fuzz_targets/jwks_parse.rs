@@ -1,14 +1,17 @@
 //! `KeySet::parse` on any JWKS document; the keys it loads then meet the
 //! fixed tokens (RS256, ES256, EdDSA), so fuzzed RSA moduli reach the fast
-//! RSA path. Also `jwks::max_age` on the same bytes as a Cache-Control value.
+//! RSA path. Each key is imported for exactly the algorithms jwt-simple's
+//! import takes it for. Also `jwks::max_age` on the same bytes as a
+//! Cache-Control value.
 #![no_main]
 
 use jwt_simple::prelude::*;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use token_exchange_filter::fuzzing::Alg;
-use token_exchange_filter::fuzzing::{max_age, KeySet};
-use token_exchange_fuzz::{es256, forge_ed25519, forge_rs256, good_claims, good_header, verifier, NOW};
+use token_exchange_filter::fuzzing::{max_age, Alg, KeySet};
+use token_exchange_fuzz::{
+    check_jwk_import, es256, forge_ed25519, forge_rs256, good_claims, good_header, verifier, NOW,
+};
 
 fn tokens() -> &'static [String] {
     static T: OnceLock<Vec<String>> = OnceLock::new();
@@ -27,27 +30,16 @@ fn tokens() -> &'static [String] {
     })
 }
 
-const ALGS: [Alg; 9] = [
-    Alg::RS256,
-    Alg::RS384,
-    Alg::RS512,
-    Alg::PS256,
-    Alg::PS384,
-    Alg::PS512,
-    Alg::ES256,
-    Alg::ES384,
-    Alg::EdDSA,
-];
-
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = max_age(s);
     }
+    check_jwk_import(data);
     let Ok((set, _skipped)) = KeySet::parse(data) else {
         return;
     };
     assert!(!set.is_empty());
-    let total: usize = ALGS.iter().map(|&a| set.candidates(a, None).count()).sum();
+    let total: usize = Alg::ALL.iter().map(|&a| set.candidates(a, None).count()).sum();
     assert_eq!(total, set.len());
     for token in tokens() {
         let mut signatures = 0;

@@ -20,9 +20,7 @@ use rsa::pkcs8::DecodePrivateKey;
 use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
-use token_exchange_filter::fuzzing::Exchanger;
-use token_exchange_filter::fuzzing::KeySet;
-use token_exchange_filter::fuzzing::{Failure, Principal, Reject, Verifier};
+use token_exchange_filter::fuzzing::{Alg, Exchanger, Failure, KeySet, Principal, Reject, Verifier};
 
 /// The filter's own RSA test key (2048 bits).
 pub const RSA_PEM: &str = include_str!("../../filter/src/testdata/rsa1.pem");
@@ -369,3 +367,40 @@ pub fn good_claims() -> String {
 /// The subject token the answer target exchanges (its parts are long enough
 /// for the filter's "does the error description echo the token" check).
 pub const SUBJECT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+
+/// The filter imports each JWK of a JWKS document for exactly the
+/// algorithms jwt-simple's import takes it for (and its `alg` names), as
+/// the filter did when it imported keys through jwt-simple.
+pub fn check_jwk_import(doc: &[u8]) {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(doc) else {
+        return;
+    };
+    let Some(keys) = doc.get("keys").and_then(serde_json::Value::as_array) else {
+        return;
+    };
+    for jwk in keys {
+        let one = serde_json::json!({ "keys": [jwk] }).to_string();
+        let set = KeySet::parse(one.as_bytes()).map(|(s, _)| s).ok();
+        let text = jwk.to_string();
+        let declared = jwk.get("alg").and_then(serde_json::Value::as_str);
+        for alg in Alg::ALL {
+            let ours = set.as_ref().is_some_and(|s| s.candidates(alg, None).count() > 0);
+            let theirs = declared.is_none_or(|d| Alg::from_name(d) == Some(alg)) && jwt_simple_imports(alg, &text);
+            assert_eq!(ours, theirs, "{alg:?} key {text}");
+        }
+    }
+}
+
+fn jwt_simple_imports(alg: Alg, text: &str) -> bool {
+    match alg {
+        Alg::RS256 => RS256PublicKey::from_jwk(text).is_ok(),
+        Alg::RS384 => RS384PublicKey::from_jwk(text).is_ok(),
+        Alg::RS512 => RS512PublicKey::from_jwk(text).is_ok(),
+        Alg::PS256 => PS256PublicKey::from_jwk(text).is_ok(),
+        Alg::PS384 => PS384PublicKey::from_jwk(text).is_ok(),
+        Alg::PS512 => PS512PublicKey::from_jwk(text).is_ok(),
+        Alg::ES256 => ES256PublicKey::from_jwk(text).is_ok(),
+        Alg::ES384 => ES384PublicKey::from_jwk(text).is_ok(),
+        Alg::EdDSA => Ed25519PublicKey::from_jwk(text).is_ok(),
+    }
+}

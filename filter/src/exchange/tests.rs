@@ -619,6 +619,74 @@ fn private_key_jwt_assertions_verify_and_are_fresh() {
     }
 }
 
+/// RSA1 as PKCS#1 PEM, and as PKCS#1 PEM with one CRT value changed.
+fn rsa1_pkcs1() -> (String, String) {
+    use rsa::pkcs1::der::{Decode, Encode};
+    use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
+    use rsa::pkcs8::DecodePrivateKey;
+    let key = rsa::PrivateKey::from_pkcs8_pem(RSA1).unwrap();
+    let pem = key.to_pkcs1_pem(LineEnding::LF).unwrap().to_string();
+    let der = key.to_pkcs1_der().unwrap();
+    let mut parts = rsa::pkcs1::RsaPrivateKeyRef::from_der(der.as_bytes()).unwrap();
+    let mut wrong = parts.exponent1.as_bytes().to_vec();
+    *wrong.last_mut().unwrap() ^= 2;
+    parts.exponent1 = rsa::pkcs1::UintRef::new(&wrong).unwrap();
+    let bad = rsa::pkcs1::der::pem::encode_string("RSA PRIVATE KEY", LineEnding::LF, &parts.to_der().unwrap()).unwrap();
+    (pem, bad)
+}
+
+/// Keys in every PEM form the filter takes sign assertions jwt-simple
+/// verifies; RSA keys jwt-simple refuses, the filter refuses too. SEC1 (`EC
+/// PRIVATE KEY`, what `openssl ecparam -genkey` writes) is taken beside
+/// PKCS#8, which jwt-simple alone would take for ES256.
+#[test]
+fn private_keys_in_pkcs1_pkcs8_and_sec1_pem() {
+    let (pkcs1, inconsistent) = rsa1_pkcs1();
+    let sec1 = include_str!("../testdata/ec_sec1.pem");
+    let weak = include_str!("../testdata/rsa1024_pkcs1.pem");
+    let section = |alg: &str| {
+        json!({"tokenUrl": "https://idp.example.com/token", "clientId": "gw",
+            "clientAssertionKeyEnv": "EC_KEY", "clientAssertionAlg": alg})
+    };
+    let opts = || VerificationOptions {
+        artificial_time: Some(UnixTimeStamp::from_secs(NOW_MS / 1000 + 1)),
+        ..Default::default()
+    };
+    let assertion = |pem: &str, alg: &str| {
+        let ex = exchanger_with_keys(section(alg), pem).unwrap();
+        assertion_of(&ex.request("subject", None, &stamp(NOW_MS, "j")).unwrap().body)
+    };
+    let rsa1 = RS256KeyPair::from_pem(RSA1).unwrap().public_key();
+    assert!(rsa1
+        .verify_token::<NoCustomClaims>(&assertion(&pkcs1, "RS256"), Some(opts()))
+        .is_ok());
+    let ps = PS256KeyPair::from_pem(RSA1).unwrap().public_key();
+    assert!(ps
+        .verify_token::<NoCustomClaims>(&assertion(&pkcs1, "PS256"), Some(opts()))
+        .is_ok());
+    let point = {
+        let (label, der) = rsa::pkcs1::der::pem::decode_vec(sec1.as_bytes()).unwrap();
+        assert_eq!(label, "EC PRIVATE KEY");
+        let secret = p256::SecretKey::from_sec1_der(&der).unwrap();
+        p256::ecdsa::VerifyingKey::from(&p256::ecdsa::SigningKey::from(secret)).to_sec1_point(false)
+    };
+    let ec = ES256PublicKey::from_bytes(point.as_bytes()).unwrap();
+    assert!(ec
+        .verify_token::<NoCustomClaims>(&assertion(sec1, "ES256"), Some(opts()))
+        .is_ok());
+    for (pem, what) in [
+        (weak, "a 1024-bit key"),
+        (inconsistent.as_str(), "a CRT value that disagrees"),
+    ] {
+        assert!(RS256KeyPair::from_pem(pem).is_err(), "jwt-simple takes {what}");
+        let e = exchanger_with_keys(section("RS256"), pem).err().unwrap();
+        assert!(e.message.contains("does not hold an RSA private key"), "{what}: {e}");
+    }
+    // The other kind of key, for either algorithm.
+    assert!(exchanger_with_keys(section("ES256"), &pkcs1).is_err());
+    assert!(exchanger_with_keys(section("RS256"), sec1).is_err());
+}
+
 #[test]
 fn a_key_that_does_not_fit_its_algorithm_fails_the_config() {
     let ec_pem = ES256KeyPair::generate().to_pem().unwrap();

@@ -16,6 +16,19 @@ pub enum Alg {
 }
 
 impl Alg {
+    /// Every algorithm we accept (for tests and the fuzz targets).
+    pub const ALL: [Alg; 9] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+    ];
+
     pub fn from_name(name: &str) -> Option<Alg> {
         Some(match name {
             "RS256" => Alg::RS256,

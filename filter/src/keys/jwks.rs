@@ -1,13 +1,15 @@
 //! The issuer's signing keys: parsing a JWKS document into keys bound to one
 //! algorithm each, and looking them up by `kid` and `alg`.
 //!
-//! Each JWK is loaded through jwt-simple's strict per-algorithm import, which
-//! refuses a key whose `kty`, `alg`, `use` or `key_ops` does not fit. So an RSA
-//! key marked `alg: RS256` can never verify a PS256 token, an EC key can never
-//! verify an RSA token, and symmetric (`oct`) keys are never loaded at all: the
+//! Each JWK goes through `jwk`'s strict import (jwt-simple's rules), which
+//! refuses a key whose `kty`, `crv`, `use`, `key_ops` or material does not
+//! fit, and its `alg` binds it to that one algorithm. So an RSA key marked
+//! `alg: RS256` can never verify a PS256 token, an EC key can never verify an
+//! RSA token, and symmetric (`oct`) keys are never loaded at all: the
 //! algorithm-confusion attacks have no key to work with.
 
 use crate::keys::alg::Alg;
+use crate::keys::jwk;
 use crate::keys::signature::Verifying;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -81,24 +83,22 @@ impl KeySet {
 
     fn load(jwk: &Value) -> Vec<Key> {
         let field = |name: &str| jwk.get(name).and_then(Value::as_str);
-        let Some(kty) = field("kty") else {
+        let text = jwk.to_string();
+        let Some(key) = jwk::import(jwk, &text) else {
             return Vec::new();
         };
-        let text = jwk.to_string();
         let id = u64::from_be_bytes(first8(&Sha256::digest(text.as_bytes())));
         let kid = field("kid").map(str::to_string);
         let declared = field("alg");
-        Alg::for_jwk(kty, field("crv"))
+        Alg::for_jwk(field("kty").unwrap_or_default(), field("crv"))
             .iter()
             // A declared alg narrows the key to that one algorithm.
             .filter(|alg| declared.is_none_or(|d| Alg::from_name(d) == Some(**alg)))
-            .filter_map(|&alg| {
-                Verifying::from_jwk(alg, &text).map(|key| Key {
-                    kid: kid.clone(),
-                    alg,
-                    id,
-                    key,
-                })
+            .map(|&alg| Key {
+                kid: kid.clone(),
+                alg,
+                id,
+                key: key.clone(),
             })
             .collect()
     }

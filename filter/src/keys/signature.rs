@@ -1,93 +1,72 @@
-//! A JWK in the form its library checks signatures with, and that check.
+//! A public key in the form its library checks signatures with, and that
+//! check: the `rsa` crate's key for RS* (through `rsa.rs`'s fast PKCS#1
+//! check) and PS*, `p256`/`p384`'s ECDSA keys, and ed25519-compact's.
 //!
-//! jwt-simple imports every key (its strict per-algorithm JWK rules stay the
-//! gate), and the key it returns hands over the library key underneath: the
-//! `rsa` crate's for PS256/384/512, `p256`/`p384`'s ECDSA keys, and
-//! ed25519-compact's. RS256/384/512 go to `rsa.rs`'s fast check.
-//!
-//! Why not jwt-simple's `verify_token`: it is generic over the key type, so
-//! each of the nine algorithms compiled its own copy of the whole token
-//! pipeline (split, header and claims JSON, claim rules), about 48 KB of the
-//! module, which every Envoy compiles at start. The signature is all we need
-//! from it: `token::verify` parses the header and claims once, for every
-//! algorithm alike. The checks below are jwt-simple's own calls to the same
-//! libraries (PSS with a salt as long as the hash, RFC 7518 §3.5; ECDSA
-//! signatures as R || S over the SHA-256/384 hash, §3.4).
+//! These are the libraries jwt-simple itself calls, on one RustCrypto
+//! generation: jwt-simple builds its RSA on the older one (rsa 0.9 on
+//! num-bigint-dig, der 0.7, sha2 0.10) and its EC on the newer (p256/p384
+//! 0.14, sha2 0.11), has no per-algorithm features, and checks a token with
+//! a copy of its whole token pipeline per algorithm. So the module carried
+//! two of each, and Envoy compiled them all. jwt-simple stays the tests'
+//! reference: every key import, signature and assertion here is held
+//! against it. The checks are jwt-simple's own: PSS with a salt as long as
+//! the hash (RFC 7518 §3.5), ECDSA signatures as R ‖ S over the SHA-256/384
+//! hash (§3.4).
 
 use crate::keys::alg::Alg;
-use crate::keys::rsa::RsaKey;
-use jwt_simple::prelude::*;
+use crate::keys::rsa;
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
+#[derive(Clone)]
 pub enum Verifying {
-    /// RS256/384/512, on `rsa.rs`.
-    Pkcs1(RsaKey),
-    /// PS256/384/512.
-    Pss(::rsa::RsaPublicKey),
+    /// RS256/384/512 and PS256/384/512.
+    Rsa(::rsa::PublicKey),
     Es256(p256::ecdsa::VerifyingKey),
     Es384(p384::ecdsa::VerifyingKey),
     EdDSA(ed25519_compact::PublicKey),
 }
 
 impl Verifying {
-    /// The key in `jwk` (JSON text) for `alg`, if jwt-simple accepts it for
-    /// that algorithm.
-    pub fn from_jwk(alg: Alg, jwk: &str) -> Option<Verifying> {
-        Some(match alg {
-            Alg::RS256 => pkcs1(RS256PublicKey::from_jwk(jwk).ok()?.to_components())?,
-            Alg::RS384 => pkcs1(RS384PublicKey::from_jwk(jwk).ok()?.to_components())?,
-            Alg::RS512 => pkcs1(RS512PublicKey::from_jwk(jwk).ok()?.to_components())?,
-            Alg::PS256 => pss(PS256PublicKey::from_jwk(jwk).ok()?.to_components())?,
-            Alg::PS384 => pss(PS384PublicKey::from_jwk(jwk).ok()?.to_components())?,
-            Alg::PS512 => pss(PS512PublicKey::from_jwk(jwk).ok()?.to_components())?,
-            Alg::ES256 => Verifying::Es256(*ES256PublicKey::from_jwk(jwk).ok()?.public_key().as_ref()),
-            Alg::ES384 => Verifying::Es384(*ES384PublicKey::from_jwk(jwk).ok()?.public_key().as_ref()),
-            Alg::EdDSA => Verifying::EdDSA(*Ed25519PublicKey::from_jwk(jwk).ok()?.public_key().as_ref()),
-        })
-    }
-
     /// Whether `signature` over `signed` (the token's `header.payload`) was
-    /// made by this key with `alg`, the algorithm it was imported for.
+    /// made by this key with `alg`.
     pub fn verifies(&self, alg: Alg, signed: &[u8], signature: &[u8]) -> bool {
-        match self {
-            Verifying::Pkcs1(k) => k.verify(alg, signed, signature),
-            Verifying::Pss(k) => {
-                let (scheme, digest) = match alg {
-                    Alg::PS384 => (::rsa::Pss::new_with_salt::<Sha384>(48), Sha384::digest(signed).to_vec()),
-                    Alg::PS512 => (::rsa::Pss::new_with_salt::<Sha512>(64), Sha512::digest(signed).to_vec()),
-                    _ => (::rsa::Pss::new_with_salt::<Sha256>(32), Sha256::digest(signed).to_vec()),
-                };
-                k.verify(scheme, &digest, signature).is_ok()
-            }
-            // Hashed here, with the sha2 the RSA checks use: p256/p384's own
-            // digest is another major version of sha2, another copy of SHA-384.
-            Verifying::Es256(k) => p256::ecdsa::Signature::try_from(signature)
+        use ::rsa::pss::Pss;
+        match (self, alg) {
+            (Verifying::Rsa(k), Alg::RS256 | Alg::RS384 | Alg::RS512) => rsa::verify(k, alg, signed, signature),
+            (Verifying::Rsa(k), Alg::PS256) => k
+                .verify(Pss::<Sha256>::new(), &Sha256::digest(signed), signature)
+                .is_ok(),
+            (Verifying::Rsa(k), Alg::PS384) => k
+                .verify(Pss::<Sha384>::new(), &Sha384::digest(signed), signature)
+                .is_ok(),
+            (Verifying::Rsa(k), Alg::PS512) => k
+                .verify(Pss::<Sha512>::new(), &Sha512::digest(signed), signature)
+                .is_ok(),
+            (Verifying::Es256(k), Alg::ES256) => p256::ecdsa::Signature::try_from(signature)
                 .is_ok_and(|s| k.verify_prehash(&Sha256::digest(signed), &s).is_ok()),
-            Verifying::Es384(k) => p384::ecdsa::Signature::try_from(signature)
+            (Verifying::Es384(k), Alg::ES384) => p384::ecdsa::Signature::try_from(signature)
                 .is_ok_and(|s| k.verify_prehash(&Sha384::digest(signed), &s).is_ok()),
-            Verifying::EdDSA(k) => {
+            (Verifying::EdDSA(k), Alg::EdDSA) => {
                 ed25519_compact::Signature::from_slice(signature).is_ok_and(|s| k.verify(signed, &s).is_ok())
             }
+            _ => false,
         }
     }
-}
-
-/// `rsa.rs`'s form of an RSASSA-PKCS1-v1_5 key.
-fn pkcs1(c: RSAPublicKeyComponents) -> Option<Verifying> {
-    RsaKey::new(&c.n, &c.e).map(Verifying::Pkcs1)
-}
-
-fn pss(c: RSAPublicKeyComponents) -> Option<Verifying> {
-    let n = ::rsa::BigUint::from_bytes_be(&c.n);
-    let e = ::rsa::BigUint::from_bytes_be(&c.e);
-    ::rsa::RsaPublicKey::new(n, e).ok().map(Verifying::Pss)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::jwk;
     use crate::testkeys::{RSA1, RSA2};
+    use jwt_simple::prelude::*;
+
+    /// The key in a JWK text, through the filter's own import.
+    fn import(text: &str) -> Verifying {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        jwk::import(&v, text).expect("jwt-simple's own JWK imports")
+    }
 
     /// For one algorithm: jwt-simple signs with `$made`, and the key it
     /// publishes for `$made` verifies here; `$other`'s signature, another
@@ -95,8 +74,7 @@ mod tests {
     macro_rules! agrees {
         ($alg:expr, $made:expr, $other:expr) => {{
             let (alg, made, other): (Alg, _, _) = ($alg, $made, $other);
-            let jwk = made.public_key().to_jwk();
-            let key = Verifying::from_jwk(alg, &jwk).expect("jwt-simple's own JWK imports");
+            let key = import(&made.public_key().to_jwk());
             let token = made.sign(Claims::create(Duration::from_secs(60))).unwrap();
             let (signed, sig) = token.rsplit_once('.').unwrap();
             let sig = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
@@ -152,11 +130,43 @@ mod tests {
 
     #[test]
     fn a_key_serves_only_the_algorithms_of_its_kind() {
-        let rsa = RS256KeyPair::from_pem(RSA1).unwrap().public_key().to_jwk();
-        let ec = ES256KeyPair::generate().public_key().to_jwk();
-        assert!(Verifying::from_jwk(Alg::ES256, &rsa).is_none());
-        assert!(Verifying::from_jwk(Alg::EdDSA, &rsa).is_none());
-        assert!(Verifying::from_jwk(Alg::PS256, &ec).is_none());
-        assert!(Verifying::from_jwk(Alg::ES384, &ec).is_none());
+        use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
+        let rsa = RS256KeyPair::from_pem(RSA1).unwrap();
+        let ec = ES256KeyPair::generate();
+        let ed = Ed25519KeyPair::generate();
+        let signed = |token: String| {
+            let (signed, sig) = token.rsplit_once('.').unwrap();
+            (
+                signed.to_string(),
+                Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap(),
+            )
+        };
+        let claims = || Claims::create(Duration::from_secs(60));
+        let keys = [
+            (
+                Alg::RS256,
+                import(&rsa.public_key().to_jwk()),
+                signed(rsa.sign(claims()).unwrap()),
+            ),
+            (
+                Alg::ES256,
+                import(&ec.public_key().to_jwk()),
+                signed(ec.sign(claims()).unwrap()),
+            ),
+            (
+                Alg::EdDSA,
+                import(&ed.public_key().to_jwk()),
+                signed(ed.sign(claims()).unwrap()),
+            ),
+        ];
+        for (made, key, (input, sig)) in &keys {
+            for alg in Alg::ALL {
+                assert_eq!(
+                    key.verifies(alg, input.as_bytes(), sig),
+                    alg == *made,
+                    "{made:?} key, {alg:?}"
+                );
+            }
+        }
     }
 }

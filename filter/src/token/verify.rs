@@ -15,9 +15,9 @@ use crate::keys::alg::Alg;
 use crate::keys::jwks::{Key, KeySet};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jwt_simple::prelude::*;
 use plugin_config::Oidc;
 use serde_json::Value;
+use std::collections::HashSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -87,13 +87,51 @@ impl Principal {
     }
 }
 
-/// Claims beyond the registered ones that we read.
-#[derive(Deserialize)]
-pub struct Extra {
-    scope: Option<Value>,
-    scp: Option<Value>,
-    azp: Option<String>,
-    client_id: Option<String>,
+/// The claims we read, with the types JWT gives them (RFC 7519 §4.1;
+/// jwt-simple's `JWTClaims` reads them alike): a claim of another type makes
+/// the token malformed. `null` is an absent claim, except for `aud`.
+struct Claims<'a> {
+    iat: Option<u64>,
+    nbf: Option<u64>,
+    exp: Option<u64>,
+    iss: Option<&'a str>,
+    sub: Option<&'a str>,
+    /// `aud`: one audience or a list of them.
+    aud: Option<Vec<&'a str>>,
+    scope: Option<&'a Value>,
+    scp: Option<&'a Value>,
+    /// `azp`, else `client_id`.
+    client: Option<&'a str>,
+}
+
+impl<'a> Claims<'a> {
+    fn read(payload: &'a Value) -> Option<Claims<'a>> {
+        let any = |name: &str| payload.get(name).filter(|v| !v.is_null());
+        // `shape` made sure that any date is a whole number of seconds.
+        let date = |name: &str| payload.get(name).and_then(Value::as_u64);
+        let text = |name: &str| any(name).map(|v| v.as_str().ok_or(())).transpose().ok();
+        for name in ["jti", "nonce"] {
+            text(name)?;
+        }
+        let aud = match payload.get("aud") {
+            None => None,
+            Some(Value::String(a)) => Some(vec![a.as_str()]),
+            Some(Value::Array(list)) => Some(list.iter().map(Value::as_str).collect::<Option<_>>()?),
+            Some(_) => return None,
+        };
+        let (azp, client_id) = (text("azp")?, text("client_id")?);
+        Some(Claims {
+            iat: date("iat"),
+            nbf: date("nbf"),
+            exp: date("exp"),
+            iss: text("iss")?,
+            sub: text("sub")?,
+            aud,
+            scope: any("scope"),
+            scp: any("scp"),
+            client: azp.or(client_id),
+        })
+    }
 }
 
 /// Later than any date a token should name (year 2286).
@@ -143,7 +181,7 @@ impl Verifier {
     /// Verifies `token` at time `now` (seconds). Counts signature checks in
     /// `signatures` so callers (and tests) can see the cache at work.
     pub fn verify(&self, keys: &KeySet, token: &str, now: u64, signatures: &mut u64) -> Result<Principal, Failure> {
-        let header = self.shape(token)?;
+        let (header, payload) = self.shape(token)?;
         let alg = match header.get("alg") {
             Some(Value::String(a)) => Alg::from_name(a).ok_or(Reject::UnsupportedAlg)?,
             _ => return Err(Reject::Malformed.into()),
@@ -162,11 +200,11 @@ impl Verifier {
         for key in keys.candidates(alg, kid) {
             tried = true;
             *signatures += 1;
-            match signed_claims(key, token)? {
-                Some(claims) => return self.check(claims, key.id, now),
-                // Without a kid, another key of the algorithm may fit.
-                None => continue,
+            if signed_by(key, token)? {
+                let claims = Claims::read(&payload).ok_or(Reject::Malformed)?;
+                return self.check(&claims, key.id, now);
             }
+            // Without a kid, another key of the algorithm may fit.
         }
         Err(if tried {
             Reject::BadSignature
@@ -183,7 +221,7 @@ impl Verifier {
     /// base64url; a header and a payload that are JSON objects without
     /// duplicate keys, whose `exp`, `nbf` and `iat` are whole seconds; no `crit` (we implement no extension, and RFC 7515
     /// forbids an empty list); a `typ` that names an access token; our `iss`.
-    fn shape(&self, token: &str) -> Result<Value, Reject> {
+    fn shape(&self, token: &str) -> Result<(Value, Value), Reject> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -233,43 +271,47 @@ impl Verifier {
         if payload.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(Reject::Issuer);
         }
-        Ok(header)
+        Ok((header, payload))
     }
 
     /// The registered claims, with skew.
-    fn check(&self, claims: JWTClaims<Extra>, key_id: u64, now: u64) -> Result<Principal, Failure> {
-        let sub = claims.subject.clone();
+    fn check(&self, claims: &Claims, key_id: u64, now: u64) -> Result<Principal, Failure> {
+        let sub = claims.sub.map(str::to_string);
         let fail = |reject| Failure {
             reject,
             sub: sub.clone(),
         };
         let skew = self.skew;
-        let after_now = |t: Option<UnixTimeStamp>| t.is_some_and(|t| t.as_secs() > now.saturating_add(skew));
-        if after_now(claims.issued_at) || after_now(claims.invalid_before) {
+        let after_now = |t: Option<u64>| t.is_some_and(|t| t > now.saturating_add(skew));
+        if after_now(claims.iat) || after_now(claims.nbf) {
             return Err(fail(Reject::NotYetValid));
         }
-        let Some(exp) = claims.expires_at.map(|e| e.as_secs()) else {
+        let Some(exp) = claims.exp else {
             return Err(fail(Reject::NoExpiry));
         };
         if now > exp.saturating_add(skew) {
             return Err(fail(Reject::Expired));
         }
-        if claims.issuer.as_deref() != Some(self.issuer.as_str()) {
+        if claims.iss != Some(self.issuer.as_str()) {
             return Err(fail(Reject::Issuer));
         }
-        if !claims.audiences.as_ref().is_some_and(|a| a.contains(&self.audiences)) {
+        if !claims
+            .aud
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|a| self.audiences.contains(*a)))
+        {
             return Err(fail(Reject::Audience));
         }
-        if sub.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        if claims.sub.is_none_or(|s| s.trim().is_empty()) {
             return Err(fail(Reject::NoSubject));
         }
-        if claims.custom.scope.as_ref().is_some_and(|s| !s.is_string()) {
+        if claims.scope.is_some_and(|s| !s.is_string()) {
             return Err(fail(Reject::ScopeClaim));
         }
         Ok(Principal {
-            scopes: scopes(&claims.custom),
+            scopes: scopes(claims),
             claim_headers: Vec::new(),
-            client: claims.custom.azp.or(claims.custom.client_id),
+            client: claims.client.map(str::to_string),
             sub,
             exp,
             key_id,
@@ -277,27 +319,19 @@ impl Verifier {
     }
 }
 
-/// The token's claims if `key` made its signature, `None` if it did not.
-/// The header rules (no `crit`, an access token's `typ`) were applied by
-/// `Verifier::shape`.
-fn signed_claims(key: &Key, token: &str) -> Result<Option<JWTClaims<Extra>>, Reject> {
+/// Whether `key` made the token's signature. The header rules (no `crit`,
+/// an access token's `typ`) were applied by `Verifier::shape`.
+fn signed_by(key: &Key, token: &str) -> Result<bool, Reject> {
     let (signed, signature) = token.rsplit_once('.').ok_or(Reject::Malformed)?;
-    let (_, payload) = signed.split_once('.').ok_or(Reject::Malformed)?;
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reject::Malformed)?;
-    if !key.verifies(signed.as_bytes(), &signature) {
-        return Ok(None);
-    }
-    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reject::Malformed)?;
-    serde_json::from_slice(&payload)
-        .map(Some)
-        .map_err(|_| Reject::Malformed)
+    Ok(key.verifies(signed.as_bytes(), &signature))
 }
 
 /// Scopes from `scope` (space-separated, RFC 8693/9068; `check` refuses any
 /// other form) or `scp` (Okta and Entra: a string or a list).
-fn scopes(extra: &Extra) -> Vec<String> {
+fn scopes(claims: &Claims) -> Vec<String> {
     let mut out = Vec::new();
-    for v in [&extra.scope, &extra.scp].into_iter().flatten() {
+    for v in [claims.scope, claims.scp].into_iter().flatten() {
         match v {
             Value::String(s) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from)),
             Value::Array(a) => out.extend(a.iter().filter_map(Value::as_str).map(String::from)),

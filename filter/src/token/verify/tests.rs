@@ -1,5 +1,6 @@
 use super::*;
 use crate::testkeys::{self, claims, forge, jwks, now_secs, rsa, rsa_jwk, RSA1, RSA2};
+use jwt_simple::prelude::*;
 use plugin_config::parse;
 use serde_json::json;
 
@@ -281,7 +282,7 @@ fn header_rules_hold_on_the_fast_rsa_path() {
     use ::rsa::pkcs1v15::SigningKey;
     use ::rsa::pkcs8::DecodePrivateKey;
     use ::rsa::signature::{SignatureEncoding, Signer};
-    let key = SigningKey::<sha2::Sha256>::new(::rsa::RsaPrivateKey::from_pkcs8_pem(RSA1).unwrap());
+    let key = SigningKey::<sha2::Sha256>::new(::rsa::PrivateKey::from_pkcs8_pem(RSA1).unwrap());
     let sign = |header: serde_json::Value| {
         let unsigned = forge(&header, &payload, b"");
         let signing_input = unsigned.trim_end_matches('.');
@@ -318,7 +319,7 @@ fn sign_raw(header: &str, payload: &str) -> String {
     use ::rsa::pkcs1v15::SigningKey;
     use ::rsa::pkcs8::DecodePrivateKey;
     use ::rsa::signature::{SignatureEncoding, Signer};
-    let key = SigningKey::<sha2::Sha256>::new(::rsa::RsaPrivateKey::from_pkcs8_pem(RSA1).unwrap());
+    let key = SigningKey::<sha2::Sha256>::new(::rsa::PrivateKey::from_pkcs8_pem(RSA1).unwrap());
     let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
     let sig = key.sign(input.as_bytes()).to_vec();
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
@@ -436,4 +437,82 @@ fn allowed_token_types_are_strict() {
 fn decode_part(token: &str, i: usize) -> serde_json::Value {
     let part = token.split('.').nth(i).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// The claims the filter read through jwt-simple's `JWTClaims` before it
+/// read them itself.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct JwtSimpleExtra {
+    scope: Option<serde_json::Value>,
+    scp: Option<serde_json::Value>,
+    azp: Option<String>,
+    client_id: Option<String>,
+}
+
+/// `Claims::read` takes exactly the payloads jwt-simple's claims type took,
+/// and reads the same values from them.
+#[test]
+fn claims_are_read_as_jwt_simple_read_them() {
+    let values = [
+        json!("x"),
+        json!(""),
+        json!(1),
+        json!(null),
+        json!(true),
+        json!(["a", "b"]),
+        json!([]),
+        json!(["a", 1]),
+        json!({"a": 1}),
+    ];
+    let names = [
+        "iss",
+        "sub",
+        "aud",
+        "jti",
+        "nonce",
+        "azp",
+        "client_id",
+        "scope",
+        "scp",
+        "other",
+    ];
+    let mut checked = 0;
+    for name in names {
+        for value in &values {
+            let mut payload = json!({"iss": ISS, "sub": "alice", "aud": "mcpserver", "exp": 4_000_000_000u64});
+            payload[name] = value.clone();
+            let theirs = serde_json::from_value::<JWTClaims<JwtSimpleExtra>>(payload.clone()).ok();
+            let ours = super::Claims::read(&payload);
+            assert_eq!(ours.is_some(), theirs.is_some(), "{payload}");
+            if let (Some(ours), Some(theirs)) = (ours, theirs) {
+                assert_eq!(ours.iss, theirs.issuer.as_deref(), "{payload}");
+                assert_eq!(ours.sub, theirs.subject.as_deref(), "{payload}");
+                assert_eq!(ours.exp, theirs.expires_at.map(|t| t.as_secs()), "{payload}");
+                let audiences = |a: &Audiences| match a {
+                    Audiences::AsString(s) => vec![s.clone()],
+                    Audiences::AsSet(s) => {
+                        let mut v: Vec<String> = s.iter().cloned().collect();
+                        v.sort();
+                        v
+                    }
+                };
+                let mut our_aud: Option<Vec<String>> = ours.aud.map(|a| a.iter().map(|s| s.to_string()).collect());
+                if let Some(a) = our_aud.as_mut() {
+                    a.sort();
+                    a.dedup();
+                }
+                assert_eq!(our_aud, theirs.audiences.as_ref().map(audiences), "{payload}");
+                assert_eq!(ours.scope.cloned(), theirs.custom.scope, "{payload}");
+                assert_eq!(ours.scp.cloned(), theirs.custom.scp, "{payload}");
+                assert_eq!(
+                    ours.client,
+                    theirs.custom.azp.or(theirs.custom.client_id).as_deref(),
+                    "{payload}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 30, "{checked}");
 }
