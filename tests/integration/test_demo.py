@@ -33,12 +33,20 @@ def test_demo_script_runs_end_to_end():
     assert not JWT.search(out.stdout), "the demo prints claims, never a token"
 
 
+def interruptible():
+    """Ctrl-C reaches the demo as in a terminal: a runner that starts the
+    tests in the background (a non-interactive shell's `&`) hands them
+    SIGINT ignored, and a shell started with a signal ignored cannot trap
+    it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Demo:
     """envoy-local/run.sh running until stopped, as a person runs it."""
 
     def __init__(self, *args):
         self.proc = subprocess.Popen([str(RUN), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=interruptible)
         self.output = []
         ready = threading.Event()
 
