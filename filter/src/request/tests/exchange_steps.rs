@@ -2,7 +2,10 @@
 //! filter's own actor token fetched once, kept, and shared by every
 //! exchange that needs it.
 
-use super::{authorization, config_json, good, ok, ok_status, request, request_at, second_step_times_out, warm, ISS};
+use super::{
+    authorization, config_json, filter_with_env, good, ok, ok_status, request, request_at, second_step_times_out, warm,
+    ISS,
+};
 use crate::host::mock::{Mock, ROOT};
 use crate::host::{CalloutResponse, Plugin};
 use crate::request::Filter;
@@ -18,12 +21,10 @@ fn filter_with(te: Value) -> Filter {
     let mut v = config_json();
     v["tokenExchange"] = te;
     v["cache"] = json!({"maxEntries": 100, "expirySkewSeconds": 30});
-    let env = |n: &str| matches!(n, "IDP_SECRET" | "AS_SECRET").then(|| format!("{n}-value"));
-    Filter::new(
-        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
-        "tef",
+    filter_with_env(
+        &v,
+        &[("IDP_SECRET", "IDP_SECRET-value"), ("AS_SECRET", "AS_SECRET-value")],
     )
-    .unwrap()
 }
 
 fn id_jag_filter() -> Filter {
@@ -344,12 +345,7 @@ fn the_actor_is_part_of_the_cache_key() {
         {"match": {"pathPrefix": "/same/"}, "tokenExchange": te("agent")},
         {"match": {"pathPrefix": "/other/"}, "tokenExchange": te("another-agent")}
     ]);
-    let env = |n: &str| (n == "IDP_SECRET").then(|| "secret".to_string());
-    let mut f = Filter::new(
-        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
-        "tef",
-    )
-    .unwrap();
+    let mut f = filter_with_env(&v, &[("IDP_SECRET", "secret")]);
     let mut m = Mock::new();
     let alice = user("alice");
     first_exchange(&mut f, &mut m, 3_600, &alice);

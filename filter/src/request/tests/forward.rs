@@ -14,12 +14,7 @@ fn exchange_filter(extra: serde_json::Value) -> Filter {
     }
     v["tokenExchange"] = te;
     v["cache"] = json!({"maxEntries": 100, "expirySkewSeconds": 30});
-    let env = |n: &str| (n == "TE_SECRET").then(|| "secret".to_string());
-    Filter::new(
-        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
-        "tef",
-    )
-    .unwrap()
+    filter_with_env(&v, &[("TE_SECRET", "secret")])
 }
 
 #[test]

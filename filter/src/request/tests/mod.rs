@@ -34,6 +34,17 @@ fn filter() -> Filter {
     Filter::new(&config(), "tef").unwrap()
 }
 
+/// The filter for `v`, whose `*Env` keys name the environment variables
+/// in `secrets` (name, value).
+fn filter_with_env(v: &serde_json::Value, secrets: &[(&str, &str)]) -> Filter {
+    let env = |n: &str| secrets.iter().find(|(k, _)| *k == n).map(|(_, s)| s.to_string());
+    Filter::new(
+        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
+        "tef",
+    )
+    .unwrap()
+}
+
 fn token(pem: &str, kid: &str, scope: &str) -> String {
     rsa(pem, kid).sign(claims(ISS, "mcpserver", scope)).unwrap()
 }

@@ -2,7 +2,7 @@
 //! answer's checks, the shared cache and its negative entries, one callout
 //! per token per worker, endpoint faults, and the exchange after it.
 
-use super::{authorization, config_json, good, ok, ok_status, request, request_at, warm, ISS};
+use super::{authorization, config_json, filter_with_env, good, ok, ok_status, request, request_at, warm, ISS};
 use crate::host::mock::{Mock, ROOT};
 use crate::host::{Action, CalloutResponse, Plugin};
 use crate::request::introspection::cache::NEGATIVE_MS;
@@ -17,14 +17,8 @@ use url::form_urlencoded;
 const OPAQUE: &str = "x7Hq2kQmVbNc9RtYwZ3aLp0sDf4GhJkE5uIoPzXcV1B";
 const URL: &str = "http://127.0.0.1:9000/mcp/token/introspection";
 
-fn env(n: &str) -> Option<String> {
-    match n {
-        "INTRO_SECRET" => Some("s3cret".into()),
-        "IDP_SECRET" => Some("idp".into()),
-        "INTRO_KEY" => Some(RSA1.into()),
-        _ => None,
-    }
-}
+/// The environment the configs' `*Env` keys read.
+const SECRETS: &[(&str, &str)] = &[("INTRO_SECRET", "s3cret"), ("IDP_SECRET", "idp"), ("INTRO_KEY", RSA1)];
 
 fn intro() -> Value {
     json!({"url": URL, "clientId": "gw", "clientSecretEnv": "INTRO_SECRET"})
@@ -38,8 +32,7 @@ fn config_with(introspection: Value, extra: &[(&str, Value)]) -> Filter {
     for (k, x) in extra {
         v[*k] = x.clone();
     }
-    let c = plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap();
-    Filter::new(&c, "tef").unwrap()
+    filter_with_env(&v, SECRETS)
 }
 
 fn filter() -> Filter {
@@ -433,8 +426,7 @@ fn each_resource_has_its_own_answers() {
     let mut v = config_json();
     v["oidc"]["introspection"] = intro();
     v["rules"] = json!([{"match": {"pathPrefix": "/other"}, "oidc": {"audience": "other"}}]);
-    let c = plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap();
-    let (mut f, mut m) = (Filter::new(&c, "tef").unwrap(), Mock::new());
+    let (mut f, mut m) = (filter_with_env(&v, SECRETS), Mock::new());
     let a = answer(&m, json!({"aud": ["mcpserver", "other"]}));
     introspected(&mut f, &mut m, 2, OPAQUE, &a);
     assert!(m.stream(2).resumed);

@@ -99,12 +99,7 @@ fn entra_claims_challenge_reaches_the_client() {
     let mut v = config_json();
     v["tokenExchange"] = json!({"provider": "entra-obo", "tenantId": "contoso", "clientId": "app",
         "clientSecretEnv": "TE_SECRET", "scopes": ["api://backend/.default"]});
-    let env = |n: &str| (n == "TE_SECRET").then(|| "secret".to_string());
-    let mut f = Filter::new(
-        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
-        "tef",
-    )
-    .unwrap();
+    let mut f = filter_with_env(&v, &[("TE_SECRET", "secret")]);
     let mut m = Mock::new();
     warm(&mut f, &mut m);
     request(&mut f, &mut m, 2, Some(&good()));

@@ -10,12 +10,7 @@ fn rules_filter(rules: serde_json::Value) -> Filter {
         "audience": "backend", "timeoutMs": 1000
     });
     v["rules"] = rules;
-    let env = |n: &str| (n == "TE_SECRET").then(|| "secret".to_string());
-    Filter::new(
-        &plugin_config::parse_with_env(v.to_string().as_bytes(), &env).unwrap(),
-        "tef",
-    )
-    .unwrap()
+    filter_with_env(&v, &[("TE_SECRET", "secret")])
 }
 
 #[test]
