@@ -97,16 +97,24 @@ def measure(cleanup, name, filters, clusters, env, token, concurrency, requests,
     return out
 
 
-def run(args, cleanup):
-    """{concurrency: {variant: [one result per round]}}, and the variants' labels."""
-    probe = free_port()
-    resource = f"http://127.0.0.1:{probe}/mcp"
+def exchange_hit_stack(cleanup):
+    """What an Envoy under test needs to serve one user's exchange hits: the
+    two authorization servers and an upstream. Returns (the filter config
+    with tokenExchange, the client secret's value, the user's token, the
+    clusters)."""
+    resource = f"http://127.0.0.1:{free_port()}/mcp"
     mcp, backend_as, _, exchange, secret = authorization_servers(
         cleanup, resource, [{"client_id": "bench", "client_secret": "bench-secret"}])
     upstream = upstream_envoy(cleanup)
     token = mcp.token("bench", "bench-secret", resource, "mcp:tools:call")
     clusters = [cluster("upstream", upstream)] + [cluster(f"outbound|{p}||127.0.0.1", p)
                                                    for p in (mcp.port, backend_as.port)]
+    return exchange, secret, token, clusters
+
+
+def run(args, cleanup):
+    """{concurrency: {variant: [one result per round]}}, and the variants' labels."""
+    exchange, secret, token, clusters = exchange_hit_stack(cleanup)
     # The filter checks the audience, not the resource URL, so one token
     # serves every listener.
     variants = [("none", "no filter", []),

@@ -27,10 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SECRET_ENV, authorization_servers, envoy_version, many_servers  # noqa: E402
-from footprint import first_200  # noqa: E402
+from common import SECRET_ENV, envoy_version, many_servers  # noqa: E402
+from footprint import exchange_hit_stack, first_200  # noqa: E402
 from harness import WASM, Cleanup, free_port  # noqa: E402
-from perf import cluster, listener, rss_kib, start_envoy, upstream_envoy, wasm_filter  # noqa: E402
+from perf import listener, rss_kib, start_envoy, wasm_filter  # noqa: E402
 
 WORKERS = 2
 TRACE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\].*proxy_on_configure(\(| return)")
@@ -75,14 +75,7 @@ def start(cleanup, name, filters, clusters, env, port, token, trace=False):
 
 
 def run(args, cleanup):
-    probe = free_port()
-    resource = f"http://127.0.0.1:{probe}/mcp"
-    mcp, backend_as, _, exchange, secret = authorization_servers(
-        cleanup, resource, [{"client_id": "bench", "client_secret": "bench-secret"}])
-    upstream = upstream_envoy(cleanup)
-    token = mcp.token("bench", "bench-secret", resource, "mcp:tools:call")
-    clusters = [cluster("upstream", upstream)] + [cluster(f"outbound|{p}||127.0.0.1", p)
-                                                   for p in (mcp.port, backend_as.port)]
+    exchange, secret, token, clusters = exchange_hit_stack(cleanup)
     env = {SECRET_ENV: secret}
     loads = {"one": exchange, "many": many_servers(exchange, args.resources, args.issuers)}
     load_ms, load_rss = defaultdict(list), defaultdict(list)
