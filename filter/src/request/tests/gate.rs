@@ -148,36 +148,32 @@ fn older_keys_from_another_worker_do_not_decide_a_waiting_unseen_kid() {
 fn a_gated_request_is_decided_once_at_its_body_or_its_end() {
     let (mut f, mut m) = (tools_filter(false), Mock::new());
     warm(&mut f, &mut m);
-    let counts = |f: &mut Filter, m: &mut Mock| {
-        m.enter(ROOT);
-        f.on_tick(m);
-        (
-            m.metric("token_exchange_filter.requests.allowed"),
-            m.metric("token_exchange_filter.requests.insufficient_scope"),
-        )
-    };
     // Refused at the body: one denial, and no allow at the headers.
     post(&mut f, &mut m, 2, &good(), tool_call("delete_repo"));
-    assert_eq!(counts(&mut f, &mut m), (0, 0), "not decided while the body is to come");
+    assert_eq!(
+        decisions(&mut f, &mut m),
+        (0, 0),
+        "not decided while the body is to come"
+    );
     m.enter(2);
     let n = m.stream(2).body.len();
     assert_eq!(f.on_request_body(&mut m, n, true), Action::Pause);
-    assert_eq!(counts(&mut f, &mut m), (0, 1));
+    assert_eq!(decisions(&mut f, &mut m), (0, 1));
     // Allowed at the body: one allow.
     let admin = token(RSA1, "k1", "mcp:tools:call repo:admin");
     post(&mut f, &mut m, 3, &admin, tool_call("delete_repo"));
     m.enter(3);
     let n = m.stream(3).body.len();
     assert_eq!(f.on_request_body(&mut m, n, true), Action::Continue);
-    assert_eq!(counts(&mut f, &mut m), (1, 1));
+    assert_eq!(decisions(&mut f, &mut m), (1, 1));
     f.on_done(&mut m, 3);
     // No body ever judged (the client left): its headers went on, so it
     // counts as allowed when it ends, once.
     post(&mut f, &mut m, 4, &admin, tool_call("delete_repo"));
-    assert_eq!(counts(&mut f, &mut m), (1, 1));
+    assert_eq!(decisions(&mut f, &mut m), (1, 1));
     f.on_done(&mut m, 4);
     f.on_done(&mut m, 4);
-    assert_eq!(counts(&mut f, &mut m), (2, 1));
+    assert_eq!(decisions(&mut f, &mut m), (2, 1));
     assert!(f.gate.is_empty());
 }
 

@@ -34,6 +34,17 @@ fn filter() -> Filter {
     Filter::new(&config(), "tef").unwrap()
 }
 
+/// Requests counted (after a tick flushes the metrics) as allowed and as
+/// refused for scope: what the gate's tests count decisions by.
+fn decisions(f: &mut Filter, m: &mut Mock) -> (i64, i64) {
+    m.enter(ROOT);
+    f.on_tick(m);
+    (
+        m.metric("token_exchange_filter.requests.allowed"),
+        m.metric("token_exchange_filter.requests.insufficient_scope"),
+    )
+}
+
 /// The filter for `v`, whose `*Env` keys name the environment variables
 /// in `secrets` (name, value).
 fn filter_with_env(v: &serde_json::Value, secrets: &[(&str, &str)]) -> Filter {
