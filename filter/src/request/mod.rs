@@ -160,11 +160,11 @@ impl Plugin for Filter {
         if route.gated {
             self.gate.open(host.context_id(), route.policy);
         }
-        let validated = match self.introspection.takes(&token, route.policy) {
-            true => self
-                .introspection
-                .check(host, &token, route.policy, &mut self.effects.metrics),
-            false => self.validation.validate(host, &token, route.policy),
+        let validated = if self.introspection.takes(&token, route.policy) {
+            self.introspection
+                .check(host, &token, route.policy, &mut self.effects.metrics)
+        } else {
+            self.validation.validate(host, &token, route.policy)
         };
         let outcome = self.forward(host, &token, validated);
         self.effects.apply(host, outcome, &mut self.gate, When::Inline)
