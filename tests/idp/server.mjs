@@ -102,9 +102,21 @@ const interactive = process.env.IDP_INTERACTIVE === '1';
 const opaque = process.env.IDP_OPAQUE === '1';
 const stateDir = process.env.IDP_STATE_DIR;
 
+// The key comes out PEM-encoded and is read back before its JWK export. On
+// Node 20, exporting the KeyObject that generateKeyPairSync returns can
+// deadlock the process for good: the export holds the key's mutex, an
+// allocation inside it runs a GC, and the GC destroys the finished keygen
+// job, which takes the same mutex (seen as an IdP that never listens; a
+// loop of 1024-bit keys hangs within a few hundred). A key read from PEM
+// shares no mutex with the job.
 function newKey() {
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  return { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
+  const { privateKey } = crypto.generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const jwk = crypto.createPrivateKey(privateKey).export({ format: 'jwk' });
+  return { ...jwk, kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
 }
 
 // The keys that sign the login session's cookies: kept with the state, so a

@@ -57,11 +57,11 @@ def free_port():
             return port
 
 
-# A stand-in normally listens within a second; twice in fresh-clone CI runs
-# on this shared 2-core VM, an oidc-provider process took over 20 s just to
-# load its modules (alive, nothing logged past the library's import), so
-# the wait is generous: a slow start is the machine's, not a result.
-START_TIMEOUT_S = 60.0
+# A stand-in normally listens within a second. The wait allows for a loaded
+# machine; a process that is still silent after it is stuck, and the error
+# says where (its threads' kernel waits), as it did for the IdP's keygen
+# deadlock on Node 20 (tests/idp/server.mjs, newKey).
+START_TIMEOUT_S = 30.0
 
 
 def wait_port(port, proc, log, timeout=START_TIMEOUT_S):
@@ -74,7 +74,21 @@ def wait_port(port, proc, log, timeout=START_TIMEOUT_S):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port} after {timeout}s; log:\n{tail(log)}")
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s; {waits(proc.pid)}; log:\n{tail(log)}")
+
+
+def waits(pid):
+    """What each thread of `pid` waits on in the kernel (state and wchan):
+    enough to tell a stuck process from a slow one."""
+    seen = {}
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            where = f"{state}:{(task / 'wchan').read_text() or '-'}"
+        except (OSError, IndexError):
+            continue
+        seen[where] = seen.get(where, 0) + 1
+    return "threads " + (", ".join(f"{n}x {w}" for w, n in seen.items()) or "unknown")
 
 
 def wait_for(predicate, what, timeout=15.0):
