@@ -2,6 +2,8 @@
 
 One `FaultProxy` listens on one port of 127.0.0.1 and forwards every request
 to one upstream port (the real IdP), misbehaving as its current `mode` says.
+It listens again on that port after `refused`, so the port it is given must
+be one no outbound connection takes meanwhile (harness.free_port).
 The mode can be changed at any time, including back to `pass`, so a test can
 show that the filter recovers by itself.
 
@@ -44,7 +46,7 @@ HTML = (b"<!doctype html><html><head><title>Sign in</title></head>"
 
 
 class FaultProxy:
-    def __init__(self, upstream_port, mode="pass", delay=0.0, name="fault"):
+    def __init__(self, upstream_port, port, mode="pass", delay=0.0, name="fault"):
         self.name = name
         self.upstream_port = upstream_port
         self.mode = mode
@@ -56,7 +58,7 @@ class FaultProxy:
         self._listener = None
         self._closed = False
         self._last = {}
-        self.port = 0
+        self.port = port
         self._listen()
         if mode == "refused":
             self._unlisten()
@@ -88,7 +90,6 @@ class FaultProxy:
         s.bind(("127.0.0.1", self.port))
         s.listen(512)
         s.settimeout(0.1)
-        self.port = s.getsockname()[1]
         self._listener = s
         threading.Thread(target=self._accept, args=(s,), daemon=True, name=f"{self.name}-accept").start()
 

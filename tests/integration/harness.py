@@ -11,6 +11,7 @@ import hmac
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -42,12 +43,48 @@ ENVOY_SECRETS = set()
 
 
 _HANDED_OUT = set()
+# Ports handed out come from below the kernel's ephemeral range. A port is
+# only reserved until the stand-in binds it, and a port inside that range
+# can meanwhile be taken by the kernel: as the local end of an outbound
+# connection (a client's, an Envoy's to its upstream) or for a stand-in that
+# binds port 0 (HttpServer). Its listener then fails with "Address already
+# in use", as an Envoy did in CI. The kernel never picks a port outside the
+# range on its own.
+LOWEST_PORT = 10000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _port_pool():
+    """Ports no outbound connection takes: those between LOWEST_PORT and the
+    ephemeral range, starting at a random one (two runs on one machine then
+    rarely try the same ports), or none if the range leaves no room."""
+    try:
+        first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    pool = list(range(LOWEST_PORT, first_ephemeral))
+    if len(pool) < 1000:
+        return []
+    start = random.randrange(len(pool))
+    return pool[start:] + pool[:start]
+
+
+_POOL = iter(_port_pool())
 
 
 def free_port():
-    """A port nothing listens on now and that this run has not handed out
-    before: the kernel may offer a released port again, and two listeners
-    of one Envoy given the same port fail its start."""
+    """A port nothing is bound to now, that this run has not handed out
+    before (two listeners of one Envoy given the same port fail its start),
+    and that no outbound connection can take before its stand-in binds it
+    (see LOWEST_PORT). Falls back to a kernel-chosen port when the ephemeral
+    range leaves no room below it."""
+    for port in _POOL:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -44,7 +44,7 @@ import pytest
 
 from constants import CLIENT, MCP_AUDIENCE, MCP_SCOPE, SECRET
 from faults import FaultProxy  # tests/faults.py
-from harness import IdP, b64url, call, decode_part
+from harness import IdP, b64url, call, decode_part, free_port
 from httpd import HttpServer, json_answer
 from stacks import Stack, exchange_client
 
@@ -130,7 +130,8 @@ class Faults(Stack):
 
     def proxy(self, name, idp, mode, delay):
         """A fault proxy in front of `idp`, with its cluster; returns its origin."""
-        p = self.proxies[name] = self.cleanup.add(FaultProxy(idp.port, mode=mode, delay=delay, name=name))
+        proxy = FaultProxy(idp.port, free_port(), mode=mode, delay=delay, name=name)
+        p = self.proxies[name] = self.cleanup.add(proxy)
         self.add_cluster(p.port)
         return f"http://127.0.0.1:{p.port}"
 
