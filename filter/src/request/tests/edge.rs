@@ -22,53 +22,29 @@ fn preflights_pass_unauthenticated_and_other_options_do_not() {
     assert_eq!(m.sent(3).unwrap().status, 401);
 }
 
+/// A tokenless POST to the endpoint from a browser page at `origin`.
+fn post_from(f: &mut Filter, m: &mut Mock, id: u32, origin: &str) {
+    let headers = [(":method", "POST"), (":path", "/mcp"), ("origin", origin)];
+    open_with(f, m, id, &headers, false);
+}
+
 #[test]
 fn refusals_carry_cors_headers_for_allowed_origins_only() {
     let (mut f, mut m) = (
         edge_filter(json!({"cors": {"allowedOrigins": ["https://app.example"]}}), false),
         Mock::new(),
     );
-    open_with(
-        &mut f,
-        &mut m,
-        2,
-        &[
-            (":method", "POST"),
-            (":path", "/mcp"),
-            ("origin", "https://app.example"),
-        ],
-        false,
-    );
+    post_from(&mut f, &mut m, 2, "https://app.example");
     let s = m.sent(2).unwrap();
     assert_eq!(s.status, 401);
     assert_eq!(s.header("access-control-allow-origin"), Some("https://app.example"));
     assert_eq!(s.header("access-control-expose-headers"), Some("WWW-Authenticate"));
     assert_eq!(s.header("vary"), Some("Origin"));
-    open_with(
-        &mut f,
-        &mut m,
-        3,
-        &[
-            (":method", "POST"),
-            (":path", "/mcp"),
-            ("origin", "https://evil.example"),
-        ],
-        false,
-    );
+    post_from(&mut f, &mut m, 3, "https://evil.example");
     assert_eq!(m.sent(3).unwrap().header("access-control-allow-origin"), None);
     // Without cors, nothing is added.
     let (mut f, mut m) = (edge_filter(json!({}), false), Mock::new());
-    open_with(
-        &mut f,
-        &mut m,
-        2,
-        &[
-            (":method", "POST"),
-            (":path", "/mcp"),
-            ("origin", "https://app.example"),
-        ],
-        false,
-    );
+    post_from(&mut f, &mut m, 2, "https://app.example");
     assert_eq!(m.sent(2).unwrap().header("access-control-allow-origin"), None);
 }
 

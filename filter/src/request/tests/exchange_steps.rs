@@ -3,8 +3,8 @@
 //! exchange that needs it.
 
 use super::{
-    authorization, config_json, filter_with_env, good, ok, ok_status, request, request_at, second_step_times_out, warm,
-    ISS,
+    authorization, client_leaves, config_json, filter_with_env, good, ok, ok_status, request, request_at,
+    second_step_times_out, warm, ISS,
 };
 use crate::host::mock::{Mock, ROOT};
 use crate::host::{CalloutResponse, Plugin};
@@ -303,10 +303,7 @@ fn an_actor_token_fetch_whose_owner_left_is_made_again_from_the_root() {
     request(&mut f, &mut m, 2, Some(&user("alice")));
     request(&mut f, &mut m, 3, Some(&bob));
     let n = m.callouts.len();
-    m.streams.remove(&2);
-    m.enter(ROOT);
-    f.on_done(&mut m, 2);
-    f.on_tick(&mut m);
+    client_leaves(&mut f, &mut m, 2);
     assert_eq!(m.callouts.len(), n + 1);
     let again = m.callouts.last().unwrap().clone();
     assert_eq!(again.owner, ROOT);

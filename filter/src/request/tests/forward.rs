@@ -231,10 +231,7 @@ fn exchange_owner_leaving_is_restarted_from_the_root() {
     request(&mut f, &mut m, 2, Some(&t));
     request(&mut f, &mut m, 3, Some(&t));
     let n = m.callouts.len();
-    m.streams.remove(&2);
-    m.enter(ROOT);
-    f.on_done(&mut m, 2);
-    f.on_tick(&mut m);
+    client_leaves(&mut f, &mut m, 2);
     assert_eq!(m.callouts.len(), n + 1);
     let c = m.callouts.last().unwrap().clone();
     assert_eq!(c.owner, ROOT);
@@ -249,10 +246,7 @@ fn last_waiter_leaving_drops_the_flight() {
     warm(&mut f, &mut m);
     request(&mut f, &mut m, 2, Some(&good()));
     let n = m.callouts.len();
-    m.streams.remove(&2);
-    m.enter(ROOT);
-    f.on_done(&mut m, 2);
-    f.on_tick(&mut m);
+    client_leaves(&mut f, &mut m, 2);
     assert_eq!(m.callouts.len(), n, "nobody waits: nothing restarted");
 }
 

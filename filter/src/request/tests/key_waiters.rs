@@ -10,10 +10,7 @@ fn fetch_owner_leaving_does_not_strand_other_waiters() {
     request(&mut f, &mut m, 3, Some(&good()));
     assert_eq!(m.callouts[0].owner, 2);
     // Client 2 leaves: Envoy cancels its callout.
-    m.streams.remove(&2);
-    m.enter(ROOT);
-    f.on_done(&mut m, 2);
-    f.on_tick(&mut m);
+    client_leaves(&mut f, &mut m, 2);
     assert_eq!(m.callouts.len(), 2, "the root context fetches again");
     assert_eq!(m.callouts[1].owner, ROOT);
     let c = m.callouts[1].clone();

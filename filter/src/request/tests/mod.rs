@@ -167,6 +167,16 @@ fn open_with(f: &mut Filter, m: &mut Mock, id: u32, headers: &[(&str, &str)], bo
     f.on_request_headers(m, body_follows)
 }
 
+/// Client `id` goes away: Envoy drops its stream (and the callouts it
+/// owned), the filter hears `on_done`, and the root context's next tick
+/// sees what is left.
+fn client_leaves(f: &mut Filter, m: &mut Mock, id: u32) {
+    m.streams.remove(&id);
+    m.enter(ROOT);
+    f.on_done(m, id);
+    f.on_tick(m);
+}
+
 mod edge;
 mod exchange_steps;
 mod forward;
